@@ -1,0 +1,17 @@
+"""Architectures, the blocks view, checkpoints and the model zoo."""
+
+from robust_transfer.models.arch import (
+    ARCHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    SmallResNet,
+    TransferModel,
+    create_model,
+)
+from robust_transfer.models.finetune import ALL, parse_unfrozen, prepare_finetune, set_unfrozen_blocks
+
+__all__ = [
+    "ALL", "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallResNet", "TransferModel",
+    "create_model", "parse_unfrozen", "prepare_finetune", "set_unfrozen_blocks",
+]

@@ -1,0 +1,60 @@
+"""Name -> component registries. The CLI's choices come from these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from robust_transfer.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of components (architectures, datasets, attacks, executors).
+
+    Example:
+        >>> ARCHS = Registry("architecture")
+        >>> @ARCHS.register("tiny")
+        ... def tiny(): ...
+        >>> ARCHS.get("tiny")
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, item: T | None = None) -> Callable[[T], T] | T:
+        """Register ``item`` under ``name``; without ``item`` acts as a decorator."""
+        if item is not None:
+            self._add(name, item)
+            return item
+
+        def decorator(obj: T) -> T:
+            self._add(name, obj)
+            return obj
+
+        return decorator
+
+    def _add(self, name: str, item: T) -> None:
+        if name in self._items:
+            raise ValueError(f"{self.kind} '{name}' is registered twice")
+        self._items[name] = item
+
+    def get(self, name: str) -> T:
+        """The component called ``name``; an unknown name lists the valid ones."""
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownNameError(
+                f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
