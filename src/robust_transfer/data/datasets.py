@@ -154,7 +154,7 @@ def load_dataset(
 
 
 def _to_nchw(data: np.ndarray | torch.Tensor, layout: str) -> torch.Tensor:
-    x = torch.as_tensor(np.asarray(data), dtype=torch.uint8)
+    x = torch.as_tensor(np.array(data, dtype=np.uint8, copy=True))
     if layout == "NHW":
         return x.unsqueeze(1).contiguous()
     if layout == "NHWC":

@@ -1,0 +1,177 @@
+"""PGD (L2 and Linf) and FGSM with random start, in pixel space [0, 1].
+
+Conventions of Madry et al. and the robustness library: the model normalises inside,
+eps is measured in pixels, the attack runs with the model in eval mode (restored after),
+L2 steps are normalised gradients per example and projection is per example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robust_transfer.errors import ConfigError
+
+NORMS = ("l2", "linf")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """A PGD (or FGSM-RS) threat model and its optimiser.
+
+    Attributes:
+        norm: ``"l2"`` or ``"linf"``.
+        eps: radius of the ball in pixel units (Linf 8/255 is ``8/255``).
+        steps: number of gradient steps (1 with ``method="fgsm_rs"``).
+        step_size: step length; default ``2.5 * eps / steps`` (PGD) or ``1.25 * eps`` (FGSM-RS).
+        random_start: start from a random point of the ball (always on for FGSM-RS).
+        keep_best: return each example's highest-loss iterate instead of the last.
+        method: ``"pgd"`` or ``"fgsm_rs"`` (Wong et al. 2020 fast adversarial training).
+    """
+
+    norm: str = "l2"
+    eps: float = 0.5
+    steps: int = 20
+    step_size: float | None = None
+    random_start: bool = False
+    keep_best: bool = False
+    method: str = "pgd"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm '{self.norm}'; valid: {', '.join(NORMS)}")
+        if self.method not in ("pgd", "fgsm_rs"):
+            raise ConfigError(f"unknown attack '{self.method}'; valid: pgd, fgsm_rs")
+        if not self.eps >= 0:
+            raise ConfigError(f"eps must be >= 0, got {self.eps}")
+        if self.steps < 1 or int(self.steps) != self.steps:
+            raise ConfigError(f"attack steps must be a positive integer, got {self.steps}")
+        if self.step_size is not None and not self.step_size > 0:
+            raise ConfigError(f"attack step size must be > 0, got {self.step_size}")
+
+    @property
+    def alpha(self) -> float:
+        if self.step_size is not None:
+            return float(self.step_size)
+        if self.method == "fgsm_rs":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / self.steps
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["step_size"] = self.alpha
+        return d
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.method == "fgsm_rs":
+            return fgsm_rs(model, x, y, self.norm, self.eps, self.alpha)
+        return pgd(model, x, y, self.norm, self.eps, self.steps, self.alpha,
+                   self.random_start, self.keep_best)
+
+
+def _per_example_norm(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+
+
+def project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """Project perturbations onto the eps ball, per example."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    scale = (eps / _per_example_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return delta * scale
+
+
+def _step(grad: torch.Tensor, norm: str, alpha: float) -> torch.Tensor:
+    if norm == "linf":
+        return alpha * grad.sign()
+    # guard ||g|| = 0: such an example simply does not move
+    return alpha * grad / _per_example_norm(grad).clamp_min(1e-12)
+
+
+def random_start(x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """A random point of the eps ball around ``x`` (Linf: uniform; L2: on the sphere)."""
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps)
+    else:
+        r = torch.randn_like(x)
+        delta = eps * r / _per_example_norm(r).clamp_min(1e-12)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "l2", eps: float = 0.5,
+        steps: int = 20, step_size: float | None = None, random_init: bool = False,
+        keep_best: bool = False) -> torch.Tensor:
+    """Projected gradient ascent on the cross-entropy loss.
+
+    Args:
+        model: maps pixels in [0, 1] to logits (normalisation inside).
+        x: clean inputs in [0, 1].
+        y: labels.
+        norm: ``"l2"`` or ``"linf"``.
+        eps: radius in pixel units; 0 returns ``x``.
+        steps: gradient steps.
+        step_size: default ``2.5 * eps / steps``.
+        random_init: start at a random point of the ball.
+        keep_best: return each example's highest-loss iterate.
+
+    Returns:
+        Adversarial inputs, same shape as ``x``, within the eps ball and [0, 1].
+
+    Shape:
+        x: ``[B, C, H, W]``; y: ``[B]``.
+
+    Example:
+        >>> x_adv = pgd(model, x, y, norm="linf", eps=8 / 255, steps=10)
+    """
+    if eps == 0:
+        return x.detach().clone()
+    alpha = 2.5 * eps / steps if step_size is None else step_size
+    was_training = model.training
+    model.eval()
+    try:
+        x = x.detach()
+        x_adv = random_start(x, norm, eps) if random_init else x.clone()
+        best, best_loss = x_adv.clone(), torch.full((x.shape[0],), -float("inf"), device=x.device)
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            losses = F.cross_entropy(model(x_adv), y, reduction="none")
+            grad, = torch.autograd.grad(losses.sum(), x_adv)
+            if keep_best:
+                best, best_loss = _keep_highest(best, best_loss, x_adv.detach(), losses.detach())
+            x_adv = x_adv.detach() + _step(grad, norm, alpha)
+            x_adv = (x + project(x_adv - x, norm, eps)).clamp(0.0, 1.0)
+        if keep_best:
+            with torch.no_grad():
+                losses = F.cross_entropy(model(x_adv), y, reduction="none")
+            x_adv, _ = _keep_highest(best, best_loss, x_adv, losses)
+        return x_adv.detach()
+    finally:
+        model.train(was_training)
+
+
+def _keep_highest(best: torch.Tensor, best_loss: torch.Tensor, cand: torch.Tensor,
+                  loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    better = loss > best_loss
+    mask = better.view(-1, *([1] * (cand.dim() - 1)))
+    return torch.where(mask, cand, best), torch.where(better, loss, best_loss)
+
+
+def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "linf",
+            eps: float = 8 / 255, step_size: float | None = None) -> torch.Tensor:
+    """FGSM with random start (Wong et al. 2020): one step of 1.25 * eps from a random point."""
+    alpha = 1.25 * eps if step_size is None else step_size
+    if eps == 0:
+        return x.detach().clone()
+    was_training = model.training
+    model.eval()
+    try:
+        x = x.detach()
+        x0 = random_start(x, norm, eps).requires_grad_(True)
+        grad, = torch.autograd.grad(F.cross_entropy(model(x0), y, reduction="sum"), x0)
+        x_adv = x0.detach() + _step(grad, norm, alpha)
+        return (x + project(x_adv - x, norm, eps)).clamp(0.0, 1.0).detach()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,51 @@
+"""The ``robust-transfer`` command: a thin layer over the Python API.
+
+Each command group lives in its own module with ``register(subparsers)``, which adds its
+parser(s) and sets ``func`` to a handler ``handler(args) -> int``. Handlers call the
+library and print; the library never prints. A :class:`RobustTransferError` becomes one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from robust_transfer import __version__
+from robust_transfer.errors import RobustTransferError
+
+# command modules, in the order their commands appear in --help
+COMMAND_MODULES = [
+    "robust_transfer.cli.train_cmd",
+    "robust_transfer.cli.models_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robust-transfer",
+        description="Adversarially trained source models and how well they transfer "
+        "(arXiv 2007.05869).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except RobustTransferError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

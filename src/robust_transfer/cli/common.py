@@ -1,0 +1,90 @@
+"""Helpers shared by the command modules: parsing values, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+
+from robust_transfer.errors import ConfigError
+
+
+def parse_eps(text: str) -> float:
+    """``0.5``, ``8/255`` -> float pixels; negative values are refused."""
+    try:
+        value = float(Fraction(text)) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number or fraction: '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def n_images(text: str) -> int | None:
+    """A positive number of images, or ``all`` (None)."""
+    return None if text == "all" else positive_int(text)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
+
+
+def add_data_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", default=None,
+                        help="folder holding datasets (default: $ROBUST_TRANSFER_DATA or "
+                             "~/.cache/robust_transfer/data)")
+    parser.add_argument("--download", action="store_true",
+                        help="download missing torchvision datasets (needs the internet)")
+
+
+class Progress:
+    """A tqdm progress bar fed by the library's ``callback(event, info)``."""
+
+    def __init__(self, desc: str, bars: bool | None = None) -> None:
+        # bars only on a terminal; the per-epoch lines always
+        self.desc, self.bar = desc, None
+        self.bars = sys.stderr.isatty() if bars is None else bars
+
+    def __call__(self, event: str, info: dict) -> None:
+        from tqdm import tqdm
+
+        if event == "batch" and self.bars:
+            if self.bar is None:
+                self.bar = tqdm(total=info["batches"], desc=self.desc, leave=False, file=sys.stderr)
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{info['loss']:.3f}")
+        elif event == "epoch":
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+            msg = (f"{self.desc} epoch {info['epoch']}: lr {info['lr']:.4g} "
+                   f"train loss {info['train_loss']:.4f} acc {info['train_acc']:.4f}")
+            if info["test_acc"] == info["test_acc"]:
+                msg += f" | test acc {info['test_acc']:.4f}"
+            if info.get("robust_acc") == info.get("robust_acc"):
+                msg += f" robust acc {info['robust_acc']:.4f}"
+            print(msg, file=sys.stderr)
+
+
+def load_source(name_or_path: str):
+    """A zoo name or checkpoint path -> (model, metadata)."""
+    from robust_transfer.models.checkpoints import load_model
+    from robust_transfer.models.zoo import resolve_source
+
+    return load_model(resolve_source(name_or_path))
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

@@ -1,0 +1,217 @@
+"""``pretrain``, ``finetune`` and ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+from robust_transfer.cli.common import (
+    Progress,
+    add_data_root,
+    add_device,
+    load_source,
+    n_images,
+    parse_eps,
+    positive_int,
+)
+from robust_transfer.models.arch import ARCHS
+from robust_transfer.training import SCHEDULES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    _register_pretrain(sub)
+    _register_finetune(sub)
+    _register_evaluate(sub)
+
+
+def _add_optim(p: argparse.ArgumentParser, lr: float = 0.1) -> None:
+    g = p.add_argument_group("optimiser")
+    g.add_argument("--lr", type=float, default=lr, help=f"initial learning rate (default {lr})")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--schedule", choices=SCHEDULES, default="step",
+                   help="step: lr/10 every epochs//3 (the paper's); cosine; constant")
+    g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
+
+
+def _add_attack(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("adversarial training")
+    g.add_argument("--attack", choices=["none", "pgd", "fgsm_rs"], default="none",
+                   help="adversarial training attack: none (natural), pgd, fgsm_rs (fast AT)")
+    g.add_argument("--norm", choices=["l2", "linf"], default="l2", help="threat model norm")
+    g.add_argument("--eps", type=parse_eps, default=0.5,
+                   help="radius in pixel units in [0,1] images; fractions allowed (8/255)")
+    g.add_argument("--attack-steps", type=positive_int, default=7, help="PGD steps (default 7)")
+    g.add_argument("--attack-step-size", type=parse_eps, default=None,
+                   help="PGD step size (default 2.5*eps/steps; FGSM-RS: 1.25*eps)")
+    g.add_argument("--random-start", action="store_true", help="start PGD at a random point")
+
+
+def _register_pretrain(sub) -> None:
+    p = sub.add_parser("pretrain", help="train a source model (natural, PGD or FGSM-RS adversarial)",
+                       description="Train a source model and save it as safetensors + JSON "
+                       "metadata. Runs under torchrun for DistributedDataParallel.")
+    p.add_argument("--arch", choices=ARCHS.names(), default="small_resnet", help="architecture")
+    p.add_argument("--dataset", default="fmnist", help="source dataset (see `robust-transfer data list`)")
+    add_data_root(p)
+    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
+    _add_optim(p)
+    _add_attack(p)
+    p.add_argument("--augment", action="store_true", help="random crop/flip/jitter/rotation")
+    p.add_argument("--input-size", type=positive_int, default=None,
+                   help="model input size (default: the dataset's native size)")
+    p.add_argument("--train-images", type=n_images, default=None,
+                   help="train on this many images of a seeded shuffle (default all)")
+    p.add_argument("--eval-images", type=n_images, default=None,
+                   help="clean and PGD-20 robust accuracy on this many test images (default all)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    add_device(p)
+    p.add_argument("--out", required=True, help="checkpoint path stem: writes OUT.safetensors and OUT.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    p.set_defaults(func=_pretrain)
+
+
+def _attack_from(args):
+    from robust_transfer.attacks import AttackConfig
+
+    if args.attack == "none":
+        return None
+    steps = 1 if args.attack == "fgsm_rs" else args.attack_steps
+    return AttackConfig(args.norm, args.eps, steps, args.attack_step_size, args.random_start,
+                        method=args.attack)
+
+
+def _pretrain(args) -> int:
+    import torch.distributed as dist
+
+    from robust_transfer.models.checkpoints import save_model
+    from robust_transfer.pretrain import PretrainConfig, check_output, pretrain
+    from robust_transfer.training import OptimConfig
+
+    check_output(args.out, args.overwrite)
+    cfg = PretrainConfig(args.arch, args.dataset, args.epochs, args.batch_size,
+                         OptimConfig(args.lr, args.momentum, args.weight_decay, args.schedule),
+                         _attack_from(args), None, args.augment, args.input_size,
+                         args.train_images, args.eval_images, args.seed)
+    model, history, meta = pretrain(cfg, args.data_root, args.device, Progress("pretrain"))
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if rank == 0:
+        meta["command"] = "robust-transfer " + shlex.join(sys.argv[1:])
+        path = save_model(model, args.out, meta, overwrite=args.overwrite)
+        robust = meta["robust_acc"]
+        print(f"saved {path}: clean acc {meta['clean_acc']:.4f}"
+              + (f", robust acc {robust:.4f}" if robust is not None else ""))
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _register_finetune(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a source model on a target dataset",
+                       description="New head, the last k blocks unfrozen, n training images.")
+    p.add_argument("source", help="zoo name (see `robust-transfer zoo list`) or checkpoint path")
+    p.add_argument("--target", default="digits", help="target dataset (default digits)")
+    add_data_root(p)
+    p.add_argument("--n", type=n_images, default=None, help="training images, or 'all' (default)")
+    p.add_argument("--unfrozen-blocks", default="0",
+                   help="blocks trained besides the head: 0 (head only), k, or 'all'")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
+    _add_optim(p)
+    p.add_argument("--augment", choices=["auto", "on", "off"], default="auto",
+                   help="train augmentation: auto = colour targets only, as the paper")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="input size (default: the source model's)")
+    p.add_argument("--head-init", choices=["normal", "paper", "torch"], default="normal",
+                   help="head init: normal N(0,0.01^2), paper N(0,1), torch default")
+    p.add_argument("--seed", type=int, default=0, help="subset, head init and batch order seed")
+    add_device(p)
+    p.add_argument("--out", default=None, help="save the fine-tuned model as OUT.safetensors + OUT.json")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_finetune)
+
+
+def _finetune(args) -> int:
+    from robust_transfer.data import load_dataset
+    from robust_transfer.models.checkpoints import save_model
+    from robust_transfer.models.finetune import parse_unfrozen
+    from robust_transfer.pretrain import check_output
+    from robust_transfer.transfer import Recipe, finetune
+
+    unfrozen = parse_unfrozen(args.unfrozen_blocks)
+    if args.out:
+        check_output(args.out, args.overwrite)
+    recipe = Recipe(args.lr, args.momentum, args.weight_decay, args.schedule, args.batch_size,
+                    {"auto": "auto", "on": True, "off": False}[args.augment], args.resolution,
+                    args.head_init)
+    model, meta = load_source(args.source)
+    train = load_dataset(args.target, "train", args.data_root, args.download)
+    test = load_dataset(args.target, "test", args.data_root, args.download)
+    result = finetune(model, train, test, n=args.n, unfrozen=unfrozen, epochs=args.epochs,
+                      seed=args.seed, recipe=recipe, device=args.device,
+                      source_id=str(meta.get("sha256", "")), callback=Progress("finetune"))
+    summary = {"source": args.source, "target": args.target, "n": result.n_train,
+               "unfrozen_blocks": str(unfrozen), "epochs": args.epochs, "seed": args.seed,
+               "test_acc": result.test_acc, "seconds": round(result.seconds, 2),
+               "cached_prefix": result.cached_prefix}
+    if args.out:
+        save_model(result.model, args.out, {**summary, "training": "finetune",
+                                            "recipe": recipe.to_dict(), "source_metadata": meta},
+                   overwrite=args.overwrite)
+    print(json.dumps(summary) if args.json else
+          f"{args.source} -> {args.target}: n={result.n_train} unfrozen={unfrozen} "
+          f"epochs={args.epochs} test acc {result.test_acc:.4f} ({result.seconds:.1f}s)")
+    return 0
+
+
+def _register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="clean and PGD robust accuracy of a model",
+                       description="Clean accuracy and robust accuracy under PGD (default 20 "
+                       "steps, step 2.5*eps/steps) on a dataset's test split.")
+    p.add_argument("model", help="zoo name or checkpoint path")
+    p.add_argument("--dataset", default=None, help="dataset (default: the model's source dataset)")
+    add_data_root(p)
+    p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="threat model norm")
+    p.add_argument("--eps", type=parse_eps, action="append", default=None,
+                   help="attack radius; repeat for several (default: clean only)")
+    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--images", type=n_images, default=None,
+                   help="evaluate on this many test images (class-balanced; default all)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size")
+    add_device(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(args) -> int:
+    from robust_transfer.attacks import AttackConfig
+    from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
+    from robust_transfer.errors import ConfigError
+    from robust_transfer.training import TensorLoader, evaluate
+
+    model, meta = load_source(args.model)
+    name = args.dataset or meta.get("source_dataset")
+    if not name:
+        raise ConfigError("the checkpoint does not name its dataset; pass --dataset")
+    data = load_dataset(name, "test", args.data_root, args.download)
+    if data.info.num_classes != model.num_classes:
+        raise ConfigError(f"{args.model} has {model.num_classes} classes but {name} has "
+                          f"{data.info.num_classes}; evaluate on its source dataset or fine-tune first")
+    if args.images:
+        data = data.subset(balanced_subset(data.labels.numpy(), args.images, 0, name))
+    policy = InputPolicy(model.channels, model.input_size)
+    loader = TensorLoader(data.images, data.labels, args.batch_size, transform=policy.prepare)
+    rows = [{"eps": 0.0, "accuracy": evaluate(model, loader, None, args.device)[1]}]
+    for eps in args.eps or []:
+        attack = AttackConfig(args.norm, eps, args.steps)
+        rows.append({"eps": eps, "norm": args.norm, "steps": args.steps,
+                     "accuracy": evaluate(model, loader, attack, args.device)[1]})
+    if args.json:
+        print(json.dumps({"model": args.model, "dataset": name, "images": len(data), "results": rows}))
+    else:
+        for r in rows:
+            label = "clean" if r["eps"] == 0 else f"{r['norm']} eps {r['eps']:.4g} PGD-{r['steps']}"
+            print(f"{label:>24}: {r['accuracy']:.4f}")
+    return 0

@@ -1,0 +1,277 @@
+"""One training loop for natural, adversarial (PGD, FGSM-RS) and fine-tuning runs.
+
+Data come from :class:`TensorLoader`, which batches in-memory tensors (uint8 images through
+an input policy, or cached float features) without worker processes: on small images
+that is much faster than a ``DataLoader`` over PIL images, and it shards itself under
+``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robust_transfer.attacks import AttackConfig
+from robust_transfer.errors import ConfigError
+
+SCHEDULES = ("step", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum and weight decay, and its learning-rate schedule.
+
+    Attributes:
+        lr: initial learning rate (the paper: 0.1).
+        momentum: SGD momentum (0.9).
+        weight_decay: L2 penalty (5e-4).
+        schedule: ``"step"`` divides lr by 10 every ``max(1, epochs // 3)`` epochs (the
+            paper's), ``"cosine"`` anneals to 0, ``"constant"`` keeps it.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight decay must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
+
+    def build(self, params: list[nn.Parameter], epochs: int) -> tuple[torch.optim.Optimizer, object]:
+        opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay)
+        if self.schedule == "step":
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
+        elif self.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        return opt, sched
+
+
+@dataclass
+class EpochMetrics:
+    """What one epoch measured. Test fields are NaN on epochs that were not evaluated."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    test_loss: float = math.nan
+    test_acc: float = math.nan
+    robust_acc: float = math.nan
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TensorLoader:
+    """Batches of ``(inputs, labels)`` from tensors held in memory.
+
+    Args:
+        data: uint8 images ``[N, C, H, W]`` or float features ``[N, ...]``.
+        labels: int64 ``[N]``.
+        batch_size: examples per batch.
+        shuffle: reshuffle every epoch (seeded by ``seed`` and the epoch number).
+        transform: maps a batch of ``data`` to model inputs (e.g. ``policy.train_batch``).
+        seed: shuffling seed.
+        rank, world_size: shard for distributed training (each rank sees the same number
+            of batches; default from ``torch.distributed`` when initialised).
+    """
+
+    def __init__(self, data: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
+                 shuffle: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be positive, got {batch_size}")
+        self.data, self.labels = data, labels
+        self.batch_size, self.shuffle, self.transform, self.seed = batch_size, shuffle, transform, seed
+        distributed = dist.is_available() and dist.is_initialized()
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        self.world_size = world_size if world_size is not None else (
+            dist.get_world_size() if distributed else 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            idx = torch.randperm(n, generator=gen)
+        else:
+            idx = torch.arange(n)
+        if self.world_size > 1:  # equal shards: pad by wrapping, like DistributedSampler
+            per = math.ceil(n / self.world_size)
+            idx = torch.cat([idx, idx[: per * self.world_size - n]])[self.rank::self.world_size]
+        return idx
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.labels) / self.world_size)
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices()
+        for start in range(0, len(idx), self.batch_size):
+            b = idx[start: start + self.batch_size]
+            x = self.data[b]
+            yield (self.transform(x) if self.transform else x), self.labels[b]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA only: on the CPU it is slower and changes numerics
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@torch.no_grad()
+def _batch_metrics(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    return float(F.cross_entropy(logits.float(), y, reduction="sum")), int((logits.argmax(1) == y).sum())
+
+
+def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
+             device: str | torch.device = "auto") -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``loader``; under ``attack`` if given.
+
+    The model is evaluated in eval mode and its mode restored after.
+    """
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            x, y = _to(x, device), y.to(device)
+            if attack is not None:
+                x = attack(model, x, y)
+            with torch.no_grad(), _autocast(device):
+                logits = model(x)
+            loss, corr = _batch_metrics(logits, y)
+            loss_sum, correct, count = loss_sum + loss, correct + corr, count + len(y)
+    finally:
+        model.train(was_training)
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+@dataclass
+class FitOptions:
+    """Everything :func:`fit` needs besides the model and the data.
+
+    Attributes:
+        epochs: number of passes over the training data.
+        optim: optimiser and schedule.
+        adversary: train on its adversarial examples (PGD or FGSM-RS); None = natural.
+        eval_every: evaluate the test loader every this many epochs (and at the last).
+        eval_attack: also measure robust accuracy under this attack when evaluating.
+        seed: seeds torch's global generator (augmentation, random starts).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+    """
+
+    epochs: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    adversary: AttackConfig | None = None
+    eval_every: int = 1
+    eval_attack: AttackConfig | None = None
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {self.epochs}")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be a positive integer, got {self.eval_every}")
+
+
+Callback = Callable[[str, dict], None]
+
+
+def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
+        options: FitOptions | None = None, callback: Callback | None = None,
+        attack_model: nn.Module | None = None) -> list[EpochMetrics]:
+    """Train ``model`` and return per-epoch metrics.
+
+    Args:
+        model: the module to train (may be a DistributedDataParallel wrapper).
+        train_loader: training batches.
+        test_loader: evaluated every ``options.eval_every`` epochs and at the last.
+        options: see :class:`FitOptions`.
+        callback: called as ``callback("batch", {...})`` and ``callback("epoch", {...})``;
+            the CLI uses it for progress bars. The library itself never prints.
+        attack_model: the module attacks are computed on (the unwrapped model under DDP).
+    """
+    opts = options or FitOptions()
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    optimizer, scheduler = opts.optim.build(params, opts.epochs)
+    attack_model = attack_model or model
+    history = []
+    for epoch in range(1, opts.epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train_loader.set_epoch(epoch)
+        loss, acc = _train_epoch(model, train_loader, optimizer, opts.adversary, attack_model,
+                                 device, callback)
+        scheduler.step()
+        metrics = EpochMetrics(epoch, lr, loss, acc)
+        if test_loader is not None and (epoch % opts.eval_every == 0 or epoch == opts.epochs):
+            metrics.test_loss, metrics.test_acc = evaluate(model, test_loader, None, device)
+            if opts.eval_attack is not None:
+                _, metrics.robust_acc = evaluate(attack_model, test_loader, opts.eval_attack, device)
+        metrics.seconds = time.perf_counter() - start
+        history.append(metrics)
+        if callback:
+            callback("epoch", metrics.to_dict())
+    return history
+
+
+def _train_epoch(model, loader, optimizer, adversary, attack_model, device, callback) -> tuple[float, float]:
+    model.train()
+    loss_sum, correct, count = 0.0, 0, 0
+    for i, (x, y) in enumerate(loader):
+        x, y = _to(x, device), y.to(device)
+        if adversary is not None:
+            x = adversary(attack_model, x, y)
+        with _autocast(device):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        b_loss, b_corr = _batch_metrics(logits.detach(), y)
+        loss_sum, correct, count = loss_sum + b_loss, correct + b_corr, count + len(y)
+        if callback:
+            callback("batch", {"batch": i + 1, "batches": len(loader), "loss": float(loss.detach())})
+    return loss_sum / max(count, 1), correct / max(count, 1)
