@@ -9,9 +9,16 @@ from robust_transfer.models.arch import (
     TransferModel,
     create_model,
 )
-from robust_transfer.models.finetune import ALL, parse_unfrozen, prepare_finetune, set_unfrozen_blocks
+from robust_transfer.models.checkpoints import load_model, save_model
+from robust_transfer.models.finetune import (
+    ALL,
+    parse_unfrozen,
+    prepare_finetune,
+    set_unfrozen_blocks,
+)
 
 __all__ = [
     "ALL", "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallResNet", "TransferModel",
-    "create_model", "parse_unfrozen", "prepare_finetune", "set_unfrozen_blocks",
+    "create_model", "load_model", "parse_unfrozen", "prepare_finetune", "save_model",
+    "set_unfrozen_blocks",
 ]

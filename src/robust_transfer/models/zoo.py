@@ -1,0 +1,363 @@
+"""The model zoo: published robust ImageNet checkpoints and the small models shipped inside.
+
+Two kinds of source models are known by name:
+
+* published: the robust ImageNet ResNets of the robustness library (MadryLab) and of
+  robust-models-transfer (Salman et al. 2020). They are large and never fetched
+  unasked: :func:`fetch` finds them in the zoo folder (``$ROBUST_TRANSFER_ZOO``, default
+  ``~/.cache/robust_transfer/zoo``) and downloads only with ``allow_download=True``.
+* embedded: small models trained by ``robust-transfer pretrain``, committed under
+  ``robust_transfer/zoo/`` as ``<name>.safetensors`` + ``<name>.json``.
+
+Where the files live. robust-models-transfer's README linked an Azure blob
+(``robustnessws4285631339.blob.core.windows.net/public-models/robust_imagenet/<file>``
+with a signed token); that repository is gone and MadryLab now points to the Hugging Face
+repository ``madrylab/robust-imagenet-models`` (MadryLab/robustness issue #125), whose
+files keep the original names. The paper's three robustness-library models are on
+Dropbox as linked from the robustness README; ``dl=1`` asks Dropbox for the file itself
+instead of its preview page. No checksums are published for any of them, so ``sha256`` is
+``None`` and a download is checked only for completeness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robust_transfer.errors import CheckpointError, UnknownNameError
+from robust_transfer.models.arch import TransferModel
+from robust_transfer.models.checkpoints import checkpoint_paths, load_model, read_metadata
+from robust_transfer.registry import Registry
+
+ZOO_ENV = "ROBUST_TRANSFER_ZOO"
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "zoo"
+HF_REPO_PAGE = "https://huggingface.co/madrylab/robust-imagenet-models"
+HF_FILE_URL = HF_REPO_PAGE + "/resolve/main/{file}"
+ROBUSTNESS_PAGE = "https://github.com/MadryLab/robustness"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class PublishedModel:
+    """A published ImageNet source model and where to get it.
+
+    Attributes:
+        name: zoo name, e.g. ``resnet50-l2-eps3``.
+        arch: registered architecture.
+        norm: threat model of adversarial training, ``l2`` or ``linf``.
+        eps: training radius in pixel space ([0, 1] inputs); Linf 4/255 is 0.0157.
+        eps_label: the radius as published (``3``, ``4/255``).
+        file: file name in the zoo folder, as published.
+        url: direct download URL.
+        page: where the release is described.
+        sha256: checksum of the file where one is known.
+        clean_acc: published ImageNet top-1 accuracy (fraction).
+        robust_acc: published robust accuracy at the training radius (fraction), if any.
+        note: where the numbers come from.
+    """
+
+    name: str
+    arch: str
+    norm: str
+    eps: float
+    eps_label: str
+    file: str
+    url: str
+    page: str
+    sha256: str | None = None
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    source_dataset: str = "imagenet"
+    num_classes: int = 1000
+    note: str = ""
+
+    @property
+    def training(self) -> str:
+        return "natural" if self.eps == 0 else "pgd"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "training": self.training}
+
+
+PUBLISHED: Registry[PublishedModel] = Registry("published zoo model")
+
+# robust-models-transfer README, "Standard Accuracy of ... ImageNet Models" (top-1, %)
+_L2_EPS = ("0", "0.01", "0.03", "0.05", "0.1", "0.25", "0.5", "1", "3", "5")
+_LINF_EPS = ("0.5", "1.0", "2.0", "4.0", "8.0")  # in units of 1/255, as in the file names
+_CLEAN_L2 = {
+    "resnet18": (69.79, 69.90, 69.24, 69.15, 68.77, 67.43, 65.49, 62.32, 53.12, 45.59),
+    "resnet50": (75.80, 75.68, 75.76, 75.59, 74.78, 74.14, 73.16, 70.43, 62.83, 56.13),
+    "wide_resnet50_2": (76.97, 77.25, 77.26, 77.17, 76.74, 76.21, 75.11, 73.41, 66.90, 60.94),
+}
+_CLEAN_LINF = {
+    "resnet18": (66.13, 63.46, 59.63, 52.49, 42.11),
+    "resnet50": (73.73, 72.05, 69.10, 63.86, 54.53),
+    "wide_resnet50_2": (75.82, 74.65, 72.35, 68.41, 60.82),
+}
+_TRANSFER_NOTE = "Salman et al. 2020 (robust-models-transfer); clean accuracy from its README"
+# the paper's sources (robustness library README): name, Dropbox path, norm, eps label,
+# clean %, robust % (the first of its two numbers at the training radius)
+_PAPER_MODELS = (
+    ("robustness-resnet50-l2-eps3", "knf4uimlqsi1yz8/imagenet_l2_3_0.pt", "l2", "3", 57.90, 35.16),
+    ("robustness-resnet50-linf-eps4", "axfuary2w1cnyrg/imagenet_linf_4.pt", "linf", "4", 62.42, 33.58),
+    ("robustness-resnet50-linf-eps8", "yxn15a9zklz3s8q/imagenet_linf_8.pt", "linf", "8", 47.91, 19.63),
+)
+_PAPER_NOTE = ("the paper's source model (MadryLab robustness library); accuracies from its "
+               "README, robust at the training radius")
+
+
+def _pixel_eps(norm: str, label: str) -> float:
+    return float(label) / 255 if norm == "linf" else float(label)
+
+
+def _fraction(percent: float) -> float:
+    return round(percent / 100, 4)
+
+
+def _label(norm: str, eps: str) -> str:
+    return eps if norm == "l2" else f"{eps}/255"
+
+
+def _register_grid() -> None:
+    for norm, labels, table in (("l2", _L2_EPS, _CLEAN_L2), ("linf", _LINF_EPS, _CLEAN_LINF)):
+        for arch, accs in table.items():
+            for label, acc in zip(labels, accs, strict=True):
+                _register_grid_model(arch, norm, label, acc)
+
+
+def _register_grid_model(arch: str, norm: str, file_eps: str, clean_pct: float) -> None:
+    file = f"{arch}_{norm}_eps{file_eps}.ckpt"
+    eps = f"{float(file_eps):g}"  # "1.0" in Linf file names, "1" in ours
+    name = f"{arch}-{norm}-eps{eps}"
+    PUBLISHED.register(name, PublishedModel(
+        name, arch, norm, _pixel_eps(norm, eps), _label(norm, eps), file,
+        HF_FILE_URL.format(file=file), HF_REPO_PAGE, clean_acc=_fraction(clean_pct), note=_TRANSFER_NOTE))
+
+
+def _register_paper_models() -> None:
+    for name, dropbox, norm, label, clean, robust in _PAPER_MODELS:
+        file = dropbox.split("/")[-1]
+        PUBLISHED.register(name, PublishedModel(
+            name, "resnet50", norm, _pixel_eps(norm, label), _label(norm, label), file,
+            f"https://www.dropbox.com/s/{dropbox}?dl=1", ROBUSTNESS_PAGE,
+            clean_acc=_fraction(clean), robust_acc=_fraction(robust), note=_PAPER_NOTE))
+
+
+_register_grid()
+_register_paper_models()
+
+
+# --- where files are -------------------------------------------------------------------
+def zoo_dir() -> Path:
+    """The folder of downloaded published checkpoints: ``$ROBUST_TRANSFER_ZOO`` or the cache."""
+    env = os.environ.get(ZOO_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "robust_transfer" / "zoo"
+
+
+def embedded_models() -> list[dict[str, Any]]:
+    """The models shipped in the package, with their metadata.
+
+    Returns:
+        One dict per ``<name>.json`` in :data:`EMBEDDED_DIR`: its metadata plus ``name``
+        and ``path`` (the ``.safetensors`` file), sorted by name.
+
+    Raises:
+        CheckpointError: a shipped model's files are incomplete or unreadable.
+    """
+    if not EMBEDDED_DIR.is_dir():
+        return []
+    models = []
+    for meta_path in sorted(EMBEDDED_DIR.glob("*.json")):
+        weights, _ = checkpoint_paths(meta_path)
+        models.append({**read_metadata(meta_path), "name": meta_path.stem, "path": str(weights)})
+    return models
+
+
+def zoo_names() -> list[str]:
+    """Every zoo name: embedded models first, then the published ones."""
+    return [m["name"] for m in embedded_models()] + PUBLISHED.names()
+
+
+def get_published(name: str) -> PublishedModel:
+    """The published model called ``name``.
+
+    Raises:
+        UnknownNameError: ``name`` is not a published model (the message lists the zoo).
+    """
+    if name not in PUBLISHED:
+        raise UnknownNameError(f"unknown zoo model '{name}'; valid: {', '.join(zoo_names())}")
+    return PUBLISHED.get(name)
+
+
+def _embedded(name: str) -> dict[str, Any] | None:
+    return next((m for m in embedded_models() if m["name"] == name), None)
+
+
+# --- fetching --------------------------------------------------------------------------
+def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: bool = False) -> Path:
+    """The local file of a zoo model, downloading a published one only when allowed.
+
+    Args:
+        name: a zoo name (embedded or published).
+        dest_dir: folder of published checkpoints (default: :func:`zoo_dir`).
+        allow_download: download a missing published file.
+
+    Returns:
+        The checkpoint's path.
+
+    Raises:
+        UnknownNameError: ``name`` is not in the zoo.
+        CheckpointError: the file is absent and downloading was not allowed or failed, or
+            its checksum does not match.
+    """
+    embedded = _embedded(name)
+    if embedded is not None:
+        return Path(embedded["path"])
+    entry = get_published(name)
+    folder = Path(dest_dir) if dest_dir is not None else zoo_dir()
+    target = folder / entry.file
+    if target.is_file():
+        return target
+    if not allow_download:
+        raise CheckpointError(f"{entry.file} is not in {folder}: download it from {entry.url} "
+                              f"into that folder, or run 'robust-transfer zoo fetch {name} --download'")
+    return download(entry.url, target, entry.sha256)
+
+
+def download(url: str, target: str | os.PathLike, sha256: str | None = None,
+             timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``target`` through a temporary file, checking ``sha256`` if given.
+
+    Args:
+        url: what to fetch.
+        target: the final path; it appears only once the file is complete and verified.
+        sha256: expected hex checksum, or ``None`` when none is known.
+        timeout: seconds to wait for the server at each step.
+
+    Returns:
+        ``target`` as a :class:`Path`.
+
+    Raises:
+        CheckpointError: the server cannot be reached or the checksum differs.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.",
+                                       suffix=".part", delete=False)
+    try:
+        with part:
+            digest = _copy_url(url, part, timeout)
+        if sha256 is not None and digest != sha256.lower():
+            raise CheckpointError(f"{url} downloaded with sha256 {digest[:12]}..., expected "
+                                  f"{sha256[:12]}...: the download is corrupt or the file changed")
+        os.replace(part.name, target)
+    except OSError as err:  # URLError, HTTPError and timeouts are OSErrors
+        raise CheckpointError(f"cannot download {url}: {err}; put {target.name} into "
+                              f"{target.parent} by hand") from None
+    finally:
+        # whatever happened, no partial file stays behind
+        Path(part.name).unlink(missing_ok=True)
+    return target
+
+
+def _copy_url(url: str, out: Any, timeout: float) -> str:
+    """Stream ``url`` into the open file ``out``; return the sha256 of what was written."""
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- loading ---------------------------------------------------------------------------
+def load_zoo_model(name: str, device: str | torch.device = "cpu") -> tuple[TransferModel, dict[str, Any]]:
+    """Load a zoo model that is available locally (embedded, or published and fetched).
+
+    Args:
+        name: a zoo name.
+        device: where the model goes.
+
+    Returns:
+        The model in eval mode and its metadata; for a published model, the zoo entry's
+        facts (norm, eps, accuracies, URL) joined with what the file holds.
+
+    Raises:
+        UnknownNameError: ``name`` is not in the zoo.
+        CheckpointError: the file is not available locally or does not load.
+    """
+    embedded = _embedded(name)
+    if embedded is not None:
+        return load_model(embedded["path"], device=device)
+    entry = get_published(name)
+    model, meta = load_model(fetch(name), arch=entry.arch, num_classes=entry.num_classes,
+                             device=device)
+    return model, {**entry.to_dict(), **meta}
+
+
+def resolve_source(name_or_path: str | os.PathLike) -> Path:
+    """The checkpoint file behind a zoo name or a path.
+
+    Args:
+        name_or_path: a zoo name, or a checkpoint path (ours with or without suffix,
+            robustness library, torchvision).
+
+    Returns:
+        The local path to load.
+
+    Raises:
+        CheckpointError: neither a zoo name nor an existing file, or a zoo file is absent.
+    """
+    text = str(name_or_path)
+    if text in PUBLISHED or _embedded(text) is not None:
+        return fetch(text)
+    path = Path(text).expanduser()
+    if path.is_file() or checkpoint_paths(path)[0].is_file():
+        return path
+    raise CheckpointError(f"'{text}' is neither a zoo model nor a checkpoint file; zoo models: "
+                          f"{', '.join(zoo_names())}")
+
+
+def load_source(name_or_path: str | os.PathLike,
+                device: str | torch.device = "cpu") -> tuple[TransferModel, dict[str, Any]]:
+    """Load a source model from a zoo name or a checkpoint path (see :func:`resolve_source`)."""
+    text = str(name_or_path)
+    if text in PUBLISHED or _embedded(text) is not None:
+        return load_zoo_model(text, device)
+    return load_model(resolve_source(name_or_path), device=device)
+
+
+# --- listing ---------------------------------------------------------------------------
+def eps_label(norm: str | None, eps: float | None) -> str:
+    """A radius as people write it: ``3`` for L2, ``4/255`` for Linf, ``-`` when unknown."""
+    if eps is None:
+        return "-"
+    return f"{eps * 255:g}/255" if norm == "linf" else f"{eps:g}"
+
+
+def zoo_listing() -> list[dict[str, Any]]:
+    """One row per zoo model for tables: embedded first, then published.
+
+    Returns:
+        Dicts with ``name``, ``kind`` (``embedded``/``published``), ``arch``, ``norm``,
+        ``eps`` (label), ``source_dataset``, ``clean_acc``, ``robust_acc`` and ``local``
+        (whether the file is on this machine).
+    """
+    rows = [{"name": m["name"], "kind": "embedded", "arch": m["arch"], "norm": m.get("norm") or "-",
+             "eps": eps_label(m.get("norm"), m.get("eps")), "source_dataset": m.get("source_dataset"),
+             "clean_acc": m.get("clean_acc"), "robust_acc": m.get("robust_acc"), "local": True}
+            for m in embedded_models()]
+    folder = zoo_dir()
+    for name in PUBLISHED.names():
+        e = PUBLISHED.get(name)
+        rows.append({"name": name, "kind": "published", "arch": e.arch, "norm": e.norm,
+                     "eps": e.eps_label, "source_dataset": e.source_dataset, "clean_acc": e.clean_acc,
+                     "robust_acc": e.robust_acc, "local": (folder / e.file).is_file()})
+    return rows
