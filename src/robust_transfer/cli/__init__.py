@@ -19,6 +19,7 @@ from robust_transfer.errors import RobustTransferError
 COMMAND_MODULES = [
     "robust_transfer.cli.train_cmd",
     "robust_transfer.cli.models_cmd",
+    "robust_transfer.cli.data_cmd",
 ]
 
 

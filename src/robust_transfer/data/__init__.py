@@ -5,6 +5,7 @@ from robust_transfer.data.datasets import (
     DatasetInfo,
     ImageArrays,
     data_root,
+    dataset_available,
     dataset_info,
     dataset_names,
     load_dataset,
@@ -14,5 +15,5 @@ from robust_transfer.data.transforms import InputPolicy, default_policy
 
 __all__ = [
     "DATASETS", "DatasetInfo", "ImageArrays", "InputPolicy", "balanced_subset",
-    "data_root", "dataset_info", "dataset_names", "default_policy", "load_dataset",
+    "data_root", "dataset_available", "dataset_info", "dataset_names", "default_policy", "load_dataset",
 ]

@@ -357,3 +357,12 @@ def _load_folder(path: Path, split: str) -> ImageArrays:
         raise DatasetError(f"no images found under {split_dir}")
     return ImageArrays(torch.as_tensor(np.stack(images)), torch.as_tensor(labels, dtype=torch.long),
                        info, split, source=str(split_dir))
+
+
+def dataset_available(name: str, root: str | os.PathLike | None = None) -> bool:
+    """Whether the files of a registered dataset are on this machine (nothing is read)."""
+    entry = DATASETS.get(name)
+    base = data_root(root)
+    if name == "fmnist":
+        return _idx_folder(base) is not None
+    return all(p.exists() for p in entry.expected_files(base))

@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` (main job on the embedded default) and `make test`.
+# Each creates what it needs: a virtual environment with torch, the package, and data.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU machines here install this pair from a local cache; override for other platforms.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test lint bench zoo clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	touch $@
+
+setup: $(BIN)/.installed
+	bash scripts/system_deps.sh
+
+demo: setup
+	$(BIN)/robust-transfer demo
+
+test: setup
+	bash scripts/system_deps.sh --test
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# retrain the embedded zoo (about an hour on a 2-core CPU); see scripts/train_zoo.sh
+zoo: setup
+	RT=$(BIN)/robust-transfer bash scripts/train_zoo.sh --overwrite
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
