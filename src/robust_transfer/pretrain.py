@@ -138,8 +138,21 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
                          eval_attack=cfg.robust_eval_attack(), seed=cfg.seed, device=str(dev))
     history = fit(net, train_loader, test_loader if rank == 0 else None, options, callback,
                   attack_model=model)
+    if world > 1:
+        _broadcast_buffers(model)
     meta = _metadata(cfg, model, history, train, world)
     return model, history, meta
+
+
+def _broadcast_buffers(model: TransferModel) -> None:
+    """Give every rank rank 0's BatchNorm statistics.
+
+    DDP broadcasts buffers before each forward, then every rank updates them on its own
+    batch, so after the last step they differ by one local update; rank 0's are the ones
+    evaluated and saved.
+    """
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetrics],
@@ -173,11 +186,12 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
     """Refuse to train into an existing checkpoint unless asked (before any work)."""
-    path = Path(path)
-    for p in (path.with_suffix(".safetensors"), path.with_suffix(".json")):
+    from robust_transfer.models.checkpoints import checkpoint_paths
+
+    for p in checkpoint_paths(path):
         if p.exists() and not overwrite:
             raise OutputExistsError(f"{p} exists; pass --overwrite to replace it or choose another --out")
-    return path
+    return Path(path)
 
 
 def robust_accuracy(model: TransferModel, data: ImageArrays, attack: AttackConfig,

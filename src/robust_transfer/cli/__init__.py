@@ -20,6 +20,8 @@ COMMAND_MODULES = [
     "robust_transfer.cli.train_cmd",
     "robust_transfer.cli.models_cmd",
     "robust_transfer.cli.data_cmd",
+    "robust_transfer.cli.analyze_cmd",
+    "robust_transfer.cli.explain_cmd",
 ]
 
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except RobustTransferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `robust-transfer zoo list | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

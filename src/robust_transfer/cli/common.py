@@ -79,10 +79,9 @@ class Progress:
 
 def load_source(name_or_path: str):
     """A zoo name or checkpoint path -> (model, metadata)."""
-    from robust_transfer.models.checkpoints import load_model
-    from robust_transfer.models.zoo import resolve_source
+    from robust_transfer.models.zoo import load_source as _load
 
-    return load_model(resolve_source(name_or_path))
+    return _load(name_or_path)
 
 
 def require(condition: bool, message: str) -> None:
