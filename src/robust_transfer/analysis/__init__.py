@@ -1,0 +1,74 @@
+"""Analysis: from finished runs to tables, figures, data-efficiency factors and a report.
+
+Entry points: :func:`analyze` (frames in, :class:`AnalysisResult` out, report written
+when given a directory), :func:`analyze_study` (a study directory) and
+:func:`analyze_csv` (results of other code). Nothing here prints.
+
+Frame contract (what the study store gives the analysis)
+--------------------------------------------------------
+``robust_transfer.study.store.load_results(study_dir)`` returns ``(runs, epochs)``,
+``(runs, epochs, total_runs)``, or an object or dict with ``runs``, ``epochs`` and
+optionally ``total_runs`` (int: all runs the spec defines, so the report can say how
+many are missing) and ``spec_text`` (str).
+
+``runs``: one row per finished fine-tuning run.
+
+=================  =======  ==========================================================
+column             dtype    meaning
+=================  =======  ==========================================================
+run_id             str      unique id, the key into ``epochs``
+source             str      source label, e.g. ``"natural"``, ``"l2-eps0.5"``
+source_eps         float    attack radius the source was trained with (0 = natural)
+source_norm        str      ``"l2"``, ``"linf"`` or ``"none"``
+target             str      target dataset, e.g. ``"digits"``
+n                  int      training images actually used (also for "all")
+n_label            str      the requested n: the number, or ``"all"``
+unfrozen_blocks    str      ``"0"`` (head only), ``"1"``, ``"3"``, ..., ``"all"``
+epochs             int      epoch budget of the run
+seed               int      seed (fixes the image subset and the initialisation)
+test_acc           float    final test accuracy in [0, 1]
+status             str      optional; rows other than ``"finished"`` are ignored
+lr, batch_size...  any      optional recipe columns; ones that differ are reported
+=================  =======  ==========================================================
+
+A (source, target, n, unfrozen_blocks, epochs, seed) must occur at most once.
+
+``epochs``: one row per (run_id, epoch): ``run_id`` (str), ``epoch`` (int, 1-based),
+``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (floats; test columns NaN on
+epochs that were not evaluated). Only ``run_id``, ``epoch`` and ``test_acc`` are read.
+
+CSV import (:func:`read_runs_csv`): columns ``source, target, n, unfrozen_blocks,
+epochs, seed, test_acc``, optional ``eps`` and ``norm``; missing columns raise
+:class:`~robust_transfer.errors.ConfigError` naming them.
+
+Baseline: the source with eps 0, else the one labelled ``natural``, else the label
+passed as ``baseline=``; without one, a :class:`~robust_transfer.errors.RobustTransferError`
+says which labels could be marked.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> submodule; loaded on first use (PEP 562), so that importing one light submodule
+# (the CLI reads interval names from ``intervals``) does not load pandas, scipy, matplotlib
+_EXPORTS = {
+    "AnalysisResult": "report", "analyze": "report", "analyze_csv": "report",
+    "analyze_study": "report", "CI_METHODS": "intervals", "CIOptions": "intervals",
+    "ci_table": "stats", "paired_deltas": "stats", "summarize_deltas": "stats",
+    "summarize_runs": "stats", "Factors": "efficiency", "epoch_factors": "efficiency",
+    "image_factors": "efficiency", "Reference": "findings", "Coverage": "frames",
+    "StudyResults": "frames", "load_study": "frames", "prepare_epochs": "frames",
+    "prepare_runs": "frames", "read_runs_csv": "frames", "resolve_baseline": "frames",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
