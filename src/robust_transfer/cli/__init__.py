@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "robust_transfer.cli.train_cmd",
     "robust_transfer.cli.models_cmd",
     "robust_transfer.cli.data_cmd",
+    "robust_transfer.cli.study_cmd",
     "robust_transfer.cli.analyze_cmd",
     "robust_transfer.cli.explain_cmd",
 ]

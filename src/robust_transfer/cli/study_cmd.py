@@ -1,0 +1,201 @@
+"""``study run``, ``study status`` and ``study export``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from robust_transfer.cli.common import positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="run a grid of fine-tuning runs (a study) and read its results",
+                       description="Studies: a YAML spec expanded into runs, executed resumably "
+                       "into a SQLite results store (see studies/*.yaml).")
+    commands = p.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
+    _register_run(commands)
+    _register_status(commands)
+    _register_export(commands)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+
+
+def _register_run(sub) -> None:
+    from robust_transfer.study.executors import EXECUTORS
+
+    p = sub.add_parser("run", help="run the unfinished runs of a study spec",
+                       description="Expand SPEC into runs and execute those not finished in "
+                       "--out. Safe to interrupt and rerun: finished runs are kept and skipped.")
+    p.add_argument("spec", help="study spec (YAML), e.g. studies/embedded.yaml")
+    p.add_argument("--out", required=True, help="study directory (results store, feature cache)")
+    p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
+                   help="local: this process or a process pool; ray: a Ray cluster")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="runs at a time (local default 1 = in this process; ray default: "
+                        "as many as the cluster's CPUs/GPUs allow)")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster (host:port or auto) instead of starting one")
+    p.add_argument("--cpus-per-run", type=float, default=None,
+                   help="CPUs (torch threads) per run (default: the spec's resources.num_cpus)")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="GPUs per run for Ray, fractions allowed, e.g. 0.25 (default: the spec's)")
+    p.add_argument("--device", default=None, help="torch device for runs (default: the spec's, auto)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: the spec's or "
+                   "$ROBUST_TRANSFER_DATA or ~/.cache/robust_transfer/data)")
+    p.add_argument("--no-feature-cache", action="store_true",
+                   help="recompute frozen-prefix outputs in every run")
+    p.add_argument("--retry-failed", action="store_true", help="rerun runs that failed before")
+    p.add_argument("--extend", action="store_true",
+                   help="add this spec's runs to a directory holding a different study")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print run counts, missing inputs and estimated cost; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(func=_run)
+
+
+def _register_status(sub) -> None:
+    p = sub.add_parser("status", help="how far a study is", description="Counts of finished, "
+                       "failed, running and pending runs of a study directory.")
+    p.add_argument("dir", help="study directory")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.set_defaults(func=_status)
+
+
+def _register_export(sub) -> None:
+    p = sub.add_parser("export", help="write a study's results as CSV or Parquet",
+                       description="Writes runs.<fmt> (one row per finished run) and "
+                       "epochs.<fmt> (one row per run and epoch).")
+    p.add_argument("dir", help="study directory")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format")
+    p.add_argument("--out", default=None, help="output folder (default: DIR/export)")
+    p.set_defaults(func=_export)
+
+
+# --- handlers ------------------------------------------------------------------------
+def _run(args) -> int:
+    from robust_transfer.study import MissingInputsError, load_spec
+
+    spec = load_spec(args.spec)
+    if args.dry_run:
+        return _dry_run(spec, args)
+    display = None if args.quiet else ProgressDisplay()
+    try:
+        summary = _call_run(spec, args, display)
+    except MissingInputsError as err:
+        _print_missing(err.items)
+        return 2
+    finally:
+        if display:
+            display.close()
+    print(f"{summary.study_dir}: ran {summary.ran} run(s) in {summary.seconds:.1f}s "
+          f"({summary.finished} finished, {summary.failed} failed), skipped {summary.skipped} "
+          f"already done; store: {summary.store_finished}/{summary.store_total} finished, "
+          f"{summary.store_failed} failed")
+    for run_id, error in summary.failures[:5]:
+        print(f"  failed {run_id}: {error}")
+    return 1 if summary.failed else 0
+
+
+def _call_run(spec, args, display):
+    from robust_transfer.study import run_study
+
+    return run_study(spec, args.out, args.executor, workers=args.workers,
+                     ray_address=args.ray_address, retry_failed=args.retry_failed,
+                     extend=args.extend, data_root=args.data_root, device=args.device,
+                     feature_cache=False if args.no_feature_cache else None,
+                     num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display)
+
+
+def _dry_run(spec, args) -> int:
+    from robust_transfer.study import plan_study
+
+    plan = plan_study(spec, args.out, args.retry_failed, args.data_root)
+    est = plan.estimate
+    print(f"study '{spec.name}': {plan.total_runs} runs, {plan.finished} already finished, "
+          f"{plan.failed} failed, {plan.to_run} to run")
+    print(f"estimated time: {_duration(est.seconds)} on this machine, one run at a time "
+          f"({est.basis})")
+    print(f"estimated GPU-hours: {est.gpu_hours:,.1f} on {_reference()}")
+    if plan.missing:
+        print(f"missing on this machine ({len(plan.missing)}); a real run refuses to start "
+              "until they are in place:")
+        for item in plan.missing:
+            print(f"  - {item}")
+    return 0
+
+
+def _reference() -> str:
+    from robust_transfer.study.estimate import REFERENCE_GPU
+
+    return REFERENCE_GPU
+
+
+def _print_missing(items) -> None:
+    print(f"error: {len(items)} input(s) missing; nothing was run. Put them in place and rerun:",
+          file=sys.stderr)
+    for item in items:
+        print(f"  - {item}", file=sys.stderr)
+
+
+def _status(args) -> int:
+    from robust_transfer.study.runner import study_dir_summary
+
+    info = study_dir_summary(args.dir)
+    status = info["status"]
+    if args.json:
+        print(json.dumps(status.to_dict()))
+        return 0
+    print(f"{args.dir}: {status.total} runs: {status.finished} finished, {status.failed} failed, "
+          f"{status.running} running, {status.pending} pending ({status.missing} missing); "
+          f"{_duration(status.seconds)} of run time; {status.specs} spec(s) stored")
+    for run_id, error in info["failures"]:
+        print(f"  failed {run_id}: {error.splitlines()[0] if error else '?'}")
+    return 0
+
+
+def _export(args) -> int:
+    from robust_transfer.study import export_results
+
+    for path in export_results(args.dir, args.format, args.out):
+        print(path)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: unknown
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:,.1f} h"
+
+
+class ProgressDisplay:
+    """One status line, redrawn in place on a terminal, else printed every few seconds."""
+
+    def __init__(self, stream=None, every: float = 5.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every, self.last_print = every, 0.0
+        self.width = 0
+
+    def __call__(self, p) -> None:
+        eta = "?" if p.eta is None else _duration(p.eta)
+        line = (f"study: {p.done} done, {p.failed} failed, {p.running} running, "
+                f"{p.remaining} remaining of {p.total} | {_duration(p.elapsed)} elapsed, ETA {eta}")
+        now = time.monotonic()
+        final = p.remaining == 0 and p.running == 0
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        elif final or now - self.last_print >= self.every:
+            self.stream.write(line + "\n")
+            self.last_print = now
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\n")
+            self.stream.flush()

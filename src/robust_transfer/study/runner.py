@@ -1,0 +1,256 @@
+"""Run a study: check it, plan it into the store, execute what is left, record each outcome.
+
+The driver is the only writer of the store. Before any run starts it checks the spec
+against this machine (:mod:`.resolve`) and against the directory (a different study is
+refused unless ``extend``); then it plans every run as ``pending`` and hands the
+unfinished ones to an executor, recording each outcome in one transaction as it arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from robust_transfer.errors import RobustTransferError
+from robust_transfer.study.executors import ExecutorOptions, get_executor
+from robust_transfer.study.lock import DriverLock
+from robust_transfer.study.resolve import ResolvedStudy, resolve_study
+from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
+from robust_transfer.study.store import RunOutcome, StudyStore, run_row
+from robust_transfer.study.worker import RunContext, RunTask
+
+FEATURE_CACHE_DIR = "feature_cache"
+SPEC_COPY = "spec.yaml"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a running study, for progress displays.
+
+    Attributes:
+        done, failed, running, remaining: runs of this invocation by state.
+        total: runs this invocation set out to do.
+        elapsed: seconds since it started.
+        eta: estimated seconds left (``None`` until a run has ended).
+        last: the outcome that triggered this snapshot, if any.
+    """
+
+    done: int
+    failed: int
+    running: int
+    remaining: int
+    total: int
+    elapsed: float
+    eta: float | None
+    last: RunOutcome | None = None
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """What :func:`run_study` did and where the study stands.
+
+    Attributes:
+        study_dir: the study directory.
+        total_runs: runs this spec defines.
+        skipped: runs already finished before (or failed, without ``retry_failed``).
+        ran, finished, failed: runs executed now and how they ended.
+        seconds: wall time of this invocation.
+        store_finished, store_failed, store_total: the whole store afterwards.
+        failures: ``(run_id, first line of the error)`` of runs that failed now.
+    """
+
+    study_dir: Path
+    total_runs: int
+    skipped: int
+    ran: int
+    finished: int
+    failed: int
+    seconds: float
+    store_finished: int
+    store_failed: int
+    store_total: int
+    failures: tuple[tuple[str, str], ...] = ()
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str = "local", *,
+              workers: int | None = 1, ray_address: str | None = None,
+              retry_failed: bool = False, extend: bool = False, data_root: str | None = None,
+              device: str | None = None, feature_cache: bool | None = None,
+              num_cpus: float | None = None, num_gpus: float | None = None,
+              progress: ProgressCallback | None = None, run_fn=None) -> StudySummary:
+    """Run every unfinished run of a study, resumably.
+
+    Args:
+        spec: a :class:`StudySpec` or the path of a YAML spec.
+        out_dir: the study directory (created if absent).
+        executor: ``"local"`` or ``"ray"``.
+        workers: runs at a time (local: processes; 1 = in this process).
+        ray_address: join this Ray cluster instead of starting one.
+        retry_failed: rerun runs that failed before.
+        extend: allow a spec other than the one(s) stored in ``out_dir``.
+        data_root, device, feature_cache, num_cpus, num_gpus: override the spec's.
+        progress: called after each run (and once at the start).
+        run_fn: replaces :func:`~.worker.execute_run` (benchmarks, tests); module-level.
+
+    Returns:
+        A :class:`StudySummary`.
+
+    Raises:
+        RobustTransferError: bad spec, missing inputs (nothing is run), a different
+            study in ``out_dir``, another process running it, or an executor that cannot
+            start. Failing runs are recorded, not raised.
+    """
+    spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
+    resolved = resolve_study(spec, data_root)
+    resolved.require_complete()
+    options = ExecutorOptions(workers, spec.resources, ray_address)
+    if run_fn is not None:
+        options.run_fn = run_fn
+    runner = get_executor(executor, options)  # fails before the directory is touched
+    out = Path(out_dir)
+    with DriverLock(out), StudyStore(out, create=True) as store:
+        runs, todo, skipped = _prepare(store, resolved, extend, retry_failed)
+        ctx = _context(resolved, out)
+        start = time.perf_counter()
+        ran = _execute(store, runner, todo, ctx, options, progress)
+        status = store.status()
+        return StudySummary(out, len(runs), skipped, len(ran), sum(o.status == "finished" for o in ran),
+                            sum(o.status == "failed" for o in ran), time.perf_counter() - start,
+                            status.finished, status.failed, status.total,
+                            tuple((o.run_id, (o.error or "").splitlines()[0]) for o in ran
+                                  if o.status == "failed"))
+
+
+def _as_spec(spec: StudySpec | str | Path) -> StudySpec:
+    return spec if isinstance(spec, StudySpec) else load_spec(spec)
+
+
+def _override(spec: StudySpec, device, feature_cache, num_cpus, num_gpus, data_root) -> StudySpec:
+    res = replace(spec.resources, **{k: float(v) for k, v in
+                                     (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None})
+    changes: dict[str, Any] = {"resources": res}
+    for key, value in (("device", device), ("feature_cache", feature_cache), ("data_root", data_root)):
+        if value is not None:
+            changes[key] = value
+    return replace(spec, **changes)
+
+
+def _prepare(store: StudyStore, resolved: ResolvedStudy, extend: bool,
+             retry_failed: bool) -> tuple[list[RunConfig], list[RunTask], int]:
+    """Check the directory's study, plan the runs, and list the ones to execute."""
+    spec = resolved.spec
+    runs = spec.runs()
+    spec_id = check_spec(store, spec, [r.run_id for r in runs], extend)
+    store.pin_sources([s.to_dict() for s in resolved.sources.values()])
+    sources = {label: s.to_dict() for label, s in resolved.sources.items()}
+    store.plan((run_row(r.to_dict(), sources[r.source]) for r in runs), spec_id)
+    store.reset_running()  # we hold the driver lock: no one else is running them
+    _write_spec_copy(store.dir, spec)
+    statuses = store.statuses(r.run_id for r in runs)
+    redo = {"pending", "running"} | ({"failed"} if retry_failed else set())
+    todo = [RunTask(r.run_id, r.to_dict()) for r in runs if statuses.get(r.run_id) in redo]
+    return runs, todo, len(runs) - len(todo)
+
+
+def check_spec(store: StudyStore, spec: StudySpec, run_ids: list[str], extend: bool) -> int:
+    """The stored spec matching these runs, else store this one if allowed.
+
+    Two specs are the same study when they define the same set of runs: comments, key
+    order and execution settings do not matter.
+
+    Raises:
+        RobustTransferError: the directory holds a different study and ``extend`` is off.
+    """
+    run_set = run_set_id(run_ids)
+    stored = store.specs()
+    same = next((s for s in stored if s["run_set"] == run_set), None)
+    if same is not None:
+        return int(same["spec_id"])
+    if stored and not extend:
+        first = stored[0]
+        raise RobustTransferError(
+            f"{store.dir} holds a different study ('{first['name']}', {first['n_runs']} runs; "
+            f"this spec defines {len(run_ids)} runs, not the same ones): choose another --out, "
+            "or pass --extend to add this spec's runs to it")
+    return store.add_spec(run_set, len(run_ids), spec.name, spec.text)
+
+
+def _write_spec_copy(study_dir: Path, spec: StudySpec) -> None:
+    """The first spec also sits beside the store as ``spec.yaml``, for people and tools."""
+    copy = study_dir / SPEC_COPY
+    if not copy.exists():
+        tmp = copy.with_name(f".{SPEC_COPY}.tmp")
+        tmp.write_text(spec.text, encoding="utf-8")
+        os.replace(tmp, copy)
+
+
+def _context(resolved: ResolvedStudy, out: Path) -> RunContext:
+    spec = resolved.spec
+    sources = {label: {"path": s.path, "sha256": s.sha256} for label, s in resolved.sources.items()}
+    cache = str(out / FEATURE_CACHE_DIR) if spec.feature_cache else None
+    return RunContext(sources, str(resolved.data_root), spec.device, spec.resources.threads, cache)
+
+
+def _execute(store: StudyStore, runner, todo: list[RunTask], ctx: RunContext,
+             options: ExecutorOptions, progress: ProgressCallback | None) -> list[RunOutcome]:
+    tracker = _Tracker(len(todo), progress)
+    tracker.report(None)
+
+    def on_start(run_ids: list[str]) -> None:
+        store.mark_running(run_ids)
+        tracker.started(len(run_ids))
+
+    outcomes = []
+    for outcome in runner(todo, ctx, on_start, options):
+        store.record(outcome)  # one transaction per run: all of it or nothing
+        outcomes.append(outcome)
+        tracker.ended(outcome)
+    return outcomes
+
+
+class _Tracker:
+    """Counts runs by state and estimates the time left."""
+
+    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
+        self.total, self.callback = total, callback
+        self.done = self.failed = self.running = 0
+        self.start = time.perf_counter()
+
+    def started(self, count: int) -> None:
+        self.running += count
+
+    def ended(self, outcome: RunOutcome) -> None:
+        self.running = max(0, self.running - 1)
+        if outcome.status == "finished":
+            self.done += 1
+        else:
+            self.failed += 1
+        self.report(outcome)
+
+    def report(self, last: RunOutcome | None) -> None:
+        if self.callback is None:
+            return
+        ended = self.done + self.failed
+        elapsed = time.perf_counter() - self.start
+        remaining = self.total - ended - self.running
+        # runs end at the rate seen so far; the ones running are half done on average
+        eta = elapsed / ended * (remaining + self.running / 2) if ended else None
+        self.callback(Progress(self.done, self.failed, self.running, remaining, self.total,
+                               elapsed, eta, last))
+
+
+def study_dir_summary(study_dir: str | Path) -> dict[str, Any]:
+    """Status counts plus the first failures, for ``study status``."""
+    from robust_transfer.study.lock import driver_alive
+
+    with StudyStore(study_dir, readonly=True) as store:
+        status = store.status(live=driver_alive(study_dir))
+        return {"status": status, "failures": store.failures(5), "specs": store.specs()}
+

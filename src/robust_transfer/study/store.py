@@ -1,0 +1,444 @@
+"""The results store of a study: one SQLite database in WAL mode, ``<study>/study.db``.
+
+One process writes it (the study driver, which holds ``<study>/driver.lock``); any number
+may read it while it runs. A finished or failed run is written in one transaction, so a
+study killed at any moment (SIGKILL included) leaves every run either fully recorded or
+not at all, and a restart reruns exactly the runs that are not finished.
+
+Schema (version 1)::
+
+    meta(key TEXT PRIMARY KEY, value TEXT)         -- schema_version, created_at
+    specs(spec_id INTEGER PRIMARY KEY, added_at REAL, run_set TEXT, n_runs INTEGER,
+          name TEXT, text TEXT)                     -- every spec run into the directory
+    sources(label TEXT PRIMARY KEY, model TEXT, path TEXT, sha256 TEXT, arch TEXT,
+            n_blocks INTEGER, eps REAL, norm TEXT)  -- pinned when first used
+    runs(run_id TEXT PRIMARY KEY,                   -- sha256 of config, 16 hex digits
+         spec_id INTEGER,                           -- the spec that first planned it
+         config TEXT,                               -- the resolved config, canonical JSON
+         source TEXT, source_eps REAL, source_norm TEXT, target TEXT,
+         n_label TEXT,                              -- "100" or "all"
+         n INTEGER,                                 -- images used (NULL until finished)
+         unfrozen_blocks TEXT, epochs INTEGER, seed INTEGER,
+         lr REAL, momentum REAL, weight_decay REAL, schedule TEXT, batch_size INTEGER,
+         augment TEXT, resolution INTEGER, head_init TEXT, eval_every INTEGER,
+         status TEXT,                               -- pending | running | finished | failed
+         attempts INTEGER,                          -- times started
+         test_acc REAL, test_loss REAL, train_acc REAL, train_loss REAL,
+         seconds REAL, started_at REAL, finished_at REAL,   -- unix times
+         device TEXT, host TEXT, worker TEXT, cached_prefix INTEGER,
+         error TEXT)                                -- traceback of a failed run
+    epochs(run_id TEXT, epoch INTEGER,              -- 1-based; PRIMARY KEY (run_id, epoch)
+           lr REAL, train_loss REAL, train_acc REAL,
+           test_loss REAL, test_acc REAL,           -- NULL on epochs not evaluated
+           seconds REAL)
+
+``running`` rows left by a driver that died are treated as not started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from robust_transfer.errors import ConfigError, RobustTransferError
+
+SCHEMA_VERSION = 1
+DB_NAME = "study.db"
+STATUSES = ("pending", "running", "finished", "failed")
+RECIPE_COLUMNS = ("lr", "momentum", "weight_decay", "schedule", "batch_size", "augment",
+                  "resolution", "head_init", "eval_every")
+RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
+                  "started_at", "finished_at", "device", "host", "worker", "cached_prefix", "error")
+EPOCH_COLUMNS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS specs (spec_id INTEGER PRIMARY KEY, added_at REAL, run_set TEXT,
+    n_runs INTEGER, name TEXT, text TEXT);
+CREATE TABLE IF NOT EXISTS sources (label TEXT PRIMARY KEY, model TEXT, path TEXT, sha256 TEXT,
+    arch TEXT, n_blocks INTEGER, eps REAL, norm TEXT);
+CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, spec_id INTEGER, config TEXT NOT NULL,
+    source TEXT, source_eps REAL, source_norm TEXT, target TEXT, n_label TEXT, n INTEGER,
+    unfrozen_blocks TEXT, epochs INTEGER, seed INTEGER,
+    lr REAL, momentum REAL, weight_decay REAL, schedule TEXT, batch_size INTEGER, augment TEXT,
+    resolution INTEGER, head_init TEXT, eval_every INTEGER,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'running', 'finished', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0, test_acc REAL, test_loss REAL, train_acc REAL,
+    train_loss REAL, seconds REAL, started_at REAL, finished_at REAL, device TEXT, host TEXT,
+    worker TEXT, cached_prefix INTEGER, error TEXT);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS epochs (run_id TEXT NOT NULL REFERENCES runs (run_id), epoch INTEGER NOT NULL,
+    lr REAL, train_loss REAL, train_acc REAL, test_loss REAL, test_acc REAL, seconds REAL,
+    PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a worker sends back for one run (plain data: it crosses process boundaries)."""
+
+    run_id: str
+    status: str  # "finished" or "failed"
+    started_at: float
+    finished_at: float
+    host: str = ""
+    worker: str = ""
+    device: str = ""
+    n: int | None = None
+    cached_prefix: bool = False
+    history: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.finished_at - self.started_at
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """How far a study is.
+
+    Attributes:
+        total: runs planned (every spec run into the directory).
+        finished, failed, pending: counts by status (``pending`` includes runs left
+            ``running`` by a driver that is gone).
+        running: runs a live driver is running now.
+        specs: number of specs stored.
+        seconds: summed run time of finished runs.
+    """
+
+    total: int
+    finished: int
+    failed: int
+    pending: int
+    running: int
+    specs: int
+    seconds: float
+
+    @property
+    def missing(self) -> int:
+        return self.total - self.finished
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "missing": self.missing}
+
+
+class StudyStore:
+    """The SQLite results store of one study directory.
+
+    Args:
+        study_dir: the directory; ``study.db`` inside it.
+        create: create the directory and database if absent.
+        readonly: open for reading only (``status``, ``export``, the analysis).
+
+    Raises:
+        ConfigError: no study at ``study_dir`` (and ``create`` is false), or a database of
+            a newer schema.
+    """
+
+    def __init__(self, study_dir: str | Path, create: bool = False, readonly: bool = False) -> None:
+        self.dir = Path(study_dir)
+        self.path = self.dir / DB_NAME
+        if not self.path.is_file():
+            if not create:
+                raise ConfigError(f"{self.dir} holds no study (no {DB_NAME}); run "
+                                  "'robust-transfer study run SPEC --out DIR' first")
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.conn = self._connect(readonly)
+        if not readonly:
+            self._init_schema()
+        self._check_version()
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        uri = f"file:{self.path}{'?mode=ro' if readonly else ''}"
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL: a killed process loses nothing committed; a power cut may lose
+            # the last commits (those runs rerun), never corrupts the database
+            conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _init_schema(self) -> None:
+        with self.transaction() as c:
+            for statement in _statements(_SCHEMA):  # executescript would COMMIT on its own
+                c.execute(statement)
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            c.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+
+    def _check_version(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise ConfigError(f"{self.path} has schema version {row[0]}; this robust-transfer "
+                              f"reads up to {SCHEMA_VERSION}: upgrade it")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> StudyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- specs and sources -----------------------------------------------------------
+    def specs(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT spec_id, added_at, run_set, n_runs, name, text FROM specs "
+                                 "ORDER BY spec_id").fetchall()
+        keys = ("spec_id", "added_at", "run_set", "n_runs", "name", "text")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def add_spec(self, run_set: str, n_runs: int, name: str, text: str) -> int:
+        with self.transaction() as c:
+            cur = c.execute("INSERT INTO specs (added_at, run_set, n_runs, name, text) "
+                            "VALUES (?, ?, ?, ?, ?)", (time.time(), run_set, n_runs, name, text))
+            return int(cur.lastrowid)
+
+    def sources(self) -> dict[str, dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM sources")
+        names = [d[0] for d in cur.description]
+        return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+
+    def pin_sources(self, infos: Iterable[dict[str, Any]]) -> None:
+        """Record each source's checkpoint; refuse one whose label now means other weights.
+
+        Raises:
+            RobustTransferError: a label's checkpoint changed since the study started.
+        """
+        known = self.sources()
+        for info in infos:
+            old = known.get(info["label"])
+            if old and info["sha256"] and old["sha256"] and old["sha256"] != info["sha256"]:
+                raise RobustTransferError(
+                    f"source '{info['label']}' had checkpoint sha256 {old['sha256'][:12]}... when "
+                    f"{self.dir} was started and now has {info['sha256'][:12]}...: restore that "
+                    "checkpoint, or give the new one another label (with --extend)")
+        with self.transaction() as c:
+            for info in infos:
+                if info["sha256"]:
+                    c.execute("INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              tuple(info[k] for k in ("label", "model", "path", "sha256", "arch",
+                                                      "n_blocks", "eps", "norm")))
+
+    # --- planning --------------------------------------------------------------------
+    def plan(self, rows: Iterable[dict[str, Any]], spec_id: int) -> int:
+        """Insert runs not yet in the store as ``pending``; return how many were new."""
+        columns = ("run_id", "spec_id", "config", "source", "source_eps", "source_norm", "target",
+                   "n_label", "unfrozen_blocks", "epochs", "seed", *RECIPE_COLUMNS)
+        sql = (f"INSERT OR IGNORE INTO runs ({', '.join(columns)}) "
+               f"VALUES ({', '.join('?' * len(columns))})")
+        with self.transaction() as c:
+            before = c.total_changes
+            c.executemany(sql, ([r[k] if k != "spec_id" else spec_id for k in columns] for r in rows))
+            return c.total_changes - before
+
+    def statuses(self, run_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """``run_id -> status`` for the given runs (all when ``None``)."""
+        rows = self.conn.execute("SELECT run_id, status FROM runs").fetchall()
+        if run_ids is None:
+            return dict(rows)
+        wanted = set(run_ids)
+        return {r: s for r, s in rows if r in wanted}
+
+    def mark_running(self, run_ids: list[str]) -> None:
+        with self.transaction() as c:
+            c.executemany("UPDATE runs SET status='running', attempts=attempts+1 WHERE run_id=?",
+                          [(r,) for r in run_ids])
+
+    def reset_running(self) -> int:
+        """Runs left ``running`` by a driver that died become ``pending`` again."""
+        with self.transaction() as c:
+            return c.execute("UPDATE runs SET status='pending' WHERE status='running'").rowcount
+
+    # --- results ---------------------------------------------------------------------
+    def record(self, outcome: RunOutcome) -> None:
+        """Write one run's outcome and its epochs in a single transaction."""
+        final = outcome.final
+        values = {"n": outcome.n, "status": outcome.status, "test_acc": _num(final.get("test_acc")),
+                  "test_loss": _num(final.get("test_loss")), "train_acc": _num(final.get("train_acc")),
+                  "train_loss": _num(final.get("train_loss")), "seconds": outcome.seconds,
+                  "started_at": outcome.started_at, "finished_at": outcome.finished_at,
+                  "device": outcome.device, "host": outcome.host, "worker": outcome.worker,
+                  "cached_prefix": int(outcome.cached_prefix), "error": outcome.error}
+        sets = ", ".join(f"{k}=?" for k in RESULT_COLUMNS)
+        with self.transaction() as c:
+            cur = c.execute(f"UPDATE runs SET {sets} WHERE run_id=?",
+                            [values[k] for k in RESULT_COLUMNS] + [outcome.run_id])
+            if cur.rowcount != 1:
+                raise RobustTransferError(f"run {outcome.run_id} is not part of this study")
+            c.execute("DELETE FROM epochs WHERE run_id=?", (outcome.run_id,))
+            c.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          [(outcome.run_id, int(h["epoch"]), *(_num(h.get(k)) for k in EPOCH_COLUMNS))
+                           for h in outcome.history])
+
+    def status(self, live: bool = False) -> StudyStatus:
+        """Counts by status; ``live``: a driver is running, so ``running`` rows are real."""
+        counts = dict(self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        seconds = self.conn.execute("SELECT COALESCE(SUM(seconds), 0) FROM runs "
+                                    "WHERE status='finished'").fetchone()[0]
+        n_specs = self.conn.execute("SELECT COUNT(*) FROM specs").fetchone()[0]
+        running = counts.get("running", 0)
+        return StudyStatus(sum(counts.values()), counts.get("finished", 0), counts.get("failed", 0),
+                           counts.get("pending", 0) + (0 if live else running),
+                           running if live else 0, n_specs, float(seconds))
+
+    def failures(self, limit: int = 20) -> list[tuple[str, str]]:
+        rows = self.conn.execute("SELECT run_id, error FROM runs WHERE status='failed' "
+                                 "ORDER BY finished_at LIMIT ?", (limit,)).fetchall()
+        return [(r, e or "") for r, e in rows]
+
+    def mean_seconds(self) -> list[tuple[str, float]]:
+        """``(config JSON, seconds)`` of finished runs, for cost estimates."""
+        return self.conn.execute("SELECT config, seconds FROM runs WHERE status='finished'").fetchall()
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _num(value: Any) -> float | None:
+    """SQLite has no NaN: epochs that were not evaluated are stored as NULL."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def run_row(config: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
+    """The planning columns of ``runs`` for one run config and its resolved source."""
+    from robust_transfer.study.spec import canonical_json, config_id
+
+    recipe = config["recipe"]
+    row = {"run_id": config_id(config), "config": canonical_json(config), "source": config["source"],
+           "source_eps": source["eps"], "source_norm": source["norm"], "target": config["target"],
+           "n_label": config["n"], "unfrozen_blocks": config["unfrozen_blocks"],
+           "epochs": config["epochs"], "seed": config["seed"]}
+    row.update({k: (json.dumps(recipe[k]) if k == "augment" else recipe[k]) for k in RECIPE_COLUMNS})
+    return row
+
+
+# --- reading results (the analysis' entry point) -------------------------------------
+def load_results(study_dir: str | Path) -> tuple[Any, Any]:
+    """The finished runs of a study and their per-epoch metrics, as pandas frames.
+
+    Args:
+        study_dir: a study directory (holding ``study.db``).
+
+    Returns:
+        ``(runs, epochs)``. ``runs``: one row per finished run with ``run_id, source,
+        source_eps, source_norm, target, n, n_label, unfrozen_blocks, epochs, seed,
+        test_acc`` and the recipe columns (``lr, momentum, weight_decay, schedule,
+        batch_size, augment, resolution, head_init, eval_every``), ``status``,
+        ``test_loss, train_acc, train_loss, seconds, device, cached_prefix``.
+        ``epochs``: ``run_id, epoch, lr, train_loss, train_acc, test_loss, test_acc,
+        seconds`` (test columns NaN where not evaluated).
+
+    Raises:
+        ConfigError: no study in ``study_dir``.
+    """
+    import pandas as pd
+
+    with StudyStore(study_dir, readonly=True) as store:
+        runs = pd.read_sql_query(_RUNS_QUERY, store.conn)
+        epochs = pd.read_sql_query(
+            "SELECT e.* FROM epochs e JOIN runs r USING (run_id) WHERE r.status='finished' "
+            "ORDER BY e.run_id, e.epoch", store.conn)
+    return _typed_runs(runs), _typed_epochs(epochs)
+
+
+_RUNS_QUERY = (
+    "SELECT run_id, source, source_eps, source_norm, target, n, n_label, unfrozen_blocks, epochs, "
+    f"seed, test_acc, {', '.join(RECIPE_COLUMNS)}, status, test_loss, train_acc, train_loss, "
+    "seconds, device, cached_prefix FROM runs WHERE status='finished' ORDER BY run_id")
+
+
+def _typed_runs(runs):
+    for col in ("n", "epochs", "seed", "batch_size", "eval_every"):
+        runs[col] = runs[col].astype("int64")
+    for col in ("source_eps", "test_acc", "lr", "momentum", "weight_decay"):
+        runs[col] = runs[col].astype("float64")
+    for col in ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks"):
+        runs[col] = runs[col].astype(str)
+    runs["cached_prefix"] = runs["cached_prefix"].astype(bool)
+    return runs
+
+
+def _typed_epochs(epochs):
+    epochs["epoch"] = epochs["epoch"].astype("int64")
+    for col in EPOCH_COLUMNS:
+        epochs[col] = epochs[col].astype("float64")  # NULL -> NaN
+    return epochs
+
+
+def study_status(study_dir: str | Path) -> StudyStatus:
+    """Counts of a study's runs: total, finished, failed, pending, running."""
+    from robust_transfer.study.lock import driver_alive
+
+    with StudyStore(study_dir, readonly=True) as store:
+        return store.status(live=driver_alive(study_dir))
+
+
+def spec_text(study_dir: str | Path) -> str:
+    """The spec(s) stored with a study, as YAML text (several separated by ``---``)."""
+    with StudyStore(study_dir, readonly=True) as store:
+        texts = [s["text"] for s in store.specs()]
+    return "\n---\n".join(texts)
+
+
+def export_results(study_dir: str | Path, fmt: str = "csv", out_dir: str | Path | None = None) -> list[Path]:
+    """Write ``runs`` and ``epochs`` of the finished runs as CSV or Parquet files.
+
+    Args:
+        study_dir: the study.
+        fmt: ``"csv"`` or ``"parquet"`` (needs pyarrow).
+        out_dir: where (default: ``<study_dir>/export``).
+
+    Returns:
+        The paths written: ``runs.<fmt>`` and ``epochs.<fmt>``.
+
+    Raises:
+        ConfigError: unknown format, or parquet without pyarrow.
+    """
+    if fmt not in ("csv", "parquet"):
+        raise ConfigError(f"unknown export format '{fmt}'; valid: csv, parquet")
+    if fmt == "parquet":
+        _require_pyarrow()
+    runs, epochs = load_results(study_dir)
+    folder = Path(out_dir) if out_dir else Path(study_dir) / "export"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"runs.{fmt}", folder / f"epochs.{fmt}"]
+    for frame, path in zip((runs, epochs), paths, strict=True):
+        tmp = path.with_name(f".{path.name}.tmp")
+        frame.to_csv(tmp, index=False) if fmt == "csv" else frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return paths
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise ConfigError("parquet export needs pyarrow: pip install pyarrow (or use --format csv)") from None

@@ -1,0 +1,114 @@
+"""One run, as executed by any executor: config in, :class:`RunOutcome` out, never raises.
+
+Workers only compute. They load each source and dataset once per process, fine-tune, and
+return the outcome to the driver, which alone writes the store. Any exception a run
+raises (out of memory, bad data) becomes a ``failed`` outcome carrying its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from robust_transfer.study.store import RunOutcome
+
+MAX_ERROR_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every run of a study shares (sent to each worker once).
+
+    Attributes:
+        sources: ``label -> {"path": ..., "sha256": ...}`` of each source checkpoint.
+        data_root: dataset folder.
+        device: torch device for runs (``auto``: CUDA when visible).
+        threads: torch CPU threads per run (fixed, so results do not depend on the executor).
+        feature_cache: folder of the on-disk feature cache, or ``None`` for none.
+    """
+
+    sources: dict[str, dict[str, Any]]
+    data_root: str
+    device: str = "auto"
+    threads: int = 1
+    feature_cache: str | None = None
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """A run to execute: its id and resolved config (see :class:`~.spec.RunConfig`)."""
+
+    run_id: str
+    config: dict[str, Any] = field(hash=False)
+
+
+def execute_run(task: RunTask, ctx: RunContext) -> RunOutcome:
+    """Fine-tune one run; failures are returned, not raised.
+
+    Args:
+        task: the run.
+        ctx: study-wide settings.
+
+    Returns:
+        A ``finished`` outcome with the epoch history, or a ``failed`` one with the error.
+    """
+    started = time.time()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(ctx.threads)
+    try:
+        return _finetune(task, ctx, started)
+    except Exception as err:  # failure isolation: one bad run must not stop the study
+        return RunOutcome(task.run_id, "failed", started, time.time(), *_where(ctx),
+                          error=_error_text(err))
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
+    from robust_transfer.features import DiskFeatureStore
+    from robust_transfer.study.resolve import load_split
+    from robust_transfer.study.spec import RunConfig
+    from robust_transfer.transfer import finetune
+
+    run = RunConfig.from_dict(task.config)
+    source = ctx.sources[run.source]
+    model = _load_source(source["path"])
+    train = load_split(run.target, "train", ctx.data_root)
+    test = load_split(run.target, "test", ctx.data_root)
+    store = DiskFeatureStore(ctx.feature_cache) if ctx.feature_cache else None
+    unfrozen = run.unfrozen_blocks if run.unfrozen_blocks == "all" else int(run.unfrozen_blocks)
+    result = finetune(model, train, test, n=run.n, unfrozen=unfrozen, epochs=run.epochs,
+                      seed=run.seed, recipe=run.recipe, device=ctx.device,
+                      source_id=source["sha256"], feature_store=store)
+    history = tuple(m.to_dict() for m in result.history)
+    return RunOutcome(task.run_id, "finished", started, time.time(), *_where(ctx),
+                      n=result.n_train, cached_prefix=result.cached_prefix, history=history)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_source(path: str):
+    """Each source is read (and its sha256 checked) once per worker process."""
+    from robust_transfer.models.checkpoints import load_model
+
+    model, _ = load_model(path)
+    return model
+
+
+def _where(ctx: RunContext) -> tuple[str, str, str]:
+    from robust_transfer.training import resolve_device
+
+    return socket.gethostname(), str(os.getpid()), str(resolve_device(ctx.device))
+
+
+def _error_text(err: BaseException) -> str:
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    head = f"{type(err).__name__}: {err}"
+    # the first line says what happened; the (trimmed) traceback says where
+    return (head + "\n" + text[-MAX_ERROR_CHARS:]).strip()
