@@ -128,6 +128,7 @@ def test_cli_analyze_csv(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "fewer images" in printed and f"report: {out / 'report.html'}" in printed
     assert (out / "report.md").is_file()
+    assert "so no epoch figures or epoch factors" in (out / "report.html").read_text()
 
 
 def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):

@@ -60,6 +60,7 @@ def overview(result: AnalysisResult) -> list[str]:
         f"Targets: {', '.join(sorted(result.runs['target'].unique()))}; seeds per cell: "
         f"{int(seeds.min())}-{int(seeds.max())}.",
         f"Intervals: {result.options.percent} {_method_name(result)} over seeds.",
+        f"Accuracy against epochs: {_curve_kind(result)}.",
     ]
     for col, values in result.recipe.items():
         lines.append(f"Runs differ in {col}: {', '.join(values)}.")
@@ -85,6 +86,16 @@ def method_notes(result: AnalysisResult) -> list[str]:
         "a setting's factor is the geometric mean over the epochs where every seed reached "
         "the goal.",
     ]
+
+
+def _curve_kind(result: AnalysisResult) -> str:
+    budgets = set(result.curves["budget"])
+    if not budgets:
+        return ("none (no per-epoch rows and a single epoch budget), so no epoch figures or "
+                "epoch factors")
+    if budgets == {BY_BUDGET}:
+        return "final accuracy of each epoch budget (no per-epoch rows were given)"
+    return "each run's per-epoch test accuracy"
 
 
 def _method_name(result: AnalysisResult) -> str:
