@@ -41,16 +41,9 @@ class AttackConfig:
     method: str = "pgd"
 
     def __post_init__(self) -> None:
-        if self.norm not in NORMS:
-            raise ConfigError(f"unknown norm '{self.norm}'; valid: {', '.join(NORMS)}")
         if self.method not in ("pgd", "fgsm_rs"):
             raise ConfigError(f"unknown attack '{self.method}'; valid: pgd, fgsm_rs")
-        if not self.eps >= 0:
-            raise ConfigError(f"eps must be >= 0, got {self.eps}")
-        if self.steps < 1 or int(self.steps) != self.steps:
-            raise ConfigError(f"attack steps must be a positive integer, got {self.steps}")
-        if self.step_size is not None and not self.step_size > 0:
-            raise ConfigError(f"attack step size must be > 0, got {self.step_size}")
+        check_threat(self.norm, self.eps, self.steps, self.step_size)
 
     @property
     def alpha(self) -> float:
@@ -67,9 +60,26 @@ class AttackConfig:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.method == "fgsm_rs":
-            return fgsm_rs(model, x, y, self.norm, self.eps, self.alpha)
-        return pgd(model, x, y, self.norm, self.eps, self.steps, self.alpha,
+            return fgsm_rs(model, x, y, self.norm, self.eps, self.step_size)
+        return pgd(model, x, y, self.norm, self.eps, self.steps, self.step_size,
                    self.random_start, self.keep_best)
+
+
+def check_threat(norm: str, eps: float, steps: int = 1, step_size: float | None = None) -> None:
+    """Refuse an impossible threat model (the functions below are public too).
+
+    Raises:
+        ConfigError: unknown norm, negative or NaN eps, steps not a positive integer,
+            step size not positive.
+    """
+    if norm not in NORMS:
+        raise ConfigError(f"unknown norm '{norm}'; valid: {', '.join(NORMS)}")
+    if not eps >= 0:
+        raise ConfigError(f"eps must be >= 0, got {eps}")
+    if steps < 1 or int(steps) != steps:
+        raise ConfigError(f"attack steps must be a positive integer, got {steps}")
+    if step_size is not None and not step_size > 0:
+        raise ConfigError(f"attack step size must be > 0, got {step_size}")
 
 
 def _per_example_norm(v: torch.Tensor) -> torch.Tensor:
@@ -125,7 +135,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "l2", ep
 
     Example:
         >>> x_adv = pgd(model, x, y, norm="linf", eps=8 / 255, steps=10)
+
+    Raises:
+        ConfigError: see :func:`check_threat`.
     """
+    check_threat(norm, eps, steps, step_size)
     if eps == 0:
         return x.detach().clone()
     alpha = 2.5 * eps / steps if step_size is None else step_size
@@ -162,6 +176,7 @@ def _keep_highest(best: torch.Tensor, best_loss: torch.Tensor, cand: torch.Tenso
 def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "linf",
             eps: float = 8 / 255, step_size: float | None = None) -> torch.Tensor:
     """FGSM with random start (Wong et al. 2020): one step of 1.25 * eps from a random point."""
+    check_threat(norm, eps, 1, step_size)
     alpha = 1.25 * eps if step_size is None else step_size
     if eps == 0:
         return x.detach().clone()

@@ -105,8 +105,9 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
              test: ImageArrays | None = None) -> tuple[TransferModel, list[EpochMetrics], dict]:
     """Train a source model; returns the model, its history and metadata for saving.
 
-    Under ``torchrun`` every rank trains its shard with DDP; gradients are averaged so all
-    ranks end with identical weights.
+    Under ``torchrun`` every rank trains its shard with DDP; gradients are averaged and
+    BatchNorm statistics taken from rank 0, so all ranks end with identical weights. The
+    model is returned in eval mode.
     """
     rank, world = _distributed()
     dev = resolve_device(device)
@@ -141,7 +142,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
     if world > 1:
         _broadcast_buffers(model)
     meta = _metadata(cfg, model, history, train, world)
-    return model, history, meta
+    return model.eval(), history, meta
 
 
 def _broadcast_buffers(model: TransferModel) -> None:

@@ -227,7 +227,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         options: see :class:`FitOptions`.
         callback: called as ``callback("batch", {...})`` and ``callback("epoch", {...})``;
             the CLI uses it for progress bars. The library itself never prints.
-        attack_model: the module attacks are computed on (the unwrapped model under DDP).
+        attack_model: the unwrapped model under DDP: attacks and evaluation run on it
+            (a DDP forward on one rank alone would wait for the others' buffer broadcast).
     """
     opts = options or FitOptions()
     device = resolve_device(opts.device)
@@ -247,7 +248,7 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         scheduler.step()
         metrics = EpochMetrics(epoch, lr, loss, acc)
         if test_loader is not None and (epoch % opts.eval_every == 0 or epoch == opts.epochs):
-            metrics.test_loss, metrics.test_acc = evaluate(model, test_loader, None, device)
+            metrics.test_loss, metrics.test_acc = evaluate(attack_model, test_loader, None, device)
             if opts.eval_attack is not None:
                 _, metrics.robust_acc = evaluate(attack_model, test_loader, opts.eval_attack, device)
         metrics.seconds = time.perf_counter() - start

@@ -145,7 +145,7 @@ def load_dataset(
         expected = ", ".join(str(p) for p in entry.expected_files(base))
         hint = "pass download=True (CLI: --download) when online, or" if not download else "or"
         raise DatasetError(
-            f"dataset '{name}' ({split}) not found: expected {expected}; {hint} copy the files "
+            f"dataset '{name}' ({split}) missing or corrupt: expected {expected}; {hint} copy the files "
             f"there, or point --data-root / ROBUST_TRANSFER_DATA at a folder holding them"
         ) from err
 
@@ -154,7 +154,10 @@ def load_dataset(
 
 
 def _to_nchw(data: np.ndarray | torch.Tensor, layout: str) -> torch.Tensor:
-    x = torch.as_tensor(np.array(data, dtype=np.uint8, copy=True))
+    if isinstance(data, torch.Tensor):  # torchvision's MNIST-likes hold tensors
+        x = data.to(torch.uint8).clone()
+    else:
+        x = torch.as_tensor(np.array(data, dtype=np.uint8, copy=True))
     if layout == "NHW":
         return x.unsqueeze(1).contiguous()
     if layout == "NHWC":
@@ -187,6 +190,11 @@ def _mnist_files(folder: str, gz: bool = False) -> Callable[[Path], list[Path]]:
     return lambda root: [root / folder / "raw" / (n + (".gz" if gz else "")) for n in names]
 
 
+def _files_in(folder: str, names: list[str]) -> Callable[[Path], list[Path]]:
+    # every file torchvision checks (it refuses the set if any is missing or has a wrong md5)
+    return lambda root: [root / folder / n for n in names]
+
+
 def _register_torchvision() -> None:
     specs = [
         ("mnist", "MNIST", _MNIST_CLASSES, 1, 28, True, "NHW", "train",
@@ -194,9 +202,10 @@ def _register_torchvision() -> None:
         ("kmnist", "KMNIST", _KMNIST_CLASSES, 1, 28, True, "NHW", "train",
          _mnist_files("KMNIST")),
         ("cifar10", "CIFAR10", _CIFAR10_CLASSES, 3, 32, False, "NHWC", "train",
-         lambda r: [r / "cifar-10-batches-py" / "data_batch_1", r / "cifar-10-batches-py" / "test_batch"]),
+         _files_in("cifar-10-batches-py",
+                   [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"])),
         ("cifar100", "CIFAR100", tuple(f"class_{i}" for i in range(100)), 3, 32, False, "NHWC",
-         "train", lambda r: [r / "cifar-100-python" / "train", r / "cifar-100-python" / "test"]),
+         "train", _files_in("cifar-100-python", ["train", "test", "meta"])),
         ("svhn", "SVHN", _MNIST_CLASSES, 3, 32, False, "NCHW", "split",
          lambda r: [r / "train_32x32.mat", r / "test_32x32.mat"]),
     ]
