@@ -17,6 +17,7 @@ from robust_transfer.errors import RobustTransferError
 
 # command modules, in the order their commands appear in --help
 COMMAND_MODULES = [
+    "robust_transfer.cli.demo_cmd",
     "robust_transfer.cli.train_cmd",
     "robust_transfer.cli.models_cmd",
     "robust_transfer.cli.data_cmd",
