@@ -16,8 +16,9 @@ Layout of ``root/<k[:2]>/<k>/`` where ``k`` is the sha256 of the canonical key J
 =============  ==========================================================================
 
 Writes go to a temporary file in the same folder and are renamed into place, data first
-and mask second: a crash leaves either the old pair or new data with the old mask, which
-only understates what is computed. Processes share the cache through the per-key lock,
+and mask second: a killed process leaves either the old pair or new data with the old
+mask, which only understates what is computed. Files are not fsynced (a cache can be
+recomputed): one left unreadable by a power cut counts as empty. Processes share the cache through the per-key lock,
 so an image's outputs are computed once even when many workers want them at the same
 time. Augmented inputs change every epoch, so ``finetune`` never asks a store for them:
 with augmentation on, caching is off.
@@ -117,8 +118,11 @@ def _read(folder: Path) -> tuple[np.ndarray | None, np.ndarray]:
     data_path, mask_path = folder / "data.npy", folder / "mask.npy"
     if not data_path.exists() or not mask_path.exists():
         return None, np.zeros(0, dtype=bool)
-    mask = np.load(mask_path)
-    data = np.load(data_path, mmap_mode="r")
+    try:
+        mask = np.load(mask_path)
+        data = np.load(data_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):  # e.g. cut short by a power loss: recompute
+        return None, np.zeros(0, dtype=bool)
     # a crash between the two renames leaves newer (larger) data with the older mask
     return data, mask[: len(data)]
 
@@ -157,8 +161,7 @@ def _atomic_save(path: Path, write: Callable) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        # no fsync: a cache can be recomputed, and _read treats an unreadable file as empty
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
