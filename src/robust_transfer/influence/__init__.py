@@ -1,0 +1,57 @@
+"""Last-layer influence functions (Koh & Liang 2017) for fine-tuned transfer models.
+
+``I(z, z_test) = -g_test^T (H + lambda I)^-1 g_z`` for the softmax cross-entropy of the
+model's linear head on fixed penultimate features, with the closed-form Hessian in float64.
+
+Typical use::
+
+    result = influence_for_model(model, train, test)          # InfluenceResult
+    curve = class_match_curve(result.scores, result.test_labels, result.train_labels)
+
+Modules: :mod:`.hessian` (gradients, Hessian, HVPs, parameter order), :mod:`.solvers`
+(cholesky / eigh / pinv / cg), :mod:`.core` (the entry points), :mod:`.analysis` (top-k,
+class-match curves), :mod:`.loo` (leave-one-out validation), :mod:`.plots` (Figs. 5 and
+6), :mod:`.outputs` (arrays, figures and summary in a folder).
+"""
+
+from robust_transfer.influence.analysis import (
+    ClassMatchCurve,
+    TopK,
+    class_match_curve,
+    rank_training,
+    top_k,
+    wilson_interval,
+)
+from robust_transfer.influence.core import (
+    InfluenceConfig,
+    InfluenceResult,
+    compute_influence,
+    eval_mode,
+    extract_features,
+    influence_for_model,
+)
+from robust_transfer.influence.hessian import (
+    hessian_vector_product,
+    last_layer_hessian,
+    per_example_grads,
+    sum_zero_basis,
+    torch_order_permutation,
+)
+from robust_transfer.influence.loo import LeaveOneOutResult, fit_head, leave_one_out_check
+from robust_transfer.influence.outputs import explain_influence, write_influence
+from robust_transfer.influence.solvers import (
+    SOLVERS,
+    ConvergenceError,
+    InfluenceMemoryError,
+    SingularHessianError,
+    estimate_memory,
+)
+
+__all__ = [
+    "SOLVERS", "ClassMatchCurve", "ConvergenceError", "InfluenceConfig", "InfluenceMemoryError",
+    "InfluenceResult", "LeaveOneOutResult", "SingularHessianError", "TopK", "class_match_curve",
+    "compute_influence", "estimate_memory", "eval_mode", "explain_influence", "extract_features",
+    "fit_head", "hessian_vector_product", "influence_for_model", "last_layer_hessian",
+    "leave_one_out_check", "per_example_grads", "rank_training", "sum_zero_basis", "top_k",
+    "torch_order_permutation", "wilson_interval", "write_influence",
+]

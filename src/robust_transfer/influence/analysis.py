@@ -1,0 +1,150 @@
+"""Reading influence scores: top-k training images and the class-match curve (Fig. 6).
+
+Ranking order. ``helpful`` (default) ranks the most negative ``I(z, z_test)`` first: the
+training images whose up-weighting lowers the test loss most, the images the paper calls
+most influential. ``harmful`` ranks the most positive first, ``abs`` the largest magnitude.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from robust_transfer.errors import ConfigError
+
+ORDERS = ("helpful", "harmful", "abs")
+_Z95 = 1.959963984540054
+
+
+def rank_training(scores: np.ndarray, k: int, order: str = "helpful",
+                  exclude_self: bool = False) -> np.ndarray:
+    """Indices of the ``k`` most influential training images for each target.
+
+    Args:
+        scores: ``[m, n]`` influence of training image ``i`` on target ``t``.
+        k: how many (clipped to the number of candidates).
+        order: ``helpful``, ``harmful`` or ``abs`` (see the module docstring).
+        exclude_self: targets are the training images themselves (``m == n``); skip the
+            diagonal, where each image trivially helps itself most.
+
+    Returns:
+        ``[m, k]`` int64, most influential first; ties broken by the lower index.
+    """
+    if order not in ORDERS:
+        raise ConfigError(f"unknown influence order '{order}'; valid: {', '.join(ORDERS)}")
+    key = {"helpful": scores, "harmful": -scores, "abs": -np.abs(scores)}[order].astype(np.float64)
+    if exclude_self:
+        if key.shape[0] != key.shape[1]:
+            raise ConfigError(f"exclude_self needs a square train-by-train matrix, got {key.shape}")
+        key = key.copy()
+        np.fill_diagonal(key, np.inf)
+    k = max(0, min(k, key.shape[1] - int(exclude_self)))
+    return np.argsort(key, axis=1, kind="stable")[:, :k].astype(np.int64)
+
+
+@dataclass
+class TopK:
+    """Top-k helpful and harmful training images per target.
+
+    Attributes:
+        helpful, harmful: ``[m, k]`` training indices, most influential first.
+        helpful_scores, harmful_scores: ``[m, k]`` their scores.
+    """
+
+    helpful: np.ndarray
+    helpful_scores: np.ndarray
+    harmful: np.ndarray
+    harmful_scores: np.ndarray
+
+
+def top_k(scores: np.ndarray, k: int = 10, exclude_self: bool = False) -> TopK:
+    """The ``k`` most helpful and ``k`` most harmful training images per target.
+
+    Args:
+        scores: ``[m, n]``.
+        k: images per target.
+        exclude_self: see :func:`rank_training`.
+
+    Returns:
+        A :class:`TopK`.
+    """
+    helpful = rank_training(scores, k, "helpful", exclude_self)
+    harmful = rank_training(scores, k, "harmful", exclude_self)
+    return TopK(helpful, np.take_along_axis(scores, helpful, 1),
+                harmful, np.take_along_axis(scores, harmful, 1))
+
+
+def wilson_interval(successes: np.ndarray, trials: int, z: float = _Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion (95% by default).
+
+    Args:
+        successes: counts, any shape.
+        trials: number of trials (> 0).
+        z: normal quantile.
+
+    Returns:
+        ``(low, high)``, each shaped like ``successes``.
+    """
+    s = np.asarray(successes, dtype=np.float64)
+    p = s / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+@dataclass
+class ClassMatchCurve:
+    """Share of targets whose k-th most influential training image has the target's class.
+
+    Attributes:
+        ranks: ``[K]`` 1..K.
+        share: ``[K]`` the share at each rank.
+        low, high: ``[K]`` Wilson 95% interval.
+        n_targets: targets the shares are over.
+        chance: expected share if rankings ignored the images (the class frequencies).
+        targets: ``"test"`` or ``"train"``.
+        order: ranking order (see :func:`rank_training`).
+    """
+
+    ranks: np.ndarray
+    share: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n_targets: int
+    chance: float
+    targets: str
+    order: str
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(self).items()}
+
+
+def class_match_curve(scores: np.ndarray, target_labels: np.ndarray, train_labels: np.ndarray,
+                      max_rank: int = 100, order: str = "helpful", exclude_self: bool = False,
+                      targets: str = "test") -> ClassMatchCurve:
+    """The paper's Fig. 6 curve for one model.
+
+    Args:
+        scores: ``[m, n]`` influence on each target (test, or training with ``exclude_self``).
+        target_labels: ``[m]``.
+        train_labels: ``[n]``.
+        max_rank: largest rank k (the paper: 100), clipped to the candidates.
+        order: see :func:`rank_training`.
+        exclude_self: targets are the training images; skip each one's own score.
+        targets: a name for the targets, stored in the curve.
+
+    Returns:
+        A :class:`ClassMatchCurve`.
+    """
+    if max_rank < 1:
+        raise ConfigError(f"max_rank must be >= 1, got {max_rank}")
+    target_labels, train_labels = np.asarray(target_labels), np.asarray(train_labels)
+    idx = rank_training(scores, max_rank, order, exclude_self)
+    match = train_labels[idx] == target_labels[:, None]
+    low, high = wilson_interval(match.sum(0), len(match))
+    freq = np.bincount(train_labels, minlength=int(max(train_labels.max(), target_labels.max())) + 1)
+    chance = float(np.mean(freq[target_labels] - int(exclude_self)) / (len(train_labels) - int(exclude_self)))
+    return ClassMatchCurve(np.arange(1, idx.shape[1] + 1), match.mean(0), low, high,
+                           len(match), chance, targets, order)

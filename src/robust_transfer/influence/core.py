@@ -1,0 +1,254 @@
+"""Influence of every training image on every test image through a model's last layer.
+
+``I(z, z_test) = -g_test^T (H + lambda I)^-1 g_z`` (Koh & Liang 2017, "I_up,loss"): the
+derivative of the test loss when ``z`` is up-weighted. Negative means helpful (up-weighting
+``z`` lowers the test loss), positive means harmful. Removing ``z`` changes the test loss
+by about ``-I / n``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from robust_transfer.data import ImageArrays, InputPolicy
+from robust_transfer.errors import ConfigError
+from robust_transfer.influence.hessian import augment, head_probs, residuals
+from robust_transfer.influence.solvers import (
+    SOLVERS,
+    GradientProblem,
+    available_memory,
+    check_memory,
+    check_nonsingular,
+    estimate_memory,
+)
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class InfluenceConfig:
+    """How to compute last-layer influence.
+
+    Attributes:
+        damping: ``lambda`` added to the Hessian's diagonal (an L2 term of the mean loss).
+        solver: ``cholesky``, ``eigh``, ``pinv`` or ``cg`` (see :data:`SOLVERS`).
+        rcond: ``pinv`` only: drop eigenvalues below ``rcond * max`` (the paper: 5e-2).
+        train_targets: also score every training image as a target (train-by-train
+            matrix, self-influence); costs ``n`` more solves.
+        cg_tol: ``cg`` only: relative residual to reach.
+        cg_max_iter: ``cg`` only: iterations at most.
+        cg_batch: ``cg`` only: right-hand sides solved together.
+        memory_limit: bytes allowed; ``None`` means what the OS reports as available.
+    """
+
+    damping: float = field(default=1e-3, metadata={"help": "added to the Hessian's diagonal"})
+    solver: str = field(default="cholesky", metadata={"help": "cholesky, eigh, pinv or cg"})
+    rcond: float = field(default=5e-2, metadata={"help": "pinv: relative eigenvalue cutoff"})
+    train_targets: bool = field(default=True, metadata={"help": "score training targets too"})
+    cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual"})
+    cg_max_iter: int = field(default=500, metadata={"help": "cg: iterations at most"})
+    cg_batch: int = field(default=256, metadata={"help": "cg: right-hand sides at once"})
+    memory_limit: int | None = field(default=None, metadata={"help": "bytes; None: available"})
+
+    def __post_init__(self) -> None:
+        SOLVERS.get(self.solver)  # unknown names list the valid ones
+        if not (self.damping >= 0 and np.isfinite(self.damping)):
+            raise ConfigError(f"damping must be a finite number >= 0, got {self.damping}")
+        if not 0 < self.rcond < 1:
+            raise ConfigError(f"rcond must lie in (0, 1), got {self.rcond}")
+        if self.cg_batch < 1 or self.cg_max_iter < 1 or not self.cg_tol > 0:
+            raise ConfigError("cg_batch and cg_max_iter must be >= 1 and cg_tol > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class InfluenceResult:
+    """Influence scores of one head on one train/test pair.
+
+    Attributes:
+        scores: ``[m, n]``; ``scores[t, i] = I(train i, test t)``.
+        train_scores: ``[n, n]`` with training images as targets, or ``None``.
+        self_influence: ``[n]``, ``I(z_i, z_i) = -g_i^T H^-1 g_i`` (<= 0), or ``None``.
+        train_labels, test_labels: ``[n]``, ``[m]``.
+        config: what produced it (damping, solver, ...).
+        timings: seconds per step.
+        info: solver details (eigenvalues kept, CG iterations, ...).
+    """
+
+    scores: np.ndarray
+    train_scores: np.ndarray | None
+    self_influence: np.ndarray | None
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    config: InfluenceConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def compute_influence(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
+                      test_labels: Tensor, weight: Tensor, bias: Tensor,
+                      config: InfluenceConfig | None = None) -> InfluenceResult:
+    """Influence of each training point on each test point for a softmax linear head.
+
+    Args:
+        train_features: ``[n, d]`` (fixed; any float dtype, used in float64).
+        train_labels: ``[n]``.
+        test_features: ``[m, d]``.
+        test_labels: ``[m]``.
+        weight: ``[C, d]`` head weight.
+        bias: ``[C]`` head bias.
+        config: damping, solver, ...; defaults to :class:`InfluenceConfig`.
+
+    Returns:
+        An :class:`InfluenceResult`.
+
+    Raises:
+        ConfigError: shapes or labels that do not fit the head.
+        SingularHessianError: zero damping and features that leave ``H`` singular.
+        InfluenceMemoryError: the estimate exceeds the available memory.
+    """
+    cfg = config or InfluenceConfig()
+    _check_shapes(train_features, train_labels, test_features, test_labels, weight, bias)
+    _check_memory(cfg, len(train_labels), len(test_labels), *weight.shape)
+    t0 = time.perf_counter()
+    problem = _gradient_problem(train_features, train_labels, test_features, test_labels,
+                                weight, bias, cfg.train_targets)
+    if cfg.damping == 0 and cfg.solver != "pinv":
+        check_nonsingular(problem.x_train, weight.shape[0])
+    t_grads = time.perf_counter() - t0
+    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, cfg.to_dict())
+    timings = {"gradients_s": t_grads, **out.timings, "total_s": time.perf_counter() - t0}
+    return InfluenceResult(
+        scores=out.scores.numpy(), train_scores=_np(out.train_scores),
+        self_influence=_np(out.self_influence), train_labels=train_labels.numpy().copy(),
+        test_labels=test_labels.numpy().copy(), config=cfg, timings=timings,
+        info={"parameters": int(weight.numel() + bias.numel()),
+              "hessian_dimension": int(problem.r_train.shape[1] * problem.x_train.shape[1]),
+              **out.info})
+
+
+def _np(t: Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.numpy()
+
+
+def _gradient_problem(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                      weight: Tensor, bias: Tensor, train_targets: bool) -> GradientProblem:
+    w, b = weight.detach().to(torch.float64).cpu(), bias.detach().to(torch.float64).cpu()
+    train_x, test_x = train_x.detach().to(torch.float64).cpu(), test_x.detach().to(torch.float64).cpu()
+    return GradientProblem(
+        x_train=augment(train_x), probs=head_probs(train_x, w, b),
+        r_train=residuals(train_x, train_y, w, b, reduced=True), x_test=augment(test_x),
+        r_test=residuals(test_x, test_y, w, b, reduced=True), train_targets=train_targets)
+
+
+def _check_shapes(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                  weight: Tensor, bias: Tensor) -> None:
+    c, d = weight.shape
+    if c < 2 or bias.shape != (c,):
+        raise ConfigError(f"head must have >= 2 classes and a bias of shape [{c}]")
+    for name, x, y in (("training", train_x, train_y), ("test", test_x, test_y)):
+        if x.ndim != 2 or x.shape[1] != d or len(x) != len(y) or len(x) == 0:
+            raise ConfigError(f"{name} features must be [N, {d}] with one label each, "
+                              f"got {tuple(x.shape)} and {len(y)} labels")
+        if int(y.min()) < 0 or int(y.max()) >= c:
+            raise ConfigError(f"{name} labels must lie in 0..{c - 1} for a {c}-class head, "
+                              f"got {int(y.min())}..{int(y.max())}")
+
+
+def _check_memory(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> None:
+    est = estimate_memory(n, m, c, d, cfg.solver, cfg.train_targets, cfg.cg_batch)
+    cg_est = estimate_memory(n, m, c, d, "cg", cfg.train_targets, cfg.cg_batch)
+    limit = cfg.memory_limit if cfg.memory_limit is not None else available_memory()
+    describe = f"{n} training and {m} test images, {c} classes, {d} features"
+    check_memory(est, limit, cfg.solver, describe, cg_est)
+
+
+# --- from a model ----------------------------------------------------------------------
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode inside, every submodule's own train/eval flag restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def extract_features(model: torch.nn.Module, images: Tensor, policy: InputPolicy,
+                     batch_size: int = 256) -> Tensor:
+    """Pooled penultimate features of the frozen model, batched, without autograd.
+
+    Args:
+        model: a :class:`~robust_transfer.models.arch.TransferModel`.
+        images: uint8 ``[N, C, H, W]``.
+        policy: maps images to model inputs (its ``prepare``: never augmented).
+        batch_size: images per forward pass.
+
+    Returns:
+        float64 ``[N, d]`` on the CPU.
+    """
+    device = next(model.parameters()).device
+    chunks = []
+    with eval_mode(model), torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            x = policy.prepare(images[s:s + batch_size]).to(device)
+            chunks.append(model.features(x).to(torch.float64).cpu())
+    return torch.cat(chunks)
+
+
+def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageArrays,
+                        policy: InputPolicy | None = None, config: InfluenceConfig | None = None,
+                        batch_size: int = 256) -> InfluenceResult:
+    """Last-layer influence of ``train`` on ``test`` for a fine-tuned model.
+
+    Features are computed once with the frozen backbone; the model's own head
+    (``model.head``) gives ``W`` and ``b``.
+
+    Args:
+        model: a :class:`~robust_transfer.models.arch.TransferModel`.
+        train: the training images the head was fitted on.
+        test: the target images.
+        policy: input mapping; default: the model's channels and size, no augmentation.
+        config: see :class:`InfluenceConfig`.
+        batch_size: images per forward pass.
+
+    Returns:
+        An :class:`InfluenceResult`; ``timings["features_s"]`` holds the forward passes.
+
+    Raises:
+        ConfigError: the model's head and the dataset's classes do not match.
+    """
+    for data in (train, test):
+        _check_classes(model, data)
+    cfg = config or InfluenceConfig()
+    _check_memory(cfg, len(train), len(test), *model.head.weight.shape)  # before the forward passes
+    policy = policy or InputPolicy(channels=model.channels, size=model.input_size, augment=False)
+    t0 = time.perf_counter()
+    f_train = extract_features(model, train.images, policy, batch_size)
+    f_test = extract_features(model, test.images, policy, batch_size)
+    t_feat = time.perf_counter() - t0
+    head = model.head
+    result = compute_influence(f_train, train.labels, f_test, test.labels,
+                               head.weight.detach(), head.bias.detach(), cfg)
+    result.timings = {"features_s": t_feat, **result.timings}
+    return result
+
+
+def _check_classes(model: torch.nn.Module, data: ImageArrays) -> None:
+    c = model.head.out_features
+    if c != data.info.num_classes:
+        raise ConfigError(
+            f"the model's head has {c} classes but dataset '{data.info.name}' has "
+            f"{data.info.num_classes}; use the checkpoint fine-tuned on this dataset")

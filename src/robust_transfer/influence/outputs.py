@@ -1,0 +1,200 @@
+"""Influence results on disk: arrays (.npz), figures (.png) and a small JSON summary.
+
+Layout of an output folder::
+
+    summary.json            config, damping, solver, top-1 class match, timings per model
+    class_match.png         Fig. 6, every model on one plot
+    influence_grid.png      Fig. 5, models side by side
+    <model>/influence.npz   scores, train_scores, self_influence, top-k, curves, indices
+
+Every file is written to a temporary name and renamed, so it is whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robust_transfer.data import ImageArrays
+from robust_transfer.errors import ConfigError, OutputExistsError
+from robust_transfer.influence.analysis import ClassMatchCurve, class_match_curve, top_k
+from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
+from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
+
+
+def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create ``path``; refuse an existing one unless ``overwrite``.
+
+    Raises:
+        OutputExistsError: ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output folder {path} already exists; choose another or pass "
+                                f"--overwrite to write into it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
+    """Write JSON whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write an ``.npz`` whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **{k: v for k, v in arrays.items() if v is not None})
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def curves_for(result: InfluenceResult, max_rank: int = 100,
+               order: str = "helpful") -> list[ClassMatchCurve]:
+    """Class-match curves with test targets and, when scored, training targets."""
+    curves = [class_match_curve(result.scores, result.test_labels, result.train_labels,
+                                max_rank, order, targets="test")]
+    if result.train_scores is not None:
+        curves.append(class_match_curve(result.train_scores, result.train_labels,
+                                        result.train_labels, max_rank, order,
+                                        exclude_self=True, targets="train"))
+    return curves
+
+
+def model_summary(result: InfluenceResult, curves: list[ClassMatchCurve]) -> dict[str, Any]:
+    """The JSON-sized facts of one model's result."""
+    cfg = result.config
+    record = {"damping": cfg.damping, "solver": cfg.solver, "n_train": len(result.train_labels),
+              "n_test": len(result.test_labels), "timings_s": result.timings, "info": result.info}
+    if cfg.solver == "pinv":
+        record["rcond"] = cfg.rcond
+    for c in curves:
+        record[f"top1_class_match_{c.targets}"] = {
+            "share": float(c.share[0]), "low": float(c.low[0]), "high": float(c.high[0]),
+            "n_targets": c.n_targets, "chance": c.chance}
+    return record
+
+
+def _model_arrays(result: InfluenceResult, curves: list[ClassMatchCurve], k: int,
+                  train_indices: np.ndarray | None, test_indices: np.ndarray | None) -> dict:
+    top = top_k(result.scores, k)
+    arrays = {"scores": result.scores, "train_scores": result.train_scores,
+              "self_influence": result.self_influence, "train_labels": result.train_labels,
+              "test_labels": result.test_labels, "top_helpful": top.helpful,
+              "top_helpful_scores": top.helpful_scores, "top_harmful": top.harmful,
+              "top_harmful_scores": top.harmful_scores, "damping": np.float64(result.config.damping),
+              "train_indices": train_indices, "test_indices": test_indices}
+    for c in curves:
+        for part in ("share", "low", "high"):
+            arrays[f"class_match_{c.targets}_{part}"] = getattr(c, part)
+    return arrays
+
+
+def grid_rows(labels: np.ndarray, rows: int) -> np.ndarray:
+    """Test images for Fig. 5: the first image of each class in turn, ``rows`` in all."""
+    labels = np.asarray(labels)
+    picks: list[int] = []
+    for rnd in range(len(labels)):
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            if rnd < len(idx) and len(picks) < rows:
+                picks.append(int(idx[rnd]))
+        if len(picks) >= rows:
+            break
+    return np.array(picks, dtype=np.int64)
+
+
+def _grid(result: InfluenceResult, train: ImageArrays, test: ImageArrays, rows: np.ndarray,
+          k: int) -> InfluenceGrid:
+    top = top_k(result.scores[rows], k)
+    return InfluenceGrid(
+        test_images=test.images[rows].numpy(), test_labels=result.test_labels[rows],
+        train_images=train.images[torch.as_tensor(top.helpful)].numpy(),
+        train_labels=result.train_labels[top.helpful], scores=top.helpful_scores,
+        class_names=train.info.classes)
+
+
+def write_influence(out_dir: str | os.PathLike, results: Mapping[str, InfluenceResult],
+                    train: ImageArrays, test: ImageArrays, *, top: int = 10,
+                    max_rank: int = 100, grid_size: tuple[int, int] = (6, 8),
+                    train_indices: np.ndarray | None = None, test_indices: np.ndarray | None = None,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Save arrays, Figs. 5 and 6 and ``summary.json`` for one or more models.
+
+    Args:
+        out_dir: an existing folder (see :func:`prepare_output_dir`).
+        results: model name -> its result on the same ``train`` and ``test``.
+        train, test: the images the results were computed on (for Fig. 5).
+        top: k of the saved top-k helpful and harmful images.
+        max_rank: largest rank of the class-match curves.
+        grid_size: (test images, training images per test image) in Fig. 5.
+        train_indices, test_indices: where ``train``/``test`` came from in the full splits.
+        extra: more provenance for the summary (dataset, checkpoints, seed, ...).
+
+    Returns:
+        The summary that was written.
+    """
+    if not results:
+        raise ConfigError("no influence results to write")
+    out = Path(out_dir)
+    all_curves, models = {}, {}
+    for name, result in results.items():
+        curves = curves_for(result, max_rank)
+        all_curves[name] = curves
+        (out / name).mkdir(exist_ok=True)
+        write_npz(out / name / "influence.npz",
+                  _model_arrays(result, curves, top, train_indices, test_indices))
+        models[name] = model_summary(result, curves)
+    plot_class_match(all_curves, out / "class_match.png")
+    rows = grid_rows(next(iter(results.values())).test_labels, grid_size[0])
+    plot_influence_grids({n: _grid(r, train, test, rows, grid_size[1]) for n, r in results.items()},
+                         out / "influence_grid.png")
+    summary = {"config": next(iter(results.values())).config.to_dict(), "models": models,
+               "max_rank": max_rank, "order": "helpful", **(extra or {})}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def explain_influence(models: Mapping[str, torch.nn.Module], train: ImageArrays, test: ImageArrays,
+                      out_dir: str | os.PathLike, config: InfluenceConfig | None = None, *,
+                      overwrite: bool = False, batch_size: int = 256,
+                      **write_kwargs: Any) -> dict[str, Any]:
+    """Influence for each model (e.g. ``robust`` and ``natural``) and all outputs in a folder.
+
+    Args:
+        models: name -> fine-tuned :class:`~robust_transfer.models.arch.TransferModel`.
+        train, test: the target dataset's training subset and test images.
+        out_dir: the folder to create.
+        config: see :class:`InfluenceConfig`.
+        overwrite: write into an existing folder.
+        batch_size: images per forward pass.
+        **write_kwargs: passed to :func:`write_influence` (``top``, ``max_rank``, ...).
+
+    Returns:
+        The summary (also in ``out_dir/summary.json``).
+    """
+    if Path(out_dir).exists() and not overwrite:
+        prepare_output_dir(out_dir, overwrite)  # raises now, not after the computation
+    results = {name: influence_for_model(m, train, test, None, config, batch_size)
+               for name, m in models.items()}
+    out = prepare_output_dir(out_dir, overwrite=True)
+    return write_influence(out, results, train, test, **write_kwargs)

@@ -1,0 +1,459 @@
+"""Ways to apply ``(H' + lambda I)^-1`` to many gradients at once, and their failure modes.
+
+Every solver works in the sum-zero coordinates of :mod:`.hessian` and returns the
+influence scores directly:
+
+* ``cholesky``: factor ``H' + lambda I = L L^T`` in place, whiten every gradient with one
+  triangular solve (``w = L^-1 g``); then ``g_t^T (H' + lambda I)^-1 g_i = w_t . w_i``, so
+  test-by-train and train-by-train scores are two matrix products.
+* ``eigh``: one eigendecomposition, whitening with ``(e + lambda)^-1/2``.
+* ``pinv``: the paper's truncated pseudo-inverse, eigenvalues of ``H' + lambda I`` below
+  ``rcond * max`` dropped (the paper: ``rcond = 5e-2``, ``lambda = 0``).
+* ``cg``: matrix-free preconditioned conjugate gradients on Hessian-vector products, for
+  heads whose Hessian does not fit in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from robust_transfer.errors import RobustTransferError
+from robust_transfer.influence.hessian import (
+    hessian_from_probs,
+    hessian_vector_product,
+    outer_rows,
+    sum_zero_basis,
+)
+from robust_transfer.registry import Registry
+
+Tensor = torch.Tensor
+_BYTES = 8  # float64
+# eigenvalues of X~^T X~ below this fraction of the largest count as zero at zero damping
+_RANK_RTOL = 1e-10
+
+
+class SingularHessianError(RobustTransferError, ValueError):
+    """The Hessian is singular and no damping was given."""
+
+
+class InfluenceMemoryError(RobustTransferError, MemoryError):
+    """The chosen solver would need more memory than is available."""
+
+
+class ConvergenceError(RobustTransferError):
+    """Conjugate gradients did not reach the tolerance."""
+
+
+@dataclass
+class GradientProblem:
+    """Everything a solver needs, in sum-zero coordinates (``P = (C-1)(d+1)``).
+
+    Per-example gradients are kept factored, ``g_i = r_i (x) x~_i``, so that the matrix-free
+    path never holds all of them (``n P`` numbers is 52 GB for an ImageNet head).
+
+    Attributes:
+        x_train: ``[n, D]`` augmented training features.
+        probs: ``[n, C]`` training probabilities.
+        r_train: ``[n, C-1]`` training residuals ``Q^T (p - y)``.
+        x_test: ``[m, D]`` augmented test features.
+        r_test: ``[m, C-1]`` test residuals.
+        train_targets: also score training images as targets (and self-influence).
+    """
+
+    x_train: Tensor
+    probs: Tensor
+    r_train: Tensor
+    x_test: Tensor
+    r_test: Tensor
+    train_targets: bool = True
+
+    def grads(self, split: str, rows: slice = slice(None)) -> Tensor:
+        """Dense gradients ``[k, P]`` of some ``train`` or ``test`` rows."""
+        x, r = (self.x_train, self.r_train) if split == "train" else (self.x_test, self.r_test)
+        return outer_rows(r[rows], x[rows])
+
+    def dot_train(self, v: Tensor) -> Tensor:
+        """``v @ G_train^T`` without forming ``G_train``: ``[k, P] -> [k, n]``."""
+        k, c = len(v), self.r_train.shape[1]
+        u = (v.reshape(k * c, -1) @ self.x_train.T).reshape(k, c, -1)  # [k, C-1, n]
+        return (u * self.r_train.T).sum(1)
+
+
+@dataclass
+class SolverOutput:
+    """Scores ``-g_t^T (H + lambda I)^-1 g_i``; ``None`` where not asked for."""
+
+    scores: Tensor
+    train_scores: Tensor | None
+    self_influence: Tensor | None
+    info: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver: ``run(problem, damping, options) -> SolverOutput``."""
+
+    name: str
+    run: Callable[[GradientProblem, float, dict], SolverOutput]
+    description: str
+
+
+SOLVERS: Registry[SolverSpec] = Registry("influence solver")
+
+
+# --- memory ----------------------------------------------------------------------------
+
+
+def available_memory() -> int | None:
+    """Bytes the OS reports as available (psutil, else ``/proc/meminfo``), or ``None``."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: int,
+                    solver: str, train_targets: bool = True, cg_batch: int = 256) -> int:
+    """Peak bytes of :func:`~robust_transfer.influence.compute_influence`, roughly.
+
+    Args:
+        n_train, n_test: numbers of training and test images.
+        num_classes: ``C``.
+        feature_dim: ``d``.
+        solver: a name in :data:`SOLVERS`.
+        train_targets: training images are scored as targets too.
+        cg_batch: right-hand sides per conjugate-gradient batch.
+
+    Returns:
+        Bytes (float64 throughout).
+    """
+    n, m, c, dim = n_train, n_test, num_classes, feature_dim + 1
+    p = (c - 1) * dim
+    total = 2 * (n + m) * (dim + c) + m * n + (n * n + n if train_targets else 0)
+    if solver == "cg":
+        k = min(cg_batch, n + m)
+        total += 7 * k * p + 3 * k * c * n + 3 * dim * dim + 2 * c * c
+    else:
+        # H, the dense gradients, and while building H one block row and the curvatures
+        total += p * p + (n + m) * p + n * p + dim * p + n * c * c
+        if solver in ("eigh", "pinv"):
+            total += 2 * p * p + (n + m) * p  # eigenvectors, LAPACK's copy, rotated gradients
+    return int(total * _BYTES)
+
+
+def format_bytes(num: float) -> str:
+    """``1.5 GB``-style size."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if num < 1024 or unit == "GB":
+            return f"{num:.1f} {unit}" if unit != "B" else f"{int(num)} B"
+        num /= 1024
+    return f"{num:.1f} GB"
+
+
+def check_memory(estimate: int, limit: int | None, solver: str, describe: str,
+                 cg_estimate: int | None = None) -> None:
+    """Refuse before allocating when ``estimate`` exceeds ``limit``.
+
+    Raises:
+        InfluenceMemoryError: with the estimate and the conjugate-gradient alternative.
+    """
+    if limit is None or estimate <= limit:
+        return
+    if solver == "cg":
+        hint = "lower cg_batch (--cg-batch) or use fewer test images"
+    else:
+        cg = f" (about {format_bytes(cg_estimate)})" if cg_estimate else ""
+        hint = f"use the matrix-free solver 'cg' (--solver cg){cg} or fewer images"
+    raise InfluenceMemoryError(
+        f"influence with solver '{solver}' needs about {format_bytes(estimate)} for {describe} "
+        f"but only {format_bytes(limit)} is available; {hint}")
+
+
+# --- singularity -----------------------------------------------------------------------
+
+
+def check_nonsingular(x_aug: Tensor, num_classes: int) -> None:
+    """At zero damping, refuse when the features leave ``H'`` singular.
+
+    ``H'`` is positive definite exactly when the augmented features span all ``d + 1``
+    dimensions (probabilities are positive), so the feature rank tells.
+
+    Raises:
+        SingularHessianError: explaining both null spaces and suggesting damping.
+    """
+    n, dim = x_aug.shape
+    evals = torch.linalg.eigvalsh(x_aug.T @ x_aug)
+    rank = int((evals > evals.max() * _RANK_RTOL).sum())
+    if rank == dim:
+        return
+    extra = (num_classes - 1) * (dim - rank)
+    raise SingularHessianError(
+        f"the last-layer Hessian is singular at damping 0: softmax ignores adding one vector "
+        f"to every class's weights (a null space of dimension d+1 = {dim}, projected out here), "
+        f"and the {n} training features span only {rank} of the {dim} dimensions of [x; 1], "
+        f"leaving {extra} = (C-1)*({dim}-{rank}) more null directions; "
+        f"pass a damping > 0 (e.g. --damping 1e-3) or use solver 'pinv'")
+
+
+def _factor_failed(damping: float, how: str) -> SingularHessianError:
+    return SingularHessianError(
+        f"the last-layer Hessian plus damping {damping:g} is numerically singular ({how}: "
+        f"saturated probabilities or nearly collinear features); pass a larger damping "
+        f"(e.g. --damping 1e-3) or use solver 'pinv'")
+
+
+# --- direct solvers --------------------------------------------------------------------
+
+
+def _hessian(problem: GradientProblem) -> Tensor:
+    return hessian_from_probs(problem.x_train, problem.probs, reduced=True)
+
+
+def _scores_from_whitened(w_test: Tensor, w_train: Tensor, train_targets: bool,
+                          info: dict, timings: dict) -> SolverOutput:
+    scores = -(w_test @ w_train.T)
+    if not train_targets:
+        return SolverOutput(scores, None, None, info, timings)
+    train_scores = -(w_train @ w_train.T)
+    return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
+
+
+def _cholesky_whiten(hess: Tensor, damping: float, grads: list[Tensor]) -> None:
+    """Factor ``hess + damping I`` and whiten ``grads``, all in place.
+
+    ``hess`` is symmetric, so its transpose is the same matrix in column-major order,
+    which lets LAPACK overwrite it without a copy.
+    """
+    hess.diagonal().add_(damping)
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(hess.mT, out=(hess.mT, info))
+    if int(info) != 0:
+        raise _factor_failed(damping, "Cholesky failed")
+    for g in grads:
+        torch.linalg.solve_triangular(hess.mT, g.mT, upper=False, out=g.mT)
+
+
+def _run_cholesky(problem: GradientProblem, damping: float, opts: dict) -> SolverOutput:
+    timings = {}
+    t0 = time.perf_counter()
+    hess = _hessian(problem)
+    timings["hessian_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if not problem.train_targets:
+        # test targets only: solving for the m test gradients beats whitening all n + m
+        v_test = problem.grads("test")
+        _cholesky_solve(hess, damping, v_test)
+        timings["factor_solve_s"] = time.perf_counter() - t0
+        return SolverOutput(-problem.dot_train(v_test), None, None, {}, timings)
+    w_test, w_train = problem.grads("test"), problem.grads("train")  # whitened in place
+    _cholesky_whiten(hess, damping, [w_test, w_train])
+    del hess
+    timings["factor_solve_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = _scores_from_whitened(w_test, w_train, True, {}, timings)
+    timings["scores_s"] = time.perf_counter() - t0
+    return out
+
+
+def _cholesky_solve(hess: Tensor, damping: float, rows: Tensor) -> None:
+    """``rows <- rows (hess + damping I)^-1``, factoring ``hess`` in place."""
+    _cholesky_whiten(hess, damping, [rows])
+    torch.linalg.solve_triangular(hess, rows.mT, upper=True, out=rows.mT)
+
+
+def _eig_scales(evals: Tensor, damping: float, rcond: float | None) -> tuple[Tensor, dict]:
+    """``(e + lambda)^-1/2``, truncated below ``rcond * max`` when ``rcond`` is given."""
+    shifted = evals + damping
+    if rcond is None:
+        if shifted.min() <= shifted.max() * 1e-14:
+            raise _factor_failed(damping, f"smallest eigenvalue {float(shifted.min()):.1e}")
+        return shifted.rsqrt(), {"min_eigenvalue": float(evals.min())}
+    keep = shifted > rcond * shifted.max()
+    scales = torch.where(keep, shifted.clamp_min(1e-300).rsqrt(), torch.zeros_like(shifted))
+    return scales, {"rcond": rcond, "kept_eigenvalues": int(keep.sum()), "dimension": len(evals)}
+
+
+def _run_eig(problem: GradientProblem, damping: float, opts: dict,
+             rcond: float | None) -> SolverOutput:
+    timings = {}
+    t0 = time.perf_counter()
+    hess = _hessian(problem)
+    timings["hessian_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evals, evecs = torch.linalg.eigh(hess)
+    del hess
+    scales, info = _eig_scales(evals, damping, rcond)
+    w_test = (problem.grads("test") @ evecs) * scales
+    w_train = (problem.grads("train") @ evecs) * scales
+    timings["factor_solve_s"] = time.perf_counter() - t0
+    return _scores_from_whitened(w_test, w_train, problem.train_targets, info, timings)
+
+
+SOLVERS.register("cholesky", SolverSpec(
+    "cholesky", _run_cholesky,
+    "Cholesky of H + damping*I in place, one triangular solve for all gradients (default)"))
+SOLVERS.register("eigh", SolverSpec(
+    "eigh", lambda p, lam, o: _run_eig(p, lam, o, None),
+    "one eigendecomposition of H; slower than cholesky, same scores"))
+SOLVERS.register("pinv", SolverSpec(
+    "pinv", lambda p, lam, o: _run_eig(p, lam, o, o.get("rcond", 5e-2)),
+    "the paper's truncated pseudo-inverse: eigenvalues below rcond*max dropped"))
+
+
+# --- conjugate gradients ---------------------------------------------------------------
+
+
+def kronecker_preconditioner(x_aug: Tensor, probs: Tensor, damping: float) -> Callable[[Tensor], Tensor]:
+    """``(E[A] (x) E[x~ x~^T] + lambda I)^-1`` in sum-zero coordinates (a K-FAC approximation).
+
+    Args:
+        x_aug: ``[n, D]``.
+        probs: ``[n, C]``.
+        damping: ``lambda``.
+
+    Returns:
+        A function ``[k, P] -> [k, P]``.
+    """
+    n, dim = x_aug.shape
+    q = sum_zero_basis(probs.shape[1]).to(probs)
+    mean_a = torch.diag(probs.mean(0)) - probs.T @ probs / n
+    ea, ua = torch.linalg.eigh(q.T @ mean_a @ q)
+    es, us = torch.linalg.eigh(x_aug.T @ x_aug / n)
+    denom = ea.clamp_min(0)[:, None] * es.clamp_min(0)[None, :] + damping
+    denom = denom.clamp_min(float(denom.max()) * 1e-12)  # zero damping, rank-deficient x
+
+    def apply(r: Tensor) -> Tensor:
+        k, c = len(r), len(ea)
+        t = (r.reshape(k * c, dim) @ us).reshape(k, c, dim)  # 2-D GEMM over the long axis
+        t = (ua.T @ t) / denom
+        return (ua @ t).reshape(k * c, dim).matmul(us.T).reshape(k, -1)
+
+    return apply
+
+
+def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor,
+                       precond: Callable[[Tensor], Tensor] | None = None, tol: float = 1e-10,
+                       max_iter: int = 500) -> tuple[Tensor, dict]:
+    """Solve ``A x = b`` for every row ``b`` of ``rhs`` at once (A symmetric positive definite).
+
+    Each row runs its own (preconditioned) CG recursion; rows stop when
+    ``||r|| <= tol * ||b||``.
+
+    Args:
+        matvec: ``[k, P] -> [k, P]``, rows mapped by ``A``.
+        rhs: ``[k, P]``.
+        precond: approximate ``A^-1`` with the same signature.
+        tol: relative residual.
+        max_iter: iterations at most.
+
+    Returns:
+        ``x`` of shape ``[k, P]`` and ``{"iterations", "max_relative_residual", "converged"}``.
+    """
+    precond = precond or (lambda r: r)
+    out = torch.zeros_like(rhs)
+    bnorm = rhs.norm(dim=1).clamp_min(1e-300)
+    # the arrays hold only rows still running; finished rows go to ``out`` and are dropped
+    idx, x, r = torch.arange(len(rhs)), torch.zeros_like(rhs), rhs.clone()
+    z = precond(r)
+    p, rz = z.clone(), (r * z).sum(1)
+    it, worst = 0, 0.0
+    while True:
+        rel = r.norm(dim=1) / bnorm[idx]
+        done = rel <= tol
+        if bool(done.any()) or it == max_iter:
+            finished = done if it < max_iter else torch.ones_like(done)
+            out[idx[finished]] = x[finished]
+            worst = max(worst, float(rel[finished].max())) if bool(finished.any()) else worst
+            keep = ~finished
+            idx, x, r, p, rz = idx[keep], x[keep], r[keep], p[keep], rz[keep]
+        if len(idx) == 0:
+            break
+        it += 1
+        ap = matvec(p)
+        alpha = rz / (p * ap).sum(1)
+        x += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        z = precond(r)
+        rz_new = (r * z).sum(1)
+        p = z + (rz_new / rz)[:, None] * p
+        rz = rz_new
+    return out, {"iterations": it, "max_relative_residual": worst, "converged": worst <= tol}
+
+
+def _cg_solver(problem: GradientProblem, damping: float,
+               opts: dict) -> Callable[[Tensor], tuple[Tensor, dict]]:
+    """``g -> (H' + lambda I)^-1 g`` for a batch of rows, raising when CG does not converge."""
+    precond = kronecker_preconditioner(problem.x_train, problem.probs, damping)
+    tol, max_iter = opts.get("cg_tol", 1e-10), opts.get("cg_max_iter", 500)
+
+    def matvec(v: Tensor) -> Tensor:
+        return hessian_vector_product(problem.x_train, problem.probs, v, reduced=True) + damping * v
+
+    def solve(rhs: Tensor) -> tuple[Tensor, dict]:
+        sol, info = conjugate_gradient(matvec, rhs, precond, tol, max_iter)
+        if not info["converged"]:
+            raise ConvergenceError(
+                f"conjugate gradients reached relative residual {info['max_relative_residual']:.1e} "
+                f"> {tol:g} after {max_iter} iterations; raise cg_max_iter (--cg-max-iter) or "
+                f"the damping (now {damping:g})")
+        return sol, info
+
+    return solve
+
+
+def _cg_scores(problem: GradientProblem, split: str, solve: Callable, batch: int,
+               info: dict) -> tuple[Tensor, Tensor]:
+    """Scores of every ``split`` target against all training images, ``batch`` at a time.
+
+    Returns:
+        ``[k, n]`` scores and ``[k]`` ``-g^T (H' + lambda I)^-1 g`` (self-influence).
+    """
+    size = len(problem.r_train if split == "train" else problem.r_test)
+    scores = torch.empty(size, len(problem.r_train), dtype=torch.float64)
+    own = torch.empty(size, dtype=torch.float64)
+    for s in range(0, size, batch):
+        rhs = problem.grads(split, slice(s, s + batch))
+        sol, step = solve(rhs)
+        scores[s:s + batch] = -problem.dot_train(sol)
+        own[s:s + batch] = -(rhs * sol).sum(1)
+        info["cg_iterations"] = max(info.get("cg_iterations", 0), step["iterations"])
+        info["cg_max_relative_residual"] = max(info.get("cg_max_relative_residual", 0.0),
+                                               step["max_relative_residual"])
+    return scores, own
+
+
+def _run_cg(problem: GradientProblem, damping: float, opts: dict) -> SolverOutput:
+    timings, info = {}, {"cg_tol": opts.get("cg_tol", 1e-10)}
+    solve, batch = _cg_solver(problem, damping, opts), opts.get("cg_batch", 256)
+    t0 = time.perf_counter()
+    scores, _ = _cg_scores(problem, "test", solve, batch, info)
+    timings["solve_test_s"] = time.perf_counter() - t0
+    if not problem.train_targets:
+        return SolverOutput(scores, None, None, info, timings)
+    t0 = time.perf_counter()
+    train_scores, own = _cg_scores(problem, "train", solve, batch, info)
+    train_scores = (train_scores + train_scores.T) / 2  # exact in theory; CG leaves ~tol asymmetry
+    timings["solve_train_s"] = time.perf_counter() - t0
+    return SolverOutput(scores, train_scores, own, info, timings)
+
+
+SOLVERS.register("cg", SolverSpec(
+    "cg", _run_cg,
+    "matrix-free conjugate gradients on Hessian-vector products (K-FAC preconditioned), "
+    "for heads too large to hold H"))
+

@@ -1,0 +1,98 @@
+"""``robust-transfer influence`` and ``saliency``: outputs on success, one line and exit 2 on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from robust_transfer.cli import build_parser, main
+from robust_transfer.models import create_model
+from robust_transfer.models.checkpoints import save_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two seeded, untrained digits models saved in our format, and a 3-class one."""
+    root = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for name, seed, classes in (("robust", 0, 10), ("natural", 1, 10), ("three", 2, 3)):
+        torch.manual_seed(seed)
+        model = create_model("small_resnet", classes, mean=(0.3,) * 3, std=(0.35,) * 3,
+                             input_size=16)
+        paths[name] = save_model(model, root / name, {"source_dataset": "digits"})
+    return paths
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def influence_args(checkpoints, out, *extra):
+    return ["influence", "-c", f"robust={checkpoints['robust']}", "-c",
+            f"natural={checkpoints['natural']}", "--dataset", "digits", "--n", "100",
+            "--test-n", "20", "--out", out, "--max-rank", "20", "--grid", "2", "3", *extra]
+
+
+def test_influence_command_writes_outputs(tmp_path, checkpoints, capsys):
+    out = tmp_path / "inf"
+    code, stdout, _ = run(influence_args(checkpoints, out), capsys)
+    assert code == 0
+    assert "robust: solver cholesky, damping 0.001; top-1 class match (test targets)" in stdout
+    assert (out / "class_match.png").is_file() and (out / "influence_grid.png").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "digits" and summary["models"]["natural"]["n_train"] == 100
+    assert (out / "robust" / "influence.npz").is_file()
+    code, _, err = run(influence_args(checkpoints, out), capsys)
+    assert code == 2 and "--overwrite" in err and err.count("\n") == 1
+    assert run(influence_args(checkpoints, out, "--overwrite"), capsys)[0] == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--damping", "0", "--n", "30"], "singular at damping 0"),
+    (["--memory-limit-gb", "1e-6"], "solver 'cg'"),
+    (["--solver", "pinv", "--rcond", "2"], "rcond must lie in (0, 1)"),
+])
+def test_influence_bad_input_is_one_line(tmp_path, checkpoints, capsys, extra, message):
+    code, _, err = run(influence_args(checkpoints, tmp_path / "x", *extra), capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_class_mismatch_and_missing_checkpoint(tmp_path, checkpoints, capsys):
+    args = ["influence", "-c", checkpoints["three"], "--dataset", "digits", "--n", "50",
+            "--out", tmp_path / "y"]
+    code, _, err = run(args, capsys)
+    assert code == 2 and "3 classes but dataset 'digits' has 10" in err
+    args[2] = tmp_path / "nope.safetensors"
+    assert run(args, capsys)[0] == 2
+
+
+def test_saliency_command(tmp_path, checkpoints, capsys):
+    out = tmp_path / "sal"
+    code, stdout, _ = run(["saliency", "-c", f"natural={checkpoints['natural']}", "-c",
+                           f"robust={checkpoints['robust']}", "--dataset", "digits", "--count", "4",
+                           "--smoothgrad", "2", "--out", out], capsys)
+    assert code == 0 and "saliency of 4 test images under natural, robust" in stdout
+    assert (out / "saliency.png").is_file() and (out / "gradients.npz").is_file()
+    code, _, err = run(["saliency", "-c", checkpoints["robust"], "--dataset", "digits",
+                        "--indices", "0,99999", "--out", tmp_path / "z"], capsys)
+    assert code == 2 and "--indices must lie in" in err
+
+
+def test_every_option_has_help():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("influence", "saliency"):
+        for action in sub.choices[name]._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
