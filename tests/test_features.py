@@ -66,14 +66,14 @@ def _worker(root: str, start: int, queue) -> None:
 def test_processes_sharing_a_key_compute_each_image_once(tmp_path):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path), s, queue)) for s in (0, 300, 500)]
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), s, queue)) for s in (0, 400)]
     for p in procs:
         p.start()
     results = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(timeout=60)
     assert all(ok for _, ok in results)
-    assert sum(c for c, _ in results) == 1100  # the union 0..1099, each row computed once
+    assert sum(c for c, _ in results) == 1000  # the union 0..999, each row computed once
     assert not list(tmp_path.rglob("*.tmp")), "temporary files must be renamed or removed"
 
 

@@ -26,7 +26,9 @@ def _register_run(sub) -> None:
 
     p = sub.add_parser("run", help="run the unfinished runs of a study spec",
                        description="Expand SPEC into runs and execute those not finished in "
-                       "--out. Safe to interrupt and rerun: finished runs are kept and skipped.")
+                       "--out. Safe to interrupt and rerun: finished runs are kept and skipped. "
+                       "Exit status 1 when runs failed (recorded with their errors; "
+                       "--retry-failed reruns them), 2 for bad input (nothing is run).")
     p.add_argument("spec", help="study spec (YAML), e.g. studies/embedded.yaml")
     p.add_argument("--out", required=True, help="study directory (results store, feature cache)")
     p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
@@ -187,6 +189,8 @@ class ProgressDisplay:
                 f"{p.remaining} remaining of {p.total} | {_duration(p.elapsed)} elapsed, ETA {eta}")
         now = time.monotonic()
         final = p.remaining == 0 and p.running == 0
+        if p.last is None and not self.tty and self.last_print:
+            return  # off a terminal, lines are printed when runs end
         if self.tty:
             self.stream.write("\r" + line.ljust(self.width))
             self.width = len(line)

@@ -131,7 +131,10 @@ def _init_ray(ray, options: ExecutorOptions) -> bool:
             ray.init(address=options.ray_address, **quiet)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise ConfigError(f"cannot join the Ray cluster at {options.ray_address}: "
-                              f"{str(err).splitlines()[0]}") from None
+                              f"{str(err).splitlines()[0]}; if the cluster uses token "
+                              "authentication (the default for `ray start` since Ray 2.59), "
+                              "set RAY_AUTH_MODE=token (and RAY_AUTH_TOKEN if the token is not "
+                              "in ~/.ray/auth_token) for this command") from None
         return True
     cpus = None
     if options.workers:  # a local cluster just big enough for `workers` runs at a time

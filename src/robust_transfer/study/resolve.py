@@ -276,19 +276,20 @@ def check_runs(resolved: ResolvedStudy, runs: list[RunConfig]) -> None:
     for run in runs:
         target = resolved.targets[run.target]
         if run.n is not None and target.train_size and run.n > target.train_size:
-            raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'train_images')}: "
+            raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'train_images', run.n)}: "
                               f"train_images {run.n} is larger than {run.target}'s training set "
                               f"({target.train_size} images); use at most {target.train_size} or 'all'")
         source = resolved.sources[run.source]
         if run.unfrozen_blocks != "all" and source.n_blocks and int(run.unfrozen_blocks) > source.n_blocks:
-            raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'unfrozen_blocks')}: "
+            raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'unfrozen_blocks', run.unfrozen_blocks)}: "
                               f"unfrozen_blocks {run.unfrozen_blocks} is more than source "
                               f"'{source.label}' ({source.arch}) has: it has {source.n_blocks} blocks; "
                               f"use 0..{source.n_blocks} or 'all'")
 
 
-def _axis_line(spec: StudySpec, axis: str) -> int:
-    return max((g.lines.get(axis, 0) for g in spec.grids), default=0)
+def _axis_line(spec: StudySpec, axis: str, value: Any) -> int:
+    """The line of the first grid whose ``axis`` holds ``value``."""
+    return next((g.lines.get(axis, 0) for g in spec.grids if value in getattr(g, axis)), 0)
 
 
 def require_checkpoint(info: SourceInfo) -> str:

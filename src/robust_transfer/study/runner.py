@@ -225,6 +225,7 @@ class _Tracker:
 
     def started(self, count: int) -> None:
         self.running += count
+        self.report(None)
 
     def ended(self, outcome: RunOutcome) -> None:
         self.running = max(0, self.running - 1)
