@@ -169,6 +169,7 @@ def test_different_spec_is_refused_unless_extended(tmp_path, sources, spec_path)
     out = tmp_path / "study"
     run_study(spec_path, out, run_fn=sleep_run)
     other = write_spec(tmp_path, sources, "other.yaml", "train_images: [90]\nepochs: 2\n")
+    assert plan_study(other, out, measure=False).other_study
     with pytest.raises(RobustTransferError, match="holds a different study .*--extend"):
         run_study(other, out, run_fn=sleep_run)
     summary = run_study(other, out, extend=True, run_fn=sleep_run)

@@ -119,6 +119,8 @@ def _dry_run(spec, args) -> int:
     print(f"estimated time: {_duration(est.seconds)} on this machine, one run at a time "
           f"({est.basis})")
     print(f"estimated GPU-hours: {est.gpu_hours:,.1f} on {_reference()}")
+    if plan.other_study:
+        print(f"note: {args.out} holds a different study; running this spec there needs --extend")
     if plan.missing:
         print(f"missing on this machine ({len(plan.missing)}); a real run refuses to start "
               "until they are in place:")

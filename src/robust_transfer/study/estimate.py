@@ -21,7 +21,7 @@ import torch
 
 from robust_transfer.data import dataset_info
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
-from robust_transfer.study.spec import RunConfig, StudySpec, load_spec
+from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import DB_NAME, StudyStore
 
 # forward images/s at the architecture's native size on one A100-class GPU with bf16
@@ -59,6 +59,7 @@ class StudyPlan:
         to_run: runs a ``study run`` would execute now.
         missing: inputs absent on this machine (a real run refuses to start).
         estimate: the cost of ``to_run``.
+        other_study: ``out_dir`` holds a different study (a run needs ``--extend``).
     """
 
     spec: StudySpec
@@ -68,6 +69,7 @@ class StudyPlan:
     to_run: int
     missing: list
     estimate: CostEstimate
+    other_study: bool = False
 
 
 def plan_study(spec: StudySpec | str | Path, out_dir: str | Path | None = None,
@@ -88,20 +90,24 @@ def plan_study(spec: StudySpec | str | Path, out_dir: str | Path | None = None,
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     resolved = resolve_study(spec, data_root)
     runs = spec.runs()
-    statuses, timings = _stored(out_dir, [r.run_id for r in runs])
+    statuses, timings, other = _stored(out_dir, [r.run_id for r in runs])
     finished = sum(s == "finished" for s in statuses.values())
     failed = sum(s == "failed" for s in statuses.values())
     skip = {"finished"} | ({"failed"} if not retry_failed else set())
     todo = [r for r in runs if statuses.get(r.run_id) not in skip]
     estimate = estimate_cost(resolved, todo, timings, measure)
-    return StudyPlan(spec, len(runs), finished, failed, len(todo), resolved.missing, estimate)
+    return StudyPlan(spec, len(runs), finished, failed, len(todo), resolved.missing, estimate,
+                     other)
 
 
-def _stored(out_dir, run_ids: list[str]) -> tuple[dict[str, str], list]:
+def _stored(out_dir, run_ids: list[str]) -> tuple[dict[str, str], list, bool]:
+    """Statuses of ``run_ids``, timings of finished runs, whether the store is another study."""
     if out_dir is None or not (Path(out_dir) / DB_NAME).is_file():
-        return {}, []
+        return {}, [], False
     with StudyStore(out_dir, readonly=True) as store:
-        return store.statuses(run_ids), store.mean_seconds()
+        specs = store.specs()
+        other = bool(specs) and run_set_id(run_ids) not in {s["run_set"] for s in specs}
+        return store.statuses(run_ids), store.mean_seconds(), other
 
 
 def estimate_cost(resolved: ResolvedStudy, todo: list[RunConfig], timings: list,
@@ -152,7 +158,7 @@ def _local_seconds(resolved: ResolvedStudy, work: dict[str, float], timings: lis
     fitted = _fit_from_runs(resolved, timings)
     if fitted is not None:
         per_unit, count = fitted
-        return sum(work.values()) * per_unit, f"fitted on {count} finished run(s) of this study"
+        return sum(work.values()) * per_unit, f"fitted on {count} finished run(s) in the study directory"
     if not measure:
         return math.nan, "not measured"
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -4,6 +4,10 @@
 * ``ray``: a Ray cluster, started for the study or joined by address; each run reserves
   ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions let several small runs share a GPU).
 
+On a multi-node Ray cluster every node must have robust-transfer installed and see the
+checkpoints and datasets at the driver's paths (a shared filesystem, or the same copies),
+and the feature cache folder should be shared for runs to share it.
+
 An executor is an iterator factory: ``execute(tasks, ctx, on_start)`` yields a
 :class:`RunOutcome` per task as runs end, calling ``on_start(run_ids)`` when runs begin.
 """
