@@ -231,6 +231,14 @@ def test_rank_training_orders_and_excludes_self():
     assert top.helpful_scores.ravel().tolist() == [-3.0, -2.0]
 
 
+def test_rank_training_in_chunks_equals_one_argsort():
+    scores = np.round(np.random.default_rng(0).normal(size=(600, 600)), 1)  # with ties
+    key = scores.copy()
+    np.fill_diagonal(key, np.inf)
+    expected = np.argsort(key, axis=1, kind="stable")[:, :7]
+    assert np.array_equal(rank_training(scores, 7, exclude_self=True), expected)
+
+
 def test_class_match_curve_counts_and_interval():
     scores = np.array([[-2.0, -1.0, 0.0], [0.0, -1.0, -2.0]])
     curve = class_match_curve(scores, np.array([0, 0]), np.array([0, 1, 0]), max_rank=5)

@@ -15,6 +15,7 @@ from robust_transfer.errors import ConfigError
 
 ORDERS = ("helpful", "harmful", "abs")
 _Z95 = 1.959963984540054
+_CHUNK = 256  # target rows ranked at a time
 
 
 def rank_training(scores: np.ndarray, k: int, order: str = "helpful",
@@ -33,14 +34,18 @@ def rank_training(scores: np.ndarray, k: int, order: str = "helpful",
     """
     if order not in ORDERS:
         raise ConfigError(f"unknown influence order '{order}'; valid: {', '.join(ORDERS)}")
-    key = {"helpful": scores, "harmful": -scores, "abs": -np.abs(scores)}[order].astype(np.float64)
-    if exclude_self:
-        if key.shape[0] != key.shape[1]:
-            raise ConfigError(f"exclude_self needs a square train-by-train matrix, got {key.shape}")
-        key = key.copy()
-        np.fill_diagonal(key, np.inf)
-    k = max(0, min(k, key.shape[1] - int(exclude_self)))
-    return np.argsort(key, axis=1, kind="stable")[:, :k].astype(np.int64)
+    m, n = scores.shape
+    if exclude_self and m != n:
+        raise ConfigError(f"exclude_self needs a square train-by-train matrix, got {scores.shape}")
+    k = max(0, min(k, n - int(exclude_self)))
+    out = np.empty((m, k), dtype=np.int64)
+    for s in range(0, m, _CHUNK):  # bounded temporaries for large score matrices
+        rows = np.asarray(scores[s:s + _CHUNK], dtype=np.float64)
+        key = {"helpful": rows, "harmful": -rows, "abs": -np.abs(rows)}[order].copy()
+        if exclude_self:
+            key[np.arange(len(key)), np.arange(s, s + len(key))] = np.inf
+        out[s:s + _CHUNK] = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return out
 
 
 @dataclass

@@ -168,7 +168,7 @@ def _check_memory(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> None:
     cg_est = estimate_memory(n, m, c, d, "cg", cfg.train_targets, cfg.cg_batch)
     limit = cfg.memory_limit if cfg.memory_limit is not None else available_memory()
     describe = f"{n} training and {m} test images, {c} classes, {d} features"
-    check_memory(est, limit, cfg.solver, describe, cg_est)
+    check_memory(est, limit, cfg.solver, describe, cg_est, cfg.train_targets)
 
 
 # --- from a model ----------------------------------------------------------------------

@@ -166,7 +166,7 @@ def format_bytes(num: float) -> str:
 
 
 def check_memory(estimate: int, limit: int | None, solver: str, describe: str,
-                 cg_estimate: int | None = None) -> None:
+                 cg_estimate: int | None = None, train_targets: bool = False) -> None:
     """Refuse before allocating when ``estimate`` exceeds ``limit``.
 
     Raises:
@@ -179,6 +179,8 @@ def check_memory(estimate: int, limit: int | None, solver: str, describe: str,
     else:
         cg = f" (about {format_bytes(cg_estimate)})" if cg_estimate else ""
         hint = f"use the matrix-free solver 'cg' (--solver cg){cg} or fewer images"
+    if train_targets:  # the train-by-train matrix grows as n^2 whatever the solver
+        hint += ", or skip training images as targets (--no-train-targets)"
     raise InfluenceMemoryError(
         f"influence with solver '{solver}' needs about {format_bytes(estimate)} for {describe} "
         f"but only {format_bytes(limit)} is available; {hint}")
