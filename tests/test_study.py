@@ -56,6 +56,23 @@ def test_expansion_and_ids_do_not_depend_on_yaml_order(tmp_path, sources):
     assert {r.run_id for r in a.runs()} == {r.run_id for r in b.runs()}
 
 
+def test_relative_checkpoint_paths_keep_ids_when_the_folder_moves(tmp_path, sources):
+    import shutil
+
+    from robust_transfer.study import resolve_study
+
+    first = tmp_path / "a"
+    first.mkdir()
+    for f in sources["natural"].parent.glob("natural.*"):
+        shutil.copy(f, first / f.name)
+    (first / "s.yaml").write_text("sources: [{model: natural.safetensors, label: nat}]\n"
+                                  "targets: [digits]\n")
+    moved = shutil.copytree(first, tmp_path / "b")
+    a, b = load_spec(first / "s.yaml"), load_spec(moved / "s.yaml")
+    assert [r.run_id for r in a.runs()] == [r.run_id for r in b.runs()]
+    assert resolve_study(b).sources["nat"].path == str(moved / "natural.safetensors")
+
+
 def test_changing_a_recipe_value_makes_new_runs_and_lists_grid(tmp_path, sources):
     base = {r.run_id for r in load_spec(write_spec(tmp_path, sources)).runs()}
     grid = load_spec(write_spec(tmp_path, sources, "g.yaml", """\

@@ -139,9 +139,9 @@ def _resolve_source(src: SourceSpec, spec: StudySpec, missing: list[Missing]) ->
     from robust_transfer.models import zoo
 
     try:
-        if src.model in zoo.PUBLISHED:
+        if src.location in zoo.PUBLISHED:
             facts = _published(src, missing)
-        elif looks_like_path(src.model):
+        elif looks_like_path(src.location):
             facts = _checkpoint_file(src, missing)
         else:
             facts = _embedded(src, zoo)
@@ -181,7 +181,7 @@ def _embedded(src: SourceSpec, zoo) -> dict[str, Any]:
 def _checkpoint_file(src: SourceSpec, missing: list[Missing]) -> dict[str, Any]:
     from robust_transfer.models.checkpoints import checkpoint_paths, read_metadata
 
-    path = Path(src.model)
+    path = Path(src.location)
     weights, meta_path = checkpoint_paths(path)
     if meta_path.is_file() and weights.is_file():
         return _from_metadata(read_metadata(meta_path), str(weights))

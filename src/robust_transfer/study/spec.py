@@ -64,10 +64,13 @@ class SourceSpec:
 
     Attributes:
         label: the name results use (``natural``, ``l2-eps3``).
-        model: a zoo name or a checkpoint path (relative paths: to the spec's folder).
+        model: a zoo name or a checkpoint path, as written (it enters run ids, so a
+            relative path keeps them when the study folder moves).
         eps, norm: the source's training radius and threat model; ``None`` = from the
             checkpoint's metadata.
         line: where the entry is in the spec, for messages.
+        location: where to find it: the zoo name, or the path made absolute against the
+            spec's folder.
     """
 
     label: str
@@ -75,6 +78,7 @@ class SourceSpec:
     eps: float | None = None
     norm: str | None = None
     line: int = 0
+    location: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,13 +251,14 @@ class _Parser:
         item = self.keys(item, path, SOURCE_KEYS, "a source entry")
         if not item.get("model"):
             raise self.fail(path, "a source entry needs 'model': a zoo name or checkpoint path")
-        model = _normalise_model(str(item["model"]), base)
-        label = str(item.get("label") or item["model"])
+        model = str(item["model"])
+        label = str(item.get("label") or model)
         norm = item.get("norm")
         if norm is not None and norm not in NORMS:
             raise self.fail((*path, "norm"), f"unknown norm '{norm}'; valid: {', '.join(NORMS)}")
         eps = self.eps(item.get("eps"), (*path, "eps"))
-        return SourceSpec(label, model, eps, norm, self._line(path) or 0)
+        return SourceSpec(label, model, eps, norm, self._line(path) or 0,
+                          _normalise_model(model, base))
 
     def eps(self, value: Any, path: tuple) -> float | None:
         if value is None:

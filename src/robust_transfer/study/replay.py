@@ -1,0 +1,115 @@
+"""Re-create the fine-tuned model of a finished study run from its stored config.
+
+A study stores each run's fully resolved config and its source's checkpoint sha256, not
+the fine-tuned weights (thousands of runs). Fine-tuning is seeded, so replaying the
+config gives the run's model back: bit-identical on the CPU with the same torch build and
+thread count (the study's runs use one thread), close on a GPU. The replayed test accuracy
+is returned beside the stored one so the caller can check.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robust_transfer.data import ImageArrays
+from robust_transfer.errors import ConfigError
+from robust_transfer.transfer import FinetuneResult
+
+
+@dataclass
+class ReplayedRun:
+    """A study run fine-tuned again.
+
+    Attributes:
+        run_id: the run.
+        config: its resolved config.
+        result: the fine-tuning result (model, history, training indices).
+        train, test: the target's splits (``train`` whole; the run used
+            ``result.train_indices``).
+        stored_test_acc: the accuracy the study recorded.
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    result: FinetuneResult
+    train: ImageArrays
+    test: ImageArrays
+    stored_test_acc: float
+
+    @property
+    def accuracy_gap(self) -> float:
+        """|replayed - stored| test accuracy (0 when the replay is exact)."""
+        return abs(self.result.test_acc - self.stored_test_acc)
+
+
+def find_run(study_dir: str | Path, run_id: str) -> tuple[str, dict[str, Any], dict[str, Any], float]:
+    """The full run id, config, source record and stored accuracy of a finished run.
+
+    ``run_id`` may be a unique prefix.
+
+    Raises:
+        ConfigError: no such run, an ambiguous prefix, or a run that has not finished.
+    """
+    import json
+
+    from robust_transfer.study.store import StudyStore
+
+    with StudyStore(study_dir, readonly=True) as store:
+        rows = store.conn.execute(
+            "SELECT run_id, config, status, test_acc, source FROM runs WHERE run_id LIKE ?",
+            (run_id + "%",)).fetchall()
+        sources = store.sources()
+    if not rows:
+        raise ConfigError(f"run '{run_id}' is not in {study_dir}; "
+                          f"`robust-transfer study export {study_dir}` lists the run ids")
+    if len(rows) > 1:
+        raise ConfigError(f"run id prefix '{run_id}' matches {len(rows)} runs; give more digits")
+    rid, config, status, acc, source = rows[0]
+    if status != "finished":
+        raise ConfigError(f"run {rid} is {status}, not finished; finish the study first")
+    return rid, json.loads(config), sources[source], float(acc)
+
+
+def replay_run(study_dir: str | Path, run_id: str, data_root: str | None = None,
+               device: str = "cpu") -> ReplayedRun:
+    """Fine-tune a finished run again from its stored config (one CPU thread, as studies do).
+
+    Raises:
+        ConfigError: see :func:`find_run`.
+        CheckpointError: the source checkpoint is gone or changed since the study ran.
+    """
+    from robust_transfer.models.checkpoints import load_model
+    from robust_transfer.study.resolve import load_split
+    from robust_transfer.study.spec import RunConfig
+    from robust_transfer.transfer import finetune
+
+    rid, config, source, stored = find_run(study_dir, run_id)
+    model, meta = load_model(source["path"])
+    _check_sha(meta, source)
+    run = RunConfig.from_dict(config)
+    train = load_split(run.target, "train", data_root)
+    test = load_split(run.target, "test", data_root)
+    unfrozen = run.unfrozen_blocks if run.unfrozen_blocks == "all" else int(run.unfrozen_blocks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = finetune(model, train, test, n=run.n, unfrozen=unfrozen, epochs=run.epochs,
+                          seed=run.seed, recipe=run.recipe, device=device,
+                          source_id=source["sha256"])
+    finally:
+        torch.set_num_threads(threads)
+    return ReplayedRun(rid, config, result, train, test, stored if not math.isnan(stored) else 0.0)
+
+
+def _check_sha(meta: dict[str, Any], source: dict[str, Any]) -> None:
+    from robust_transfer.errors import CheckpointError
+
+    sha = meta.get("sha256")
+    if sha and source.get("sha256") and sha != source["sha256"]:
+        raise CheckpointError(f"source checkpoint {source['path']} changed since the study ran "
+                              f"(sha256 {sha[:12]}... != {source['sha256'][:12]}...); restore it")
