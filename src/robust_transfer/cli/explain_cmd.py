@@ -25,11 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", "-c", action="append", required=True, metavar="[NAME=]PATH",
+    parser.add_argument("--checkpoint", "-c", action="append", default=None, metavar="[NAME=]PATH",
                         help="a fine-tuned checkpoint, optionally named (e.g. robust=runs/r.safetensors); "
                         "repeat for side-by-side figures (default name: the file's stem)")
-    parser.add_argument("--dataset", required=True,
-                        help="target dataset the checkpoints were fine-tuned on (e.g. fmnist, digits)")
+    parser.add_argument("--study", default=None, metavar="DIR",
+                        help="a study directory: use --run instead of --checkpoint")
+    parser.add_argument("--run", action="append", default=None, metavar="[NAME=]RUN_ID",
+                        help="a finished run of --study (id or unique prefix), re-fine-tuned from its "
+                        "stored config; repeat for side by side (e.g. robust=3fa2 natural=91bc)")
+    parser.add_argument("--dataset", default=None,
+                        help="target dataset the checkpoints were fine-tuned on (e.g. fmnist, digits); "
+                        "with --run: the run's target")
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="dataset folder (default: $ROBUST_TRANSFER_DATA or the user cache)")
     parser.add_argument("--seed", type=int, default=0,
@@ -123,6 +129,48 @@ def _checkpoints(specs: list[str]) -> dict[str, Path]:
     return out
 
 
+def _sources(args: argparse.Namespace) -> tuple[dict[str, Any], str, np.ndarray | None, dict]:
+    """Models, target dataset, the runs' training indices (None for checkpoints), provenance."""
+    if bool(args.checkpoint) == bool(args.run):
+        raise ConfigError("give either --checkpoint PATH (repeatable) or --study DIR with --run ID")
+    if args.checkpoint:
+        if not args.dataset:
+            raise ConfigError("--dataset is required with --checkpoint")
+        return (_load_models(args.checkpoint), args.dataset, None,
+                {"checkpoints": {k: str(v) for k, v in _checkpoints(args.checkpoint).items()}})
+    if not args.study:
+        raise ConfigError("--run needs --study DIR")
+    return _replay_runs(args)
+
+
+def _replay_runs(args: argparse.Namespace) -> tuple[dict[str, Any], str, np.ndarray | None, dict]:
+    import sys
+
+    from robust_transfer.study.replay import replay_run
+
+    models, targets, indices, runs = {}, set(), None, {}
+    for spec in args.run:
+        name, sep, rid = spec.partition("=")
+        name, rid = (name, rid) if sep else (spec, spec)
+        replay = replay_run(args.study, rid, args.data_root)
+        models[name] = replay.result.model
+        targets.add(replay.config["target"])
+        runs[name] = {"run_id": replay.run_id, "config": replay.config,
+                      "stored_test_acc": replay.stored_test_acc,
+                      "replayed_test_acc": replay.result.test_acc}
+        print(f"replayed run {replay.run_id} ({name}): test acc {replay.result.test_acc:.4f}, "
+              f"stored {replay.stored_test_acc:.4f}", file=sys.stderr)
+        if indices is None or len(replay.result.train_indices) < len(indices):
+            indices = replay.result.train_indices
+    if len(targets) != 1:
+        raise ConfigError(f"the runs have different targets ({', '.join(sorted(targets))}); "
+                          "compare runs of one target")
+    target = targets.pop()
+    if args.dataset and args.dataset != target:
+        raise ConfigError(f"--dataset {args.dataset} but the runs were fine-tuned on {target}")
+    return models, target, indices, {"study": str(args.study), "runs": runs}
+
+
 def _load_models(specs: list[str]) -> dict[str, Any]:
     # imported here: the checkpoint module is heavy and only these handlers need it
     from robust_transfer.models.checkpoints import load_model
@@ -143,14 +191,16 @@ def _influence(args: argparse.Namespace) -> int:
                           train_targets=not args.no_train_targets, cg_tol=args.cg_tol,
                           cg_max_iter=args.cg_max_iter, cg_batch=args.cg_batch,
                           memory_limit=limit)
-    models = _load_models(args.checkpoint)
-    train = load_dataset(args.dataset, "train", root=args.data_root)
-    test = load_dataset(args.dataset, "test", root=args.data_root)
-    train_idx = balanced_subset(train.labels.numpy(), args.n, args.seed, args.dataset)
+    models, dataset, run_idx, provenance = _sources(args)
+    train = load_dataset(dataset, "train", root=args.data_root)
+    test = load_dataset(dataset, "test", root=args.data_root)
+    # with --run, the training images are the (smallest) run's own subset
+    train_idx = run_idx if run_idx is not None else balanced_subset(
+        train.labels.numpy(), args.n, args.seed, dataset)
     test_n = None if args.test_n == _DEFAULT_TEST_N and len(test) <= _DEFAULT_TEST_N else args.test_n
-    test_idx = balanced_subset(test.labels.numpy(), test_n, args.seed, f"{args.dataset}:test")
-    extra = {"dataset": args.dataset, "seed": args.seed, "n": args.n, "test_n": args.test_n,
-             "checkpoints": {k: str(v) for k, v in _checkpoints(args.checkpoint).items()}}
+    test_idx = balanced_subset(test.labels.numpy(), test_n, args.seed, f"{dataset}:test")
+    extra = {"dataset": dataset, "seed": args.seed, "n": len(train_idx), "test_n": args.test_n,
+             **provenance}
     summary = explain_influence(
         models, train.subset(train_idx), test.subset(test_idx), args.out, cfg,
         overwrite=args.overwrite, batch_size=args.batch_size, top=args.top_k,
@@ -177,14 +227,13 @@ def _saliency(args: argparse.Namespace) -> int:
     from robust_transfer.data import balanced_subset, load_dataset
     from robust_transfer.saliency import explain_saliency
 
-    models = _load_models(args.checkpoint)
-    data = load_dataset(args.dataset, args.split, root=args.data_root)
+    models, dataset, _, extra = _sources(args)
+    data = load_dataset(dataset, args.split, root=args.data_root)
     if args.indices:
         indices = _parse_indices(args.indices, len(data))
     else:
         indices = balanced_subset(data.labels.numpy(), args.count, args.seed,
-                                  f"{args.dataset}:{args.split}")
-    extra = {"checkpoints": {k: str(v) for k, v in _checkpoints(args.checkpoint).items()}}
+                                  f"{dataset}:{args.split}")
     summary = explain_saliency(models, data, indices, args.out, samples=args.smoothgrad,
                                sigma=args.sigma, seed=args.seed, overwrite=args.overwrite,
                                extra=extra)
