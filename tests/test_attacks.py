@@ -165,10 +165,21 @@ def test_matches_torchattacks_without_random_start(digits_model, batch):
     x, y = batch[0][:32], batch[1][:32]
     ours = pgd(digits_model, x, y, "linf", 8 / 255, steps=5, step_size=2 / 255)
     ref = torchattacks.PGD(digits_model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
-    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    # the same algorithm; our convolutions run channels-last, so a gradient entry within
+    # rounding of 0 could take the other sign: allow a few such pixels, not more
+    assert ((ours - ref).abs() <= 1e-6).float().mean() > 0.999
     ours = pgd(digits_model, x, y, "l2", 1.0, steps=5, step_size=0.3)
     ref = torchattacks.PGDL2(digits_model, eps=1.0, alpha=0.3, steps=5, random_start=False)(x, y)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_result_keeps_the_callers_memory_layout(digits_model, batch):
+    x, y = batch[0][:4], batch[1][:4]
+    assert pgd(digits_model, x, y, "l2", 0.5, steps=2).is_contiguous()
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out = pgd(digits_model, x_cl, y, "l2", 0.5, steps=2)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, pgd(digits_model, x, y, "l2", 0.5, steps=2), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs,match", [
