@@ -296,6 +296,13 @@ def test_folder_dataset_errors(tmp_path):
     write_folder(tmp_path, "train", {"a": 1})
     with pytest.raises(DatasetError, match="test/ or val/"):
         load_dataset(f"folder:{tmp_path}", "test")
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DatasetError, match="broken.png is not a readable image"):
+        load_dataset(f"folder:{tmp_path}", "train")
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images"):
+        load_dataset(f"folder:{empty}", "train")
 
 
 # --- digits -----------------------------------------------------------------------------

@@ -102,6 +102,7 @@ def test_two_processes_under_torchrun_end_with_identical_weights(tmp_path):
                            "--nproc_per_node", "2", str(script), *args],
                           capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("pretrain epoch 1") == 1  # only rank 0 reports
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     s0, s1 = ranks[0]["state"], ranks[1]["state"]

@@ -130,6 +130,20 @@ def test_feature_store_is_shared_between_runs(digits_model, digits_train, digits
     assert store.computed == 300 + 2 * len(digits_test)  # another source shares nothing
 
 
+def test_prefix_outputs_restore_the_mode_and_weights_id_sees_every_byte(digits_model, digits_test):
+    model = copy.deepcopy(digits_model).eval()
+    from robust_transfer.data import InputPolicy
+
+    feats = transfer.prefix_outputs(model, digits_test.images[:5], InputPolicy(3, 16),
+                                    len(model.stages()), True, torch.device("cpu"))
+    assert feats.shape == (5, model.feature_dim) and not model.training
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.net.layer3[0].conv2.weight.view(-1)[-1] += 1.0  # the last value of a big tensor
+    assert transfer._weights_id(other) != transfer._weights_id(model)
+    assert transfer._weights_id(copy.deepcopy(model)) == transfer._weights_id(model)
+
+
 def test_finetune_errors(digits_model, digits_train, digits_test):
     with pytest.raises(ConfigError, match="1348"):
         run(digits_model, digits_train, digits_test, n=5000)

@@ -20,7 +20,14 @@ import torch.nn as nn
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import TransferModel, prepare_finetune
-from robust_transfer.training import EpochMetrics, FitOptions, OptimConfig, TensorLoader, fit, resolve_device
+from robust_transfer.training import (
+    EpochMetrics,
+    FitOptions,
+    OptimConfig,
+    TensorLoader,
+    fit,
+    resolve_device,
+)
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3
@@ -188,12 +195,17 @@ def _prefix_numel(model: TransferModel, depth: int, size: int) -> int:
 
 
 def _weights_id(model: TransferModel) -> str:
-    """A cheap fingerprint of the weights when the caller gives no source id."""
+    """A hash of every weight and buffer when the caller gives no source id.
+
+    All bytes, not a prefix of each tensor: a shared feature store keyed by a collision
+    would silently hand one source's features to another (ResNet-50: ~0.2 s).
+    """
     import hashlib
 
     h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.detach().cpu().contiguous().numpy().tobytes()[:4096])
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -221,13 +233,14 @@ def _cached_loaders(model, train, test, indices, policy, batch_size, seed, dev, 
 def prefix_outputs(model: TransferModel, images: torch.Tensor, policy: InputPolicy, depth: int,
                    pooled: bool, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """Outputs of the first ``depth`` stages (pooled if ``pooled``) for uint8 ``images``, on the CPU."""
+    was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
         x = policy.prepare(images[start: start + batch_size]).to(device)
         h = model.forward_prefix(x, depth)
         out.append((model.pool(h) if pooled else h).float().cpu())
-    model.train()
+    model.train(was_training)
     if not out:
         return torch.empty(0)
     return torch.cat(out)

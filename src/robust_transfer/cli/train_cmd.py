@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 
@@ -95,7 +96,9 @@ def _pretrain(args) -> int:
                          OptimConfig(args.lr, args.momentum, args.weight_decay, args.schedule),
                          _attack_from(args), None, args.augment, args.input_size,
                          args.train_images, args.eval_images, args.seed)
-    model, history, meta = pretrain(cfg, args.data_root, args.device, Progress("pretrain"))
+    # under torchrun every rank trains; only rank 0 reports (its own shard's train metrics)
+    progress = Progress("pretrain") if os.environ.get("RANK", "0") == "0" else None
+    model, history, meta = pretrain(cfg, args.data_root, args.device, progress)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
         meta["command"] = "robust-transfer " + shlex.join(sys.argv[1:])

@@ -334,15 +334,27 @@ def _folder_classes(split_dir: Path) -> list[str]:
 def _folder_info(path: Path) -> DatasetInfo:
     if not path.is_dir():
         raise DatasetError(f"folder dataset {path} does not exist")
-    classes = _folder_classes(_folder_split_dir(path, "train"))
-    first = next(p for c in classes for p in sorted((_folder_split_dir(path, "train") / c).iterdir())
-                 if p.suffix.lower() in _IMAGE_EXTS)
-    from PIL import Image
-
-    with Image.open(first) as im:
+    train_dir = _folder_split_dir(path, "train")
+    classes = _folder_classes(train_dir)
+    first = next((p for c in classes for p in sorted((train_dir / c).iterdir())
+                  if p.suffix.lower() in _IMAGE_EXTS), None)
+    if first is None:
+        raise DatasetError(f"no images under {train_dir}/<class>/ (extensions: "
+                           f"{', '.join(sorted(_IMAGE_EXTS))})")
+    with _open_image(first) as im:
         channels = 1 if im.mode in ("L", "1", "I;16") else 3
     return DatasetInfo(f"folder:{path}", tuple(classes), channels, _FOLDER_SIZE, channels == 1,
                        f"images under {path}, resized to {_FOLDER_SIZE}px")
+
+
+def _open_image(path: Path):
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except OSError as err:  # PIL's UnidentifiedImageError is an OSError
+        raise DatasetError(f"{path} is not a readable image ({type(err).__name__}); "
+                           f"remove or replace it") from None
 
 
 def _load_folder(path: Path, split: str) -> ImageArrays:
@@ -357,7 +369,7 @@ def _load_folder(path: Path, split: str) -> ImageArrays:
         for p in sorted(cls_dir.iterdir()) if cls_dir.is_dir() else []:
             if p.suffix.lower() not in _IMAGE_EXTS:
                 continue
-            with Image.open(p) as im:
+            with _open_image(p) as im:
                 im = im.convert(mode).resize((_FOLDER_SIZE, _FOLDER_SIZE), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
