@@ -156,15 +156,11 @@ def test_usage_errors_exit_2_and_write_nothing(tmp_path, capsys, argv, word):
                    library_error=False)
 
 
-@pytest.mark.xfail(strict=True, reason="argparse prints its usage block before the error line; "
-                   "needs a one-line ArgumentParser.error in robust_transfer/cli/__init__.py")
 def test_usage_errors_are_one_line(tmp_path, capsys):
     code, _, err = run_cli([*PRETRAIN, "--arch", "resnet1000", "--out", tmp_path / "m"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="train_cmd records sys.argv, which is the caller's (pytest's) "
-                   "argv when main() is given a list; needs main() to hand its argv to the command")
 def test_recorded_command_is_the_one_given_to_main(tmp_path, capsys):
     code, _, err = run_cli([*PRETRAIN, "--out", tmp_path / "m"], capsys)
     assert code == 0, err

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shlex
-import sys
 
 from robust_transfer.cli.common import (
     Progress,
@@ -101,7 +100,7 @@ def _pretrain(args) -> int:
     model, history, meta = pretrain(cfg, args.data_root, args.device, progress)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
-        meta["command"] = "robust-transfer " + shlex.join(sys.argv[1:])
+        meta["command"] = "robust-transfer " + shlex.join(args.argv)
         path = save_model(model, args.out, meta, overwrite=args.overwrite)
         robust = meta["robust_acc"]
         print(f"saved {path}: clean acc {meta['clean_acc']:.4f}"
