@@ -143,7 +143,8 @@ def _init_ray(ray, options: ExecutorOptions) -> bool:
     cpus = None
     if options.workers:  # a local cluster just big enough for `workers` runs at a time
         cpus = max(1, int(options.workers * options.resources.num_cpus + 0.999))
-    ray.init(num_cpus=cpus, **quiet)
+    # address="local": always a fresh cluster of our size, never one a `ray start` left running
+    ray.init(address="local", num_cpus=cpus, **quiet)
     return True
 
 
