@@ -42,7 +42,7 @@ def main() -> None:
         root = Path(tmp)
         cold = timed(spec, root / "cold")
         start_stop = timed(spec, root / "cold")  # all finished: cluster start and stop only
-        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
         try:
             timed(warmup, root / "warmup")  # starts the worker processes
             warm = timed(spec, root / "warm")
