@@ -35,6 +35,16 @@ def digits_test():
 
 
 @pytest.fixture(scope="session")
+def digits_net():
+    """A seeded, untrained small ResNet for digits at 16 px: real features, no training cost.
+
+    Session-scoped and shared: tests must not modify it.
+    """
+    torch.manual_seed(0)
+    return create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
+
+
+@pytest.fixture(scope="session")
 def digits_policy() -> InputPolicy:
     return InputPolicy(3, DIGITS_SIZE)
 

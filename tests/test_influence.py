@@ -29,25 +29,8 @@ from robust_transfer.influence import (
 )
 from robust_transfer.influence.hessian import augment, from_sum_zero, head_probs, to_sum_zero
 from robust_transfer.influence.solvers import ConvergenceError
-from robust_transfer.models import create_model
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: a second BLAS thread only adds synchronisation (and stalls on a busy CPU)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits_net():
-    """A seeded, untrained small ResNet for digits at 16 px: real features, no training cost."""
-    torch.manual_seed(0)
-    return create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
 
 
 def make_problem(n=40, m=7, d=5, c=4, seed=0):

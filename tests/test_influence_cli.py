@@ -13,14 +13,6 @@ from robust_transfer.models import create_model
 from robust_transfer.models.checkpoints import save_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """Two seeded, untrained digits models saved in our format, and a 3-class one."""

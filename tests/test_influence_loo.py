@@ -10,20 +10,10 @@ choice) are removed one at a time and the head refitted by Newton's method.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from robust_transfer.data import balanced_subset
 from robust_transfer.influence import InfluenceConfig, fit_head, leave_one_out_check
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny matrices: a second BLAS thread only adds synchronisation (and stalls on a busy CPU)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def projected_digits(data, dim=32, seed=0):

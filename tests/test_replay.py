@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_study_support import make_sources, write_spec
 
 from robust_transfer.cli import main
 from robust_transfer.errors import ConfigError
 from robust_transfer.study.replay import replay_run
 from robust_transfer.study.runner import run_study
 from robust_transfer.study.store import load_results
-
-from test_study_support import make_sources, write_spec
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,6 @@ from robust_transfer.models import create_model
 from robust_transfer.saliency import explain_saliency, input_gradients, saliency_image
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def digits_net():
-    """A seeded, untrained small ResNet for digits at 16 px (3 channels)."""
-    torch.manual_seed(0)
-    return create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
-
-
 def tiny_model(dtype=torch.float64):
     torch.manual_seed(0)
     model = create_model("small_resnet", 3, mean=(0.5,), std=(0.25,), input_size=6)
