@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from robust_transfer.cli.common import n_images
 from robust_transfer.errors import ConfigError
 
 _DEFAULT_TEST_N = 500
@@ -56,10 +57,10 @@ def _register_influence(subparsers: argparse._SubParsersAction) -> None:
         "checkpoints' last layer (Koh & Liang; the paper's Figs. 5 and 6). Writes "
         "summary.json, class_match.png, influence_grid.png and <name>/influence.npz.")
     _add_common(p)
-    p.add_argument("--n", type=_count, default=None, metavar="N|all",
+    p.add_argument("--n", type=n_images, default=None, metavar="N|all",
                    help="training images: the class-balanced subset the head was fine-tuned on "
                    "(default: all)")
-    p.add_argument("--test-n", type=_count, default=_DEFAULT_TEST_N, metavar="N|all",
+    p.add_argument("--test-n", type=n_images, default=_DEFAULT_TEST_N, metavar="N|all",
                    help=f"test images, a class-balanced subset (default: {_DEFAULT_TEST_N}, "
                    f"or all when the test split is smaller)")
     p.add_argument("--damping", type=float, default=d.damping,
@@ -101,18 +102,6 @@ def _register_saliency(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma", type=float, default=0.1,
                    help="SmoothGrad noise std in pixel units [0, 1] (default: 0.1)")
     p.set_defaults(func=_saliency)
-
-
-def _count(text: str) -> int | None:
-    if text == "all":
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value}")
-    return value
 
 
 def _checkpoints(specs: list[str]) -> dict[str, Path]:

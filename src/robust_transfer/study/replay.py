@@ -85,24 +85,19 @@ def replay_run(study_dir: str | Path, run_id: str, data_root: str | None = None,
     """
     from robust_transfer.models.checkpoints import load_model
     from robust_transfer.study.resolve import load_split
-    from robust_transfer.study.spec import RunConfig
-    from robust_transfer.transfer import finetune
+    from robust_transfer.study.worker import finetune_config
 
     rid, config, source, stored = find_run(study_dir, run_id)
     model, meta = load_model(source["path"])
     _check_sha(meta, source)
-    run = RunConfig.from_dict(config)
-    train = load_split(run.target, "train", data_root)
-    test = load_split(run.target, "test", data_root)
-    unfrozen = run.unfrozen_blocks if run.unfrozen_blocks == "all" else int(run.unfrozen_blocks)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = finetune(model, train, test, n=run.n, unfrozen=unfrozen, epochs=run.epochs,
-                          seed=run.seed, recipe=run.recipe, device=device,
-                          source_id=source["sha256"])
+        result = finetune_config(config, model, source["sha256"], data_root, device)
     finally:
         torch.set_num_threads(threads)
+    train = load_split(config["target"], "train", data_root)
+    test = load_split(config["target"], "test", data_root)
     return ReplayedRun(rid, config, result, train, test, stored if not math.isnan(stored) else 0.0)
 
 

@@ -71,22 +71,33 @@ def execute_run(task: RunTask, ctx: RunContext) -> RunOutcome:
         torch.set_num_threads(previous_threads)
 
 
-def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
-    from robust_transfer.features import DiskFeatureStore
+def finetune_config(config: dict[str, Any], model, source_sha256: str, data_root: str | None,
+                    device: str = "auto", feature_store=None):
+    """Fine-tune ``model`` as the run ``config`` says (what a study run and a replay do).
+
+    Returns:
+        The :class:`~robust_transfer.transfer.FinetuneResult`.
+    """
     from robust_transfer.study.resolve import load_split
     from robust_transfer.study.spec import RunConfig
     from robust_transfer.transfer import finetune
 
-    run = RunConfig.from_dict(task.config)
-    source = ctx.sources[run.source]
-    model = _load_source(source["path"])
-    train = load_split(run.target, "train", ctx.data_root)
-    test = load_split(run.target, "test", ctx.data_root)
-    store = DiskFeatureStore(ctx.feature_cache) if ctx.feature_cache else None
+    run = RunConfig.from_dict(config)
+    train = load_split(run.target, "train", data_root)
+    test = load_split(run.target, "test", data_root)
     unfrozen = run.unfrozen_blocks if run.unfrozen_blocks == "all" else int(run.unfrozen_blocks)
-    result = finetune(model, train, test, n=run.n, unfrozen=unfrozen, epochs=run.epochs,
-                      seed=run.seed, recipe=run.recipe, device=ctx.device,
-                      source_id=source["sha256"], feature_store=store)
+    return finetune(model, train, test, n=run.n, unfrozen=unfrozen, epochs=run.epochs,
+                    seed=run.seed, recipe=run.recipe, device=device, source_id=source_sha256,
+                    feature_store=feature_store)
+
+
+def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
+    from robust_transfer.features import DiskFeatureStore
+
+    source = ctx.sources[task.config["source"]]
+    store = DiskFeatureStore(ctx.feature_cache) if ctx.feature_cache else None
+    result = finetune_config(task.config, _load_source(source["path"]), source["sha256"],
+                             ctx.data_root, ctx.device, store)
     history = tuple(m.to_dict() for m in result.history)
     return RunOutcome(task.run_id, "finished", started, time.time(), *_where(ctx),
                       n=result.n_train, cached_prefix=result.cached_prefix, history=history)
