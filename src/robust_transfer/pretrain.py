@@ -15,8 +15,9 @@ import torch.distributed as dist
 
 from robust_transfer.attacks import AttackConfig
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, load_dataset
+from robust_transfer.data.streaming import is_streaming, streaming_split
 from robust_transfer.errors import ConfigError, OutputExistsError
-from robust_transfer.models import TransferModel, create_model
+from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
 from robust_transfer.training import (
     EpochMetrics,
     FitOptions,
@@ -46,6 +47,7 @@ class PretrainConfig:
         eval_images: measure clean and robust accuracy on this many test images
             (class-balanced, fixed; None = the whole test split). PGD-20 on a full test
             split costs 21 forward-backward passes per image.
+        loader_workers: data-loading processes for ``imagefolder:PATH`` datasets.
         seed: everything random.
     """
 
@@ -61,6 +63,7 @@ class PretrainConfig:
     train_images: int | None = None
     eval_images: int | None = None
     seed: int = 0
+    loader_workers: int = 4
 
     @property
     def method(self) -> str:
@@ -113,6 +116,29 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
     dev = resolve_device(device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if is_streaming(cfg.dataset):
+        train_loader, test_loader, classes, mean, std, size, n_train = _streaming(cfg)
+    else:
+        train_loader, test_loader, classes, mean, std, size, n_train = _in_memory(
+            cfg, data_root, train, test)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, classes, mean, std, size).to(dev)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    options = FitOptions(cfg.epochs, cfg.optim, cfg.adversary, eval_every=cfg.epochs,
+                         eval_attack=cfg.robust_eval_attack(), seed=cfg.seed, device=str(dev))
+    history = fit(net, train_loader, test_loader if rank == 0 else None, options, callback,
+                  attack_model=model)
+    if world > 1:
+        _broadcast_buffers(model)
+    meta = _metadata(cfg, model, history, n_train, world)
+    return model.eval(), history, meta
+
+
+def _in_memory(cfg: PretrainConfig, data_root, train, test):
+    """Loaders over in-memory splits; the normaliser is the training images' mean/std."""
     train = train if train is not None else load_dataset(cfg.dataset, "train", data_root)
     test = test if test is not None else load_dataset(cfg.dataset, "test", data_root)
     if cfg.train_images is not None:
@@ -122,27 +148,28 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
         train = train.subset(perm[: cfg.train_images].numpy())
     if cfg.eval_images is not None:
         test = test.subset(balanced_subset(test.labels.numpy(), cfg.eval_images, 0, cfg.dataset))
-    torch.manual_seed(cfg.seed)
     size = cfg.input_size or train.info.size
     mean, std = dataset_stats(train.images, 3)
-    model = create_model(cfg.arch, train.info.num_classes, mean, std, size).to(dev)
-    policy = InputPolicy(model.channels, size, cfg.augment)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    policy = InputPolicy(3, size, cfg.augment)
     train_loader = TensorLoader(train.images, train.labels, cfg.batch_size, shuffle=True,
                                 transform=policy.train_batch, seed=cfg.seed)
     test_loader = TensorLoader(test.images, test.labels, 512, transform=policy.prepare,
                                rank=0, world_size=1)
-    options = FitOptions(cfg.epochs, cfg.optim, cfg.adversary, eval_every=cfg.epochs,
-                         eval_attack=cfg.robust_eval_attack(), seed=cfg.seed, device=str(dev))
-    history = fit(net, train_loader, test_loader if rank == 0 else None, options, callback,
-                  attack_model=model)
-    if world > 1:
-        _broadcast_buffers(model)
-    meta = _metadata(cfg, model, history, train, world)
-    return model.eval(), history, meta
+    return train_loader, test_loader, train.info.num_classes, mean, std, size, len(train)
+
+
+def _streaming(cfg: PretrainConfig):
+    """Loaders that read an ImageNet-style folder from disk; ImageNet's normaliser."""
+    if cfg.train_images is not None or cfg.eval_images is not None:
+        raise ConfigError("--train-images / --eval-images are for in-memory datasets; "
+                          "make a smaller image folder instead")
+    size = cfg.input_size or 224
+    w = cfg.loader_workers
+    train = streaming_split(cfg.dataset, "train", size, cfg.batch_size, cfg.augment, cfg.seed, w)
+    test = streaming_split(cfg.dataset, "test", size, 256, False, cfg.seed, w, distributed=False)
+    if train.classes != test.classes:
+        raise ConfigError(f"{cfg.dataset}: train and val folders have different classes")
+    return (train, test, len(train.classes), IMAGENET_MEAN, IMAGENET_STD, size, train.num_images)
 
 
 def _broadcast_buffers(model: TransferModel) -> None:
@@ -157,7 +184,7 @@ def _broadcast_buffers(model: TransferModel) -> None:
 
 
 def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetrics],
-              train: ImageArrays, world: int) -> dict:
+              n_train: int, world: int) -> dict:
     last = history[-1]
     adv = cfg.adversary
     return {
@@ -168,7 +195,7 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
         "mean": model.normalizer.mean.flatten().tolist(),
         "std": model.normalizer.std.flatten().tolist(),
         "source_dataset": cfg.dataset,
-        "train_images": len(train),
+        "train_images": n_train,
         "training": cfg.method,
         "norm": adv.norm if adv else "none",
         "eps": adv.eps if adv else 0.0,

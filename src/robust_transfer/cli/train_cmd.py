@@ -54,7 +54,9 @@ def _register_pretrain(sub) -> None:
                        description="Train a source model and save it as safetensors + JSON "
                        "metadata. Runs under torchrun for DistributedDataParallel.")
     p.add_argument("--arch", choices=ARCHS.names(), default="small_resnet", help="architecture")
-    p.add_argument("--dataset", default="fmnist", help="source dataset (see `robust-transfer data list`)")
+    p.add_argument("--dataset", default="fmnist",
+                   help="source dataset (see `robust-transfer data list`), or imagefolder:PATH to "
+                        "stream an ImageNet-style PATH/train, PATH/val folder from disk")
     add_data_root(p)
     p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
     _add_optim(p)
@@ -67,6 +69,8 @@ def _register_pretrain(sub) -> None:
     p.add_argument("--eval-images", type=n_images, default=None,
                    help="clean and PGD-20 robust accuracy on this many test images (default all)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--workers", type=int, default=4,
+                   help="data-loading processes for imagefolder:PATH datasets (default 4)")
     add_device(p)
     p.add_argument("--out", required=True, help="checkpoint path stem: writes OUT.safetensors and OUT.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
@@ -94,7 +98,7 @@ def _pretrain(args) -> int:
     cfg = PretrainConfig(args.arch, args.dataset, args.epochs, args.batch_size,
                          OptimConfig(args.lr, args.momentum, args.weight_decay, args.schedule),
                          _attack_from(args), None, args.augment, args.input_size,
-                         args.train_images, args.eval_images, args.seed)
+                         args.train_images, args.eval_images, args.seed, args.workers)
     # under torchrun every rank trains; only rank 0 reports (its own shard's train metrics)
     progress = Progress("pretrain") if os.environ.get("RANK", "0") == "0" else None
     model, history, meta = pretrain(cfg, args.data_root, args.device, progress)

@@ -1,0 +1,97 @@
+"""Streaming image folders for ImageNet-scale source training.
+
+``imagefolder:PATH`` reads ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` (or
+``test/``) from disk with worker processes, never holding the dataset in memory: the
+layout of ImageNet's ILSVRC folders. Training crops are RandomResizedCrop + flip + colour
+jitter 0.1 (the robustness library's ImageNet policy, without its PCA lighting); test
+images are resized to size/0.875 and centre-cropped. Tensors are pixels in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from robust_transfer.errors import DatasetError
+
+PREFIX = "imagefolder:"
+
+
+def is_streaming(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+@dataclass
+class StreamingSplit:
+    """A loader over one split, with the ``set_epoch``/``len`` interface :func:`fit` uses."""
+
+    loader: DataLoader
+    classes: list[str]
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.loader.sampler, DistributedSampler):
+            self.loader.sampler.set_epoch(epoch)
+        else:
+            self.loader.generator.manual_seed(self.seed_base + epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    @property
+    def num_images(self) -> int:
+        return len(self.loader.dataset)
+
+    seed_base: int = 0
+
+
+def _split_dir(root: Path, split: str) -> Path:
+    names = ["train"] if split == "train" else ["val", "test"]
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    raise DatasetError(f"{root} has no {' or '.join(n + '/' for n in names)} folder; lay it out "
+                       f"as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG")
+
+
+def _transform(size: int, train: bool, augment: bool):
+    from torchvision import transforms as T
+
+    if train and augment:
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+                          T.ColorJitter(0.1, 0.1, 0.1), T.ToTensor()])
+    return T.Compose([T.Resize(round(size / 0.875)), T.CenterCrop(size), T.ToTensor()])
+
+
+def streaming_split(name: str, split: str, size: int, batch_size: int, augment: bool = True,
+                    seed: int = 0, workers: int = 4, distributed: bool | None = None) -> StreamingSplit:
+    """A shuffled (train) or ordered (test) loader over ``imagefolder:PATH``.
+
+    Under ``torch.distributed`` the training split is sharded with a DistributedSampler;
+    the test split is read whole by the rank that evaluates.
+    """
+    from torchvision.datasets import ImageFolder
+
+    root = Path(name[len(PREFIX):]).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist")
+    train = split == "train"
+    try:
+        ds = ImageFolder(str(_split_dir(root, split)), transform=_transform(size, train, augment))
+    except FileNotFoundError as err:
+        raise DatasetError(f"{root}/{split}: {err}") from None
+    if distributed is None:
+        distributed = train and dist.is_available() and dist.is_initialized()
+    gen = torch.Generator().manual_seed(seed)
+    sampler = DistributedSampler(ds, shuffle=True, seed=seed) if distributed else None
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None,
+                        sampler=sampler, num_workers=workers, generator=gen,
+                        pin_memory=torch.cuda.is_available(), drop_last=False,
+                        persistent_workers=workers > 0)
+    return StreamingSplit(loader, list(ds.classes), seed_base=seed * 100003)
