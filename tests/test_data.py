@@ -416,3 +416,23 @@ def test_default_policy_augments_colour_targets_only():
     assert not default_policy(dataset_info("digits"), 3, 16).augment
     assert default_policy(dataset_info("cifar10"), 3, 32).augment
     assert default_policy(dataset_info("digits"), 3, 16, augment=True).augment
+
+
+def test_failed_download_says_why_in_one_line(tmp_path, monkeypatch, capsys):
+    """Offline, `data fetch` fails with the reason and where the files go (no network used)."""
+    import urllib.error
+
+    import torchvision.datasets.cifar as tv_cifar
+
+    from robust_transfer.cli import main
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known (test)")
+
+    # torchvision's CIFAR10 calls the name it imported into its own module
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    code = main(["data", "fetch", "cifar10", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "could not be downloaded" in err and "(test)" in err and "cifar-10-batches-py" in err
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))

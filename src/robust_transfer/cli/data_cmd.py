@@ -13,6 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="folder holding datasets (default: $ROBUST_TRANSFER_DATA or "
                          "~/.cache/robust_transfer/data)")
     lp.set_defaults(func=_list)
+    fp = dsub.add_parser("fetch", help="download a torchvision dataset (both splits) into the data root")
+    fp.add_argument("name", help="dataset name (see `robust-transfer data list`)")
+    fp.add_argument("--data-root", default=None,
+                    help="folder to download into (default: $ROBUST_TRANSFER_DATA or "
+                         "~/.cache/robust_transfer/data)")
+    fp.set_defaults(func=_fetch)
 
 
 def _list(args) -> int:
@@ -26,4 +32,13 @@ def _list(args) -> int:
         print(f"{name:<10} {info.num_classes:>7} {info.channels:>3} {info.size:>4}  {here:<4}  "
               f"{info.description}")
     print("folder:PATH  your own images: PATH/train/<class>/*.png and PATH/test/<class>/*.png")
+    return 0
+
+
+def _fetch(args) -> int:
+    from robust_transfer.data import data_root, load_dataset
+
+    for split in ("train", "test"):
+        data = load_dataset(args.name, split, args.data_root, download=True)
+        print(f"{args.name} {split}: {len(data)} images in {data.source or data_root(args.data_root)}")
     return 0

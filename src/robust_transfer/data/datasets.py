@@ -143,9 +143,15 @@ def load_dataset(
         raise
     except (RuntimeError, FileNotFoundError, OSError) as err:
         expected = ", ".join(str(p) for p in entry.expected_files(base))
-        hint = "pass download=True (CLI: --download) when online, or" if not download else "or"
+        if download:  # e.g. no internet: say why the download failed
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            problem = f"could not be downloaded ({type(err).__name__}: {first})"
+            hint = ""
+        else:
+            problem = "missing or corrupt"
+            hint = f" when online run `robust-transfer data fetch {name}` (Python: download=True), or"
         raise DatasetError(
-            f"dataset '{name}' ({split}) missing or corrupt: expected {expected}; {hint} copy the files "
+            f"dataset '{name}' ({split}) {problem}: expected {expected};{hint} copy the files "
             f"there, or point --data-root / ROBUST_TRANSFER_DATA at a folder holding them"
         ) from err
 
