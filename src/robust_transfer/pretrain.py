@@ -16,14 +16,13 @@ import torch.distributed as dist
 from robust_transfer.attacks import AttackConfig
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, load_dataset
 from robust_transfer.data.streaming import is_streaming, streaming_split
-from robust_transfer.errors import ConfigError, OutputExistsError
+from robust_transfer.errors import ConfigError
 from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
 from robust_transfer.training import (
     EpochMetrics,
     FitOptions,
     OptimConfig,
     TensorLoader,
-    evaluate,
     fit,
     resolve_device,
 )
@@ -214,19 +213,7 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
 
 def check_output(path: str | Path, overwrite: bool) -> Path:
     """Refuse to train into an existing checkpoint unless asked (before any work)."""
-    from robust_transfer.models.checkpoints import checkpoint_paths
+    from robust_transfer.models.checkpoints import refuse_existing
 
-    for p in checkpoint_paths(path):
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{p} exists; pass --overwrite to replace it or choose another --out")
+    refuse_existing(path, overwrite)
     return Path(path)
-
-
-def robust_accuracy(model: TransferModel, data: ImageArrays, attack: AttackConfig,
-                    device: str = "auto", batch_size: int = 256) -> tuple[float, float]:
-    """Clean and robust accuracy of a model on a dataset split at the model's input."""
-    policy = InputPolicy(model.channels, model.input_size, False)
-    loader = TensorLoader(data.images, data.labels, batch_size, transform=policy.prepare)
-    _, clean = evaluate(model, loader, None, device)
-    _, robust = evaluate(model, loader, attack, device)
-    return clean, robust

@@ -6,8 +6,6 @@ import argparse
 import sys
 from fractions import Fraction
 
-from robust_transfer.errors import ConfigError
-
 
 def parse_eps(text: str) -> float:
     """``0.5``, ``8/255`` -> float pixels; negative values are refused."""
@@ -75,15 +73,3 @@ class Progress:
             if info.get("robust_acc") == info.get("robust_acc"):
                 msg += f" robust acc {info['robust_acc']:.4f}"
             print(msg, file=sys.stderr)
-
-
-def load_source(name_or_path: str):
-    """A zoo name or checkpoint path -> (model, metadata)."""
-    from robust_transfer.models.zoo import load_source as _load
-
-    return _load(name_or_path)
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)

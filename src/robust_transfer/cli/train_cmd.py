@@ -11,12 +11,12 @@ from robust_transfer.cli.common import (
     Progress,
     add_data_root,
     add_device,
-    load_source,
     n_images,
     parse_eps,
     positive_int,
 )
 from robust_transfer.models.arch import ARCHS
+from robust_transfer.models.zoo import load_source
 from robust_transfer.training import SCHEDULES
 
 

@@ -23,7 +23,7 @@ import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
         ConfigError: ``metadata`` is not JSON-serialisable.
     """
     weights, meta_path = checkpoint_paths(path)
-    _refuse_existing((weights, meta_path), overwrite)
+    refuse_existing(path, overwrite)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = _temp_beside(weights)
@@ -104,8 +104,12 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
     return weights
 
 
-def _refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
-    existing = [str(p) for p in paths if p.exists()]
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if either file of checkpoint ``path`` exists.
+
+    Callers that train before saving check this first, so no work is wasted.
+    """
+    existing = [str(p) for p in checkpoint_paths(path) if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{' and '.join(existing)} already exist(s); "
                                 "choose another path or pass overwrite=True (--overwrite)")
