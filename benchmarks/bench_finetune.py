@@ -1,6 +1,6 @@
 """Fine-tuning with 0 unfrozen blocks against the same run with a full backward pass.
 
-Three runs of :func:`robust_transfer.transfer.finetune`, same source, target images, seed
+Three runs of :func:`robust_transfer.engine.transfer.finetune`, same source, target images, seed
 and recipe (no augmentation, so the frozen prefix can be cached):
 
 * ``head, cached``: 0 unfrozen blocks; the frozen backbone runs once per image, without
@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 import robust_transfer
-from robust_transfer import transfer
+from robust_transfer.engine import transfer
 from robust_transfer.data import load_dataset
 from robust_transfer.models import create_model
-from robust_transfer.transfer import Recipe, finetune
+from robust_transfer.engine.transfer import Recipe, finetune
 
 EMBEDDED = Path(robust_transfer.__file__).parent / "zoo" / "fmnist-natural"
 

@@ -17,13 +17,13 @@ from robust_transfer.errors import RobustTransferError
 
 # command modules, in the order their commands appear in --help
 COMMAND_MODULES = [
-    "robust_transfer.cli.demo_cmd",
-    "robust_transfer.cli.train_cmd",
-    "robust_transfer.cli.models_cmd",
-    "robust_transfer.cli.data_cmd",
-    "robust_transfer.cli.study_cmd",
-    "robust_transfer.cli.analyze_cmd",
-    "robust_transfer.cli.explain_cmd",
+    "robust_transfer.cli.demo",
+    "robust_transfer.cli.train",
+    "robust_transfer.cli.zoo",
+    "robust_transfer.cli.data",
+    "robust_transfer.cli.study",
+    "robust_transfer.cli.analyze",
+    "robust_transfer.cli.explain",
 ]
 
 

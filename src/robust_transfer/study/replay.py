@@ -18,7 +18,7 @@ import torch
 
 from robust_transfer.data import ImageArrays
 from robust_transfer.errors import ConfigError
-from robust_transfer.transfer import FinetuneResult
+from robust_transfer.engine.transfer import FinetuneResult
 
 
 @dataclass

@@ -20,7 +20,7 @@ is a complete one)::
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
 
-Recipe fields and defaults are those of :class:`robust_transfer.transfer.Recipe`. With
+Recipe fields and defaults are those of :class:`robust_transfer.engine.transfer.Recipe`. With
 augmentation on (``augment: true``, or ``auto`` on colour targets) the frozen prefix sees
 a different input every epoch, so the feature cache is not used for those runs: they
 recompute the prefix every step, as without a cache, and their accuracy is unaffected.
@@ -43,7 +43,7 @@ from typing import Any
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.study.yamlio import Lines, load_yaml, read_text
-from robust_transfer.transfer import Recipe
+from robust_transfer.engine.transfer import Recipe
 
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")

@@ -76,11 +76,11 @@ def finetune_config(config: dict[str, Any], model, source_sha256: str, data_root
     """Fine-tune ``model`` as the run ``config`` says (what a study run and a replay do).
 
     Returns:
-        The :class:`~robust_transfer.transfer.FinetuneResult`.
+        The :class:`~robust_transfer.engine.transfer.FinetuneResult`.
     """
     from robust_transfer.study.resolve import load_split
     from robust_transfer.study.spec import RunConfig
-    from robust_transfer.transfer import finetune
+    from robust_transfer.engine.transfer import finetune
 
     run = RunConfig.from_dict(config)
     train = load_split(run.target, "train", data_root)
@@ -92,7 +92,7 @@ def finetune_config(config: dict[str, Any], model, source_sha256: str, data_root
 
 
 def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
-    from robust_transfer.features import DiskFeatureStore
+    from robust_transfer.engine.features import DiskFeatureStore
 
     source = ctx.sources[task.config["source"]]
     store = DiskFeatureStore(ctx.feature_cache) if ctx.feature_cache else None
@@ -113,7 +113,7 @@ def _load_source(path: str):
 
 
 def _where(ctx: RunContext) -> tuple[str, str, str]:
-    from robust_transfer.training import resolve_device
+    from robust_transfer.engine.training import resolve_device
 
     return socket.gethostname(), str(os.getpid()), str(resolve_device(ctx.device))
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import TransferModel, prepare_finetune
-from robust_transfer.training import (
+from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
     OptimConfig,
@@ -142,7 +142,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         source_id: identifies the source weights (e.g. sha256) for the feature store.
         feature_store: shares frozen-prefix outputs between runs (default: none).
-        callback: progress events, see :func:`robust_transfer.training.fit`.
+        callback: progress events, see :func:`robust_transfer.engine.training.fit`.
 
     Raises:
         ConfigError: n too large, too many unfrozen blocks, bad recipe values.

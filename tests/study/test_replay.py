@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_study_support import make_sources, write_spec
+from study_support import make_sources, write_spec
 
 from robust_transfer.cli import main
 from robust_transfer.errors import ConfigError

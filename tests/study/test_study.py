@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_study_support import make_sources, sleep_run, write_spec
+from study_support import make_sources, sleep_run, write_spec
 
 from robust_transfer.cli import main
 from robust_transfer.errors import ConfigError, RobustTransferError
@@ -28,7 +28,7 @@ from robust_transfer.study import (
 )
 from robust_transfer.study.lock import DriverLock
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_different_spec_is_refused_unless_extended(tmp_path, sources, spec_path)
 
 
 def test_failed_runs_are_isolated_recorded_and_retried(tmp_path, spec_path, monkeypatch):
-    import robust_transfer.transfer as transfer
+    import robust_transfer.engine.transfer as transfer
 
     real = transfer.finetune
 

@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from test_study_support import make_sources, write_spec
+from study_support import make_sources, write_spec
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.study import load_results, run_study

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from robust_transfer.attacks import AttackConfig
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, load_dataset
 from robust_transfer.data.streaming import is_streaming, streaming_split
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
-from robust_transfer.training import (
+from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
     OptimConfig,

@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args) -> int:
     from robust_transfer.analysis import analyze_study
-    from robust_transfer.cli.study_cmd import ProgressDisplay
+    from robust_transfer.cli.study import ProgressDisplay
     from robust_transfer.errors import ConfigError
     from robust_transfer.study.runner import run_study
 

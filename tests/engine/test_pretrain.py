@@ -11,11 +11,11 @@ import textwrap
 import pytest
 import torch
 
-from robust_transfer.attacks import AttackConfig
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.data import datasets as ds
 from robust_transfer.errors import ConfigError, OutputExistsError
-from robust_transfer.pretrain import PretrainConfig, check_output, dataset_stats, pretrain
-from robust_transfer.training import OptimConfig
+from robust_transfer.engine.pretrain import PretrainConfig, check_output, dataset_stats, pretrain
+from robust_transfer.engine.training import OptimConfig
 
 TINY = {"dataset": "digits", "input_size": 12, "epochs": 1, "batch_size": 64,
         "train_images": 300, "eval_images": 100, "optim": OptimConfig(lr=0.05)}
@@ -75,7 +75,7 @@ WORKER = """
     import sys
     import torch
     import torch.distributed as dist
-    import robust_transfer.pretrain as P
+    import robust_transfer.engine.pretrain as P
     from robust_transfer.cli import main
 
     real = P.pretrain

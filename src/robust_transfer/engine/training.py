@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robust_transfer.attacks import AttackConfig
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.errors import ConfigError
 
 SCHEDULES = ("step", "cosine", "constant")

@@ -1,6 +1,6 @@
 """An on-disk cache of frozen-prefix outputs, shared by runs and worker processes.
 
-:func:`robust_transfer.transfer.finetune` asks a :class:`~robust_transfer.transfer.FeatureStore`
+:func:`robust_transfer.engine.transfer.finetune` asks a :class:`~robust_transfer.engine.transfer.FeatureStore`
 for the prefix outputs of the images it trains and tests on. :class:`DiskFeatureStore`
 keeps them on disk per key (source checkpoint sha256, dataset, split, resolution, prefix
 depth, pooled), one row per image of the split plus a mask of the rows computed so far,
@@ -52,7 +52,7 @@ def key_digest(key: dict) -> str:
 class DiskFeatureStore:
     """Frozen-prefix outputs on disk, computed at most once per image and key.
 
-    Implements the :class:`~robust_transfer.transfer.FeatureStore` protocol.
+    Implements the :class:`~robust_transfer.engine.transfer.FeatureStore` protocol.
 
     Args:
         root: the cache folder (created when first written).

@@ -17,7 +17,7 @@ from robust_transfer.cli.common import (
 )
 from robust_transfer.models.arch import ARCHS
 from robust_transfer.models.zoo import load_source
-from robust_transfer.training import SCHEDULES
+from robust_transfer.engine.training import SCHEDULES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +78,7 @@ def _register_pretrain(sub) -> None:
 
 
 def _attack_from(args):
-    from robust_transfer.attacks import AttackConfig
+    from robust_transfer.engine.attacks import AttackConfig
 
     if args.attack == "none":
         return None
@@ -91,8 +91,8 @@ def _pretrain(args) -> int:
     import torch.distributed as dist
 
     from robust_transfer.models.checkpoints import save_model
-    from robust_transfer.pretrain import PretrainConfig, check_output, pretrain
-    from robust_transfer.training import OptimConfig
+    from robust_transfer.engine.pretrain import PretrainConfig, check_output, pretrain
+    from robust_transfer.engine.training import OptimConfig
 
     check_output(args.out, args.overwrite)
     cfg = PretrainConfig(args.arch, args.dataset, args.epochs, args.batch_size,
@@ -143,8 +143,8 @@ def _finetune(args) -> int:
     from robust_transfer.data import load_dataset
     from robust_transfer.models.checkpoints import save_model
     from robust_transfer.models.finetune import parse_unfrozen
-    from robust_transfer.pretrain import check_output
-    from robust_transfer.transfer import Recipe, finetune
+    from robust_transfer.engine.pretrain import check_output
+    from robust_transfer.engine.transfer import Recipe, finetune
 
     unfrozen = parse_unfrozen(args.unfrozen_blocks)
     if args.out:
@@ -192,10 +192,10 @@ def _register_evaluate(sub) -> None:
 
 
 def _evaluate(args) -> int:
-    from robust_transfer.attacks import AttackConfig
+    from robust_transfer.engine.attacks import AttackConfig
     from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
     from robust_transfer.errors import ConfigError
-    from robust_transfer.training import TensorLoader, evaluate
+    from robust_transfer.engine.training import TensorLoader, evaluate
 
     model, meta = load_source(args.model)
     name = args.dataset or meta.get("source_dataset")

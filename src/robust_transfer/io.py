@@ -1,0 +1,72 @@
+"""Writing files whole or not at all, with the user's permissions.
+
+Every file the project writes (checkpoints, metadata, caches, reports, study exports)
+goes through :func:`atomic_write`: the bytes go to a temporary file in the same folder,
+which is renamed over the final name only once complete, so a killed process never
+leaves a half-written file under the final name. ``tempfile.mkstemp`` creates files
+0600; the result is given the mode a plain ``open()`` would have given it (0666 less the
+umask), so checkpoints others must read are not private by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = False,
+                 **open_kwargs: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; rename it to ``path`` when the block ends.
+
+    Args:
+        path: the final file; its folder must exist.
+        mode: ``"wb"`` or ``"w"`` (text; ``open_kwargs`` such as ``encoding`` pass through).
+        fsync: flush the data to disk before the rename (for results that cannot be
+            recomputed; caches skip it).
+
+    Yields:
+        The open temporary file.
+
+    On an exception inside the block the temporary file is removed and ``path`` is left
+    as it was.
+
+    Example:
+        >>> with atomic_write(out / "meta.json", "w", encoding="utf-8") as f:
+        ...     json.dump(meta, f)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (see :func:`atomic_write`)."""
+    with atomic_write(path, "wb", fsync=fsync) as f:
+        f.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` whole or not at all (see :func:`atomic_write`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
