@@ -11,7 +11,7 @@ Three grids are timed, all head-only:
   fixed cost of fine-tuning (copying the model, the training loop) weighs more.
 * ``fmnist``: the same on a target with 10,000 test images, like each of the paper's
   targets; an uncached run recomputes all of their prefix outputs.
-* ``embedded``: the head-only half of ``studies/embedded.yaml`` (15 epochs, batch 32).
+* ``embedded``: the head-only half of the ``embedded`` preset (15 epochs, batch 32).
 
     .venv/bin/python benchmarks/bench_feature_cache.py
 """

@@ -27,6 +27,7 @@ from robust_transfer.study import (
     study_status,
 )
 from robust_transfer.study.lock import DriverLock
+from robust_transfer.study.presets import resolve_spec_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -307,7 +308,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, sources, capsys):
 
 
 def test_embedded_preset_fits_its_budget():
-    plan = plan_study(REPO / "studies" / "embedded.yaml", measure=False)
+    plan = plan_study(resolve_spec_path("embedded"), measure=False)
     runs = plan.spec.runs()
     assert not plan.missing, f"embedded study needs: {plan.missing}"
     assert len({r.seed for r in runs}) >= 3 and len({r.n for r in runs}) >= 4
@@ -315,7 +316,7 @@ def test_embedded_preset_fits_its_budget():
 
 
 def test_paper_preset_expands_to_the_paper_grid():
-    spec = load_spec(REPO / "studies" / "paper.yaml")
+    spec = load_spec(resolve_spec_path("paper"))
     runs = spec.runs()
     assert {r.target for r in runs} == {"cifar10", "cifar100", "svhn", "fmnist", "kmnist", "mnist"}
     assert {r.unfrozen_blocks for r in runs} == {"0", "1", "3", "9"}

@@ -14,6 +14,7 @@ import sys
 
 from robust_transfer import __version__
 from robust_transfer.errors import RobustTransferError
+from robust_transfer.progress import DEFAULT_INTERVAL, INTERVAL_ENV, LOG_LEVELS, configure_logging
 
 # command modules, in the order their commands appear in --help
 COMMAND_MODULES = [
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(arXiv 2007.05869).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="log and progress lines shown on stderr (default info; warning "
+                        "and above also hide progress)")
+    parser.add_argument("--progress-interval", type=float, default=None, metavar="SECONDS",
+                        help=f"off a terminal, a progress line every SECONDS (default "
+                        f"${INTERVAL_ENV} or {DEFAULT_INTERVAL:g})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        configure_logging(args.log_level, args.progress_interval)
         return int(args.func(args) or 0)
     except RobustTransferError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,11 +1,10 @@
-"""``study run``, ``study status`` and ``study export``."""
+"""``study run``, ``study status``, ``study export`` and ``study presets``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 
 from robust_transfer.cli.common import positive_int
 
@@ -13,11 +12,12 @@ from robust_transfer.cli.common import positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="run a grid of fine-tuning runs (a study) and read its results",
                        description="Studies: a YAML spec expanded into runs, executed resumably "
-                       "into a SQLite results store (see studies/*.yaml).")
+                       "into a SQLite results store (presets: `robust-transfer study presets`).")
     commands = p.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
     _register_run(commands)
     _register_status(commands)
     _register_export(commands)
+    _register_presets(commands)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
@@ -29,7 +29,8 @@ def _register_run(sub) -> None:
                        "--out. Safe to interrupt and rerun: finished runs are kept and skipped. "
                        "Exit status 1 when runs failed (recorded with their errors; "
                        "--retry-failed reruns them), 2 for bad input (nothing is run).")
-    p.add_argument("spec", help="study spec (YAML), e.g. studies/embedded.yaml")
+    p.add_argument("spec", help="study spec: a preset name (embedded, paper; see `study presets`) "
+                   "or a YAML file")
     p.add_argument("--out", required=True, help="study directory (results store, feature cache)")
     p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
                    help="local: this process or a process pool; ray: a Ray cluster")
@@ -74,22 +75,33 @@ def _register_export(sub) -> None:
     p.set_defaults(func=_export)
 
 
+def _register_presets(sub) -> None:
+    p = sub.add_parser("presets", help="the study specs shipped with the package",
+                       description="Without NAME: the presets, which `study run NAME` and "
+                       "`demo --spec NAME` accept. With NAME: that preset's YAML, to copy and "
+                       "edit (robust-transfer study presets embedded > my-study.yaml).")
+    p.add_argument("name", nargs="?", default=None, help="print this preset's YAML")
+    p.set_defaults(func=_presets)
+
+
 # --- handlers ------------------------------------------------------------------------
 def _run(args) -> int:
+    from robust_transfer.progress import Progress
     from robust_transfer.study import MissingInputsError, load_spec
+    from robust_transfer.study.presets import resolve_spec_path
 
-    spec = load_spec(args.spec)
+    spec = load_spec(resolve_spec_path(args.spec))
     if args.dry_run:
         return _dry_run(spec, args)
-    display = None if args.quiet else ProgressDisplay()
+    progress = None if args.quiet else Progress("study", unit="runs")
     try:
-        summary = _call_run(spec, args, display)
+        summary = _call_run(spec, args, progress.study if progress else None)
     except MissingInputsError as err:
         _print_missing(err.items)
         return 2
     finally:
-        if display:
-            display.close()
+        if progress:
+            progress.close(ok=sys.exc_info()[0] is None)
     print(f"{summary.study_dir}: ran {summary.ran} run(s) in {summary.seconds:.1f}s "
           f"({summary.finished} finished, {summary.failed} failed), skipped {summary.skipped} "
           f"already done; store: {summary.store_finished}/{summary.store_total} finished, "
@@ -166,6 +178,17 @@ def _export(args) -> int:
     return 0
 
 
+def _presets(args) -> int:
+    from robust_transfer.study.presets import list_presets, resolve_spec_path
+
+    if args.name:
+        print(resolve_spec_path(args.name).read_text(encoding="utf-8"), end="")
+        return 0
+    for preset in list_presets():
+        print(f"{preset.name:<10} {preset.description}")
+    return 0
+
+
 def _duration(seconds: float) -> str:
     if seconds != seconds:  # NaN: unknown
         return "unknown"
@@ -175,33 +198,3 @@ def _duration(seconds: float) -> str:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:,.1f} h"
 
-
-class ProgressDisplay:
-    """One status line, redrawn in place on a terminal, else printed every few seconds."""
-
-    def __init__(self, stream=None, every: float = 5.0) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every, self.last_print = every, 0.0
-        self.width = 0
-
-    def __call__(self, p) -> None:
-        eta = "?" if p.eta is None else _duration(p.eta)
-        line = (f"study: {p.done} done, {p.failed} failed, {p.running} running, "
-                f"{p.remaining} remaining of {p.total} | {_duration(p.elapsed)} elapsed, ETA {eta}")
-        now = time.monotonic()
-        final = p.remaining == 0 and p.running == 0
-        if p.last is None and not self.tty and self.last_print:
-            return  # off a terminal, lines are printed when runs end
-        if self.tty:
-            self.stream.write("\r" + line.ljust(self.width))
-            self.width = len(line)
-        elif final or now - self.last_print >= self.every:
-            self.stream.write(line + "\n")
-            self.last_print = now
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self.width:
-            self.stream.write("\n")
-            self.stream.flush()

@@ -6,9 +6,10 @@ import argparse
 import json
 import os
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 from robust_transfer.cli.common import (
-    Progress,
     add_data_root,
     add_device,
     n_images,
@@ -18,6 +19,7 @@ from robust_transfer.cli.common import (
 from robust_transfer.models.arch import ARCHS
 from robust_transfer.models.zoo import load_source
 from robust_transfer.engine.training import SCHEDULES
+from robust_transfer.progress import Progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,33 @@ def _add_optim(p: argparse.ArgumentParser, lr: float = 0.1) -> None:
     g.add_argument("--schedule", choices=SCHEDULES, default="step",
                    help="step: lr/10 every epochs//3 (the paper's); cosine; constant")
     g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
+
+
+def _add_records(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard scalars into DIR (needs the tensorboard package)")
+
+
+@contextmanager
+def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
+    """Progress, OUT.metrics.csv beside the checkpoint, TensorBoard if asked: one callback."""
+    from robust_transfer.engine.training import MetricsCSV, TensorBoardWriter, combine_callbacks
+
+    writer = TensorBoardWriter(tensorboard, desc) if tensorboard else None
+    metrics = MetricsCSV(metrics_path(out)) if out else None
+    try:
+        with Progress(desc) as progress:
+            yield combine_callbacks(progress, metrics, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def metrics_path(out) -> str:
+    """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT``."""
+    from robust_transfer.models.checkpoints import checkpoint_paths
+
+    return str(checkpoint_paths(out)[0].with_suffix("")) + ".metrics.csv"
 
 
 def _add_attack(p: argparse.ArgumentParser) -> None:
@@ -72,8 +101,10 @@ def _register_pretrain(sub) -> None:
     p.add_argument("--workers", type=int, default=4,
                    help="data-loading processes for imagefolder:PATH datasets (default 4)")
     add_device(p)
-    p.add_argument("--out", required=True, help="checkpoint path stem: writes OUT.safetensors and OUT.json")
+    p.add_argument("--out", required=True, help="checkpoint path stem: writes OUT.safetensors, "
+                   "OUT.json and the per-epoch metrics OUT.metrics.csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
+    _add_records(p)
     p.set_defaults(func=_pretrain)
 
 
@@ -100,8 +131,10 @@ def _pretrain(args) -> int:
                          _attack_from(args), None, args.augment, args.input_size,
                          args.train_images, args.eval_images, args.seed, args.workers)
     # under torchrun every rank trains; only rank 0 reports (its own shard's train metrics)
-    progress = Progress("pretrain") if os.environ.get("RANK", "0") == "0" else None
-    model, history, meta = pretrain(cfg, args.data_root, args.device, progress)
+    reporting = (_training_callbacks("pretrain", args.out, args.tensorboard)
+                 if os.environ.get("RANK", "0") == "0" else nullcontext())
+    with reporting as callback:
+        model, history, meta = pretrain(cfg, args.data_root, args.device, callback)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
         meta["command"] = "robust-transfer " + shlex.join(args.argv)
@@ -133,9 +166,11 @@ def _register_finetune(sub) -> None:
                    help="head init: normal N(0,0.01^2), paper N(0,1), torch default")
     p.add_argument("--seed", type=int, default=0, help="subset, head init and batch order seed")
     add_device(p)
-    p.add_argument("--out", default=None, help="save the fine-tuned model as OUT.safetensors + OUT.json")
+    p.add_argument("--out", default=None, help="save the fine-tuned model as OUT.safetensors + "
+                   "OUT.json, its per-epoch metrics as OUT.metrics.csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_records(p)
     p.set_defaults(func=_finetune)
 
 
@@ -155,9 +190,10 @@ def _finetune(args) -> int:
     model, meta = load_source(args.source)
     train = load_dataset(args.target, "train", args.data_root, args.download)
     test = load_dataset(args.target, "test", args.data_root, args.download)
-    result = finetune(model, train, test, n=args.n, unfrozen=unfrozen, epochs=args.epochs,
-                      seed=args.seed, recipe=recipe, device=args.device,
-                      source_id=str(meta.get("sha256", "")), callback=Progress("finetune"))
+    with _training_callbacks("finetune", args.out, args.tensorboard) as callback:
+        result = finetune(model, train, test, n=args.n, unfrozen=unfrozen, epochs=args.epochs,
+                          seed=args.seed, recipe=recipe, device=args.device,
+                          source_id=str(meta.get("sha256", "")), callback=callback)
     summary = {"source": args.source, "target": args.target, "n": result.n_train,
                "unfrozen_blocks": str(unfrozen), "epochs": args.epochs, "seed": args.seed,
                "test_acc": result.test_acc, "seconds": round(result.seconds, 2),
@@ -209,11 +245,13 @@ def _evaluate(args) -> int:
         data = data.subset(balanced_subset(data.labels.numpy(), args.images, 0, name))
     policy = InputPolicy(model.channels, model.input_size)
     loader = TensorLoader(data.images, data.labels, args.batch_size, transform=policy.prepare)
-    rows = [{"eps": 0.0, "accuracy": evaluate(model, loader, None, args.device)[1]}]
+    with Progress("evaluate clean") as progress:
+        rows = [{"eps": 0.0, "accuracy": evaluate(model, loader, None, args.device, progress)[1]}]
     for eps in args.eps or []:
         attack = AttackConfig(args.norm, eps, args.steps)
-        rows.append({"eps": eps, "norm": args.norm, "steps": args.steps,
-                     "accuracy": evaluate(model, loader, attack, args.device)[1]})
+        with Progress(f"evaluate {args.norm} eps {eps:.4g} PGD-{args.steps}") as progress:
+            accuracy = evaluate(model, loader, attack, args.device, progress)[1]
+        rows.append({"eps": eps, "norm": args.norm, "steps": args.steps, "accuracy": accuracy})
     if args.json:
         print(json.dumps({"model": args.model, "dataset": name, "images": len(data), "results": rows}))
     else:
@@ -221,3 +259,4 @@ def _evaluate(args) -> int:
             label = "clean" if r["eps"] == 0 else f"{r['norm']} eps {r['eps']:.4g} PGD-{r['steps']}"
             print(f"{label:>24}: {r['accuracy']:.4f}")
     return 0
+

@@ -8,11 +8,15 @@ that is much faster than a ``DataLoader`` over PIL images, and it shards itself 
 
 from __future__ import annotations
 
+import csv
+import io
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -21,8 +25,12 @@ import torch.nn.functional as F
 
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.errors import ConfigError
+from robust_transfer.io import atomic_write_text
 
 SCHEDULES = ("step", "cosine", "constant")
+
+Callback = Callable[[str, dict], None]
+"""``callback(event, info)``: ``"batch"``, ``"eval_batch"`` and ``"epoch"`` events (see :func:`fit`)."""
 
 
 @dataclass(frozen=True)
@@ -160,17 +168,29 @@ def _batch_metrics(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
 
 
 def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
-             device: str | torch.device = "auto") -> tuple[float, float]:
+             device: str | torch.device = "auto",
+             callback: Callback | None = None) -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` on ``loader``; under ``attack`` if given.
 
     The model is evaluated in eval mode and its mode restored after.
+
+    Args:
+        model: the classifier (inputs in [0, 1], normalisation inside).
+        loader: ``(inputs, labels)`` batches with a length.
+        attack: measure accuracy on this attack's adversarial examples.
+        device: where to run.
+        callback: called as ``callback("eval_batch", {"batch": i, "batches": n})``.
+
+    Returns:
+        ``(mean cross-entropy, accuracy)``.
     """
     device = resolve_device(device)
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
+    batches = len(loader)
     try:
-        for x, y in loader:
+        for i, (x, y) in enumerate(loader):
             x, y = _to(x, device), y.to(device)
             if attack is not None:
                 x = attack(model, x, y)
@@ -178,6 +198,8 @@ def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
                 logits = model(x)
             loss, corr = _batch_metrics(logits, y)
             loss_sum, correct, count = loss_sum + loss, correct + corr, count + len(y)
+            if callback:
+                callback("eval_batch", {"batch": i + 1, "batches": batches})
     finally:
         model.train(was_training)
     return loss_sum / max(count, 1), correct / max(count, 1)
@@ -212,9 +234,6 @@ class FitOptions:
             raise ConfigError(f"eval_every must be a positive integer, got {self.eval_every}")
 
 
-Callback = Callable[[str, dict], None]
-
-
 def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         options: FitOptions | None = None, callback: Callback | None = None,
         attack_model: nn.Module | None = None) -> list[EpochMetrics]:
@@ -225,8 +244,11 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         train_loader: training batches.
         test_loader: evaluated every ``options.eval_every`` epochs and at the last.
         options: see :class:`FitOptions`.
-        callback: called as ``callback("batch", {...})`` and ``callback("epoch", {...})``;
-            the CLI uses it for progress bars. The library itself never prints.
+        callback: called as ``callback("batch", {"batch", "batches", "epoch", "epochs",
+            "loss"})`` after each step, ``callback("eval_batch", {"batch", "batches"})``
+            while evaluating and ``callback("epoch", EpochMetrics.to_dict())`` after each
+            epoch; combine several with :func:`combine_callbacks` (:class:`MetricsCSV`,
+            :class:`TensorBoardWriter`, the CLI's progress). The library never prints.
         attack_model: the unwrapped model under DDP: attacks and evaluation run on it
             (a DDP forward on one rank alone would wait for the others' buffer broadcast).
     """
@@ -244,13 +266,15 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
         loss, acc = _train_epoch(model, train_loader, optimizer, opts.adversary, attack_model,
-                                 device, callback)
+                                 device, callback, (epoch, opts.epochs))
         scheduler.step()
         metrics = EpochMetrics(epoch, lr, loss, acc)
         if test_loader is not None and (epoch % opts.eval_every == 0 or epoch == opts.epochs):
-            metrics.test_loss, metrics.test_acc = evaluate(attack_model, test_loader, None, device)
+            metrics.test_loss, metrics.test_acc = evaluate(attack_model, test_loader, None, device,
+                                                           callback)
             if opts.eval_attack is not None:
-                _, metrics.robust_acc = evaluate(attack_model, test_loader, opts.eval_attack, device)
+                _, metrics.robust_acc = evaluate(attack_model, test_loader, opts.eval_attack,
+                                                 device, callback)
         metrics.seconds = time.perf_counter() - start
         history.append(metrics)
         if callback:
@@ -258,8 +282,10 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
     return history
 
 
-def _train_epoch(model, loader, optimizer, adversary, attack_model, device, callback) -> tuple[float, float]:
+def _train_epoch(model, loader, optimizer, adversary, attack_model, device, callback,
+                 epoch_of: tuple[int, int]) -> tuple[float, float]:
     model.train()
+    batches = len(loader)
     loss_sum, correct, count = 0.0, 0, 0
     for i, (x, y) in enumerate(loader):
         x, y = _to(x, device), y.to(device)
@@ -274,5 +300,98 @@ def _train_epoch(model, loader, optimizer, adversary, attack_model, device, call
         b_loss, b_corr = _batch_metrics(logits.detach(), y)
         loss_sum, correct, count = loss_sum + b_loss, correct + b_corr, count + len(y)
         if callback:
-            callback("batch", {"batch": i + 1, "batches": len(loader), "loss": float(loss.detach())})
+            callback("batch", {"batch": i + 1, "batches": batches, "epoch": epoch_of[0],
+                               "epochs": epoch_of[1], "loss": float(loss.detach())})
     return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+# --- callbacks that record a run beside its output -------------------------------------
+METRICS_COLUMNS = tuple(f.name for f in fields(EpochMetrics))
+
+
+def combine_callbacks(*callbacks: Callback | None) -> Callback | None:
+    """One callback that calls each of ``callbacks`` (``None`` entries skipped) in order."""
+    active = [c for c in callbacks if c is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+
+    def both(event: str, info: dict) -> None:
+        for callback in active:
+            callback(event, info)
+    return both
+
+
+class MetricsCSV:
+    """Writes each epoch's metrics to a CSV file as training goes (a ``fit`` callback).
+
+    Columns are :data:`METRICS_COLUMNS` (the :class:`EpochMetrics` fields), one row per
+    epoch; epochs that were not evaluated leave the test columns empty. The file is
+    rewritten whole after every epoch (temporary file, then rename), so a job killed
+    mid-training leaves the epochs finished so far and never a half row.
+
+    Args:
+        path: the CSV file; its folder is created.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event != "epoch":
+            return
+        self.rows.append({k: info.get(k) for k in METRICS_COLUMNS})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, metrics_csv(self.rows))
+
+
+def metrics_csv(rows: list[dict]) -> str:
+    """Epoch metrics (dicts with :data:`METRICS_COLUMNS` keys) as CSV text; NaN as empty."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=METRICS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if isinstance(v, float) and v != v else v
+                         for k, v in ((k, row.get(k)) for k in METRICS_COLUMNS)})
+    return out.getvalue()
+
+
+class TensorBoardWriter:
+    """Per-epoch scalars (and the per-batch training loss) for TensorBoard.
+
+    Uses ``torch.utils.tensorboard``, which needs the ``tensorboard`` package
+    (``pip install 'robust-transfer[tensorboard]'``); nothing else in the project does.
+
+    Args:
+        log_dir: the run's TensorBoard folder (``tensorboard --logdir`` its parent).
+        tag: prefix of the scalars' names (``finetune``, ``pretrain``).
+
+    Raises:
+        ConfigError: tensorboard is not installed.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, tag: str = "train") -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("--tensorboard needs the tensorboard package: pip install "
+                              "tensorboard (or robust-transfer[tensorboard])") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.tag, self.step = tag, 0
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "batch":
+            self.step += 1
+            if "loss" in info:
+                self.writer.add_scalar(f"{self.tag}/batch_loss", info["loss"], self.step)
+        elif event == "epoch":
+            for key in METRICS_COLUMNS:
+                value = info.get(key)
+                if key != "epoch" and isinstance(value, float) and value == value:
+                    self.writer.add_scalar(f"{self.tag}/{key}", value, info["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

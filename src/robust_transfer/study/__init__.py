@@ -11,7 +11,7 @@ Entry points:
 
 from robust_transfer.study.estimate import CostEstimate, StudyPlan, plan_study
 from robust_transfer.study.resolve import Missing, MissingInputsError, resolve_study
-from robust_transfer.study.runner import Progress, StudySummary, run_study
+from robust_transfer.study.runner import StudyProgress, StudySummary, run_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec
 from robust_transfer.study.store import (
     RunOutcome,
@@ -24,8 +24,9 @@ from robust_transfer.study.store import (
 )
 
 __all__ = [
-    "CostEstimate", "Missing", "MissingInputsError", "Progress", "RunConfig", "RunOutcome",
-    "StudyPlan", "StudySpec", "StudyStatus", "StudyStore", "StudySummary", "export_results",
+    "CostEstimate", "Missing", "MissingInputsError", "RunConfig", "RunOutcome",
+    "StudyPlan", "StudyProgress", "StudySpec", "StudyStatus", "StudyStore", "StudySummary",
+    "export_results",
     "load_results", "load_spec", "plan_study", "resolve_study", "run_study", "spec_text",
     "study_status",
 ]

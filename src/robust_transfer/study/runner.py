@@ -28,8 +28,9 @@ SPEC_COPY = "spec.yaml"
 
 
 @dataclass(frozen=True)
-class Progress:
-    """A snapshot of a running study, for progress displays.
+class StudyProgress:
+    """A snapshot of a running study, for progress displays
+    (:meth:`robust_transfer.progress.Progress.study` shows it).
 
     Attributes:
         done, failed, running, remaining: runs of this invocation by state.
@@ -76,7 +77,7 @@ class StudySummary:
     failures: tuple[tuple[str, str], ...] = ()
 
 
-ProgressCallback = Callable[[Progress], None]
+ProgressCallback = Callable[[StudyProgress], None]
 
 
 def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str = "local", *,
@@ -243,8 +244,8 @@ class _Tracker:
         remaining = self.total - ended - self.running
         # runs end at the rate seen so far; the ones running are half done on average
         eta = elapsed / ended * (remaining + self.running / 2) if ended else None
-        self.callback(Progress(self.done, self.failed, self.running, remaining, self.total,
-                               elapsed, eta, last))
+        self.callback(StudyProgress(self.done, self.failed, self.running, remaining,
+                                    self.total, elapsed, eta, last))
 
 
 def study_dir_summary(study_dir: str | Path) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Study specs (YAML) and their expansion into runs with stable ids.
 
 A spec names source models, targets and the values of every grid axis; the runs are the
-Cartesian product (of each entry of ``grid``, when given). Example (``studies/embedded.yaml``
-is a complete one)::
+Cartesian product (of each entry of ``grid``, when given). Example (the ``embedded``
+preset, ``robust_transfer/studies/embedded.yaml``, is a complete one)::
 
     name: demo
     sources:
