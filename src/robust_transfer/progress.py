@@ -152,7 +152,7 @@ def format_duration(seconds: float | None) -> str:
     """``42s``, ``3m07s``, ``2h05m``; ``?`` for unknown."""
     if seconds is None or seconds != seconds or math.isinf(seconds):
         return "?"
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, int(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -219,7 +219,8 @@ class Progress:
                 return self
             self._started_at = self.clock()
             if not self.live:
-                self._log(f"{self.desc}: started" + (f" ({self._count()})" if self.total else ""))
+                todo = f" ({_amount(self.total, self.unit)}{self._unit()})" if self.total else ""
+                self._log(f"{self.desc}: started{todo}")
                 self._last_line = self._started_at
             if self.heartbeat:
                 self._thread = threading.Thread(target=self._beat, daemon=True,
@@ -337,9 +338,12 @@ class Progress:
             text = f"{self.desc}: " + ", ".join(p for p in parts if p)
             return text + (f"; {self.status}" if self.status else "")
 
+    def _unit(self) -> str:
+        return "" if self.unit == "B" else f" {self.unit}"
+
     def _count(self) -> str:
         done = _amount(self.done, self.unit)
-        unit = "" if self.unit == "B" else f" {self.unit}"
+        unit = self._unit()
         if not self.total:
             return f"{done}{unit}"
         share = 100.0 * self.done / self.total
