@@ -87,6 +87,17 @@ def test_heartbeat_reports_while_no_event_arrives(log):
     assert re.match(STAMP + r"quiet: done 1/5 batches \(20%\) in \d+s \(", lines[-1]), lines
 
 
+def test_a_phase_without_events_still_reports_it_is_alive(log):
+    clock = FakeClock()
+    p = Progress("influence", unit="models", interval=5, live=False, heartbeat=False,
+                 clock=clock).start()
+    clock.now += 61
+    p.set(0)  # what the heartbeat thread does at its tick, here on the fake clock
+    p.close()
+    assert [line[20:] for line in log.getvalue().splitlines()] == [
+        "influence: started", "influence: running, 1m01s elapsed", "influence: done in 1m01s"]
+
+
 def test_live_line_is_redrawn_in_place_and_notes_go_above_it(log):
     clock = FakeClock()
     tty = io.StringIO()

@@ -277,7 +277,8 @@ class Progress:
             elapsed = self.clock() - self._started_at
             rate = self._rate(elapsed)
             word = "done" if ok else "stopped"
-            parts = [f"{self.desc}: {word}", self._count(), f"in {format_duration(elapsed)}"]
+            count = self._count() if self.total or self.done else ""
+            parts = [f"{self.desc}: {word}", count, f"in {format_duration(elapsed)}"]
             if rate:
                 parts.append(f"({rate})")
             self._log(" ".join(p for p in parts if p))
@@ -329,12 +330,15 @@ class Progress:
         with self._lock:
             elapsed = self.clock() - (self._started_at if self._started_at is not None
                                       else self.clock())
-            parts = [self._count()]
+            # nothing counted yet and no total (a phase without events): say it is alive
+            parts = [self._count() if self.total or self.done else "running"]
             rate = self._rate(elapsed)
             if rate:
                 parts.append(rate)
             parts.append(f"{format_duration(elapsed)} elapsed")
-            parts.append(f"ETA {format_duration(self._eta(elapsed))}")
+            eta = self._eta(elapsed)
+            if eta is not None or self.total:
+                parts.append(f"ETA {format_duration(eta)}")
             text = f"{self.desc}: " + ", ".join(p for p in parts if p)
             return text + (f"; {self.status}" if self.status else "")
 

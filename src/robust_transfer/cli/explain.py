@@ -174,6 +174,7 @@ def _load_models(specs: list[str]) -> dict[str, Any]:
 def _influence(args: argparse.Namespace) -> int:
     from robust_transfer.data import balanced_subset, load_dataset
     from robust_transfer.influence import InfluenceConfig, explain_influence
+    from robust_transfer.progress import Progress
 
     limit = None if args.memory_limit_gb is None else int(args.memory_limit_gb * 2**30)
     cfg = InfluenceConfig(damping=args.damping, solver=args.solver, rcond=args.rcond,
@@ -190,11 +191,13 @@ def _influence(args: argparse.Namespace) -> int:
     test_idx = balanced_subset(test.labels.numpy(), test_n, args.seed, f"{dataset}:test")
     extra = {"dataset": dataset, "seed": args.seed, "n": len(train_idx), "test_n": args.test_n,
              **provenance}
-    summary = explain_influence(
-        models, train.subset(train_idx), test.subset(test_idx), args.out, cfg,
-        overwrite=args.overwrite, batch_size=args.batch_size, top=args.top_k,
-        max_rank=args.max_rank, grid_size=tuple(args.grid), train_indices=train_idx,
-        test_indices=test_idx, extra=extra)
+    # no events from the influence code yet: start, end and a line every interval
+    with Progress("influence", unit="models"):
+        summary = explain_influence(
+            models, train.subset(train_idx), test.subset(test_idx), args.out, cfg,
+            overwrite=args.overwrite, batch_size=args.batch_size, top=args.top_k,
+            max_rank=args.max_rank, grid_size=tuple(args.grid), train_indices=train_idx,
+            test_indices=test_idx, extra=extra)
     for name, rec in summary["models"].items():
         print(_influence_line(name, rec))
     print(f"wrote {args.out}/summary.json, class_match.png, influence_grid.png, <name>/influence.npz")
