@@ -98,6 +98,13 @@ def test_a_phase_without_events_still_reports_it_is_alive(log):
         "influence: started", "influence: running, 1m01s elapsed", "influence: done in 1m01s"]
 
 
+def test_refused_at_once_prints_nothing_but_the_error(log):
+    with pytest.raises(ConfigError):
+        with Progress("pretrain", interval=30):
+            raise ConfigError("unknown dataset")
+    assert log.getvalue() == ""
+
+
 def test_live_line_is_redrawn_in_place_and_notes_go_above_it(log):
     clock = FakeClock()
     tty = io.StringIO()

@@ -210,23 +210,33 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._announced = False
 
     # --- feeding it ---------------------------------------------------------------
     def start(self) -> Progress:
-        """Report the start (idempotent; the first event starts it too)."""
+        """Start the clock and the heartbeat (idempotent; the first event starts it too).
+
+        The start line itself waits for the first event, or for one interval to pass, so a
+        command that refuses its input at once prints only its error.
+        """
         with self._lock:
             if self._started_at is not None:
                 return self
             self._started_at = self.clock()
-            if not self.live:
-                todo = f" ({_amount(self.total, self.unit)}{self._unit()})" if self.total else ""
-                self._log(f"{self.desc}: started{todo}")
-                self._last_line = self._started_at
             if self.heartbeat:
                 self._thread = threading.Thread(target=self._beat, daemon=True,
                                                 name=f"progress-{self.desc}")
                 self._thread.start()
         return self
+
+    def _announce(self) -> None:
+        if self._announced:
+            return
+        self._announced = True
+        if not self.live:
+            todo = f" ({_amount(self.total, self.unit)}{self._unit()})" if self.total else ""
+            self._log(f"{self.desc}: started{todo}")
+            self._last_line = self._started_at if self._started_at is not None else self.clock()
 
     def update(self, n: float = 1, status: str | None = None) -> None:
         """``n`` more units done."""
@@ -251,6 +261,7 @@ class Progress:
                 self.eta_hint, self._eta_at = eta, self.clock()
             if status is not None:
                 self.status = status
+            self._announce()
             self._tick()
 
     def note(self, message: str, level: int = logging.INFO) -> None:
@@ -271,9 +282,9 @@ class Progress:
         if self._thread is not None:
             self._thread.join(timeout=5)
         with self._lock:
-            if self._started_at is None:
-                return
             self._clear_live()
+            if self._started_at is None or not (ok or self._announced):
+                return  # stopped before showing anything: the error says it all
             elapsed = self.clock() - self._started_at
             rate = self._rate(elapsed)
             word = "done" if ok else "stopped"
@@ -382,8 +393,13 @@ class Progress:
         step = min(1.0, self.interval / 4) if not self.live else LIVE_REDRAW * 5
         while not self._stop.wait(step):
             with self._lock:
-                if not self._closed:
-                    self._tick()
+                if self._closed or self._started_at is None:
+                    continue
+                if not self._announced:
+                    if self.clock() - self._started_at < self.interval:
+                        continue
+                    self._announce()
+                self._tick()
 
     def _log(self, text: str) -> None:
         self._last_line = self.clock()
