@@ -119,7 +119,7 @@ def test_live_line_is_redrawn_in_place_and_notes_go_above_it(log):
     assert "fit: 4/4 batches (100%), 1.0 batches/s, 4s elapsed, ETA 0s; loss 0.25" in drawn
     # off the live line: only the note and the end line, nothing per update
     assert [line[20:] for line in log.getvalue().splitlines()] == [
-        "fit epoch 1: done", "fit: done 4/4 batches (100%) in 4s (1.0 batches/s)"]
+        "fit epoch 1: done", "fit: done 4/4 batches (100%) in 4s (1.0 batches/s); loss 0.25"]
 
 
 def test_study_snapshots_use_the_runner_eta_and_report_failures(log):
@@ -134,6 +134,7 @@ def test_study_snapshots_use_the_runner_eta_and_report_failures(log):
     assert lines[1] == "warning: run abc123 failed: ValueError: boom"
     assert lines[2] == ("study: 4/10 runs (40%), 2.00 runs/min, 2m00s elapsed, ETA 5m00s; "
                         "1 failed, 2 running")
+    assert lines[3] == "study: done 4/10 runs (40%) in 2m00s (2.00 runs/min); 1 failed, 2 running"
 
 
 def test_byte_counts_are_shown_in_binary_units(log):

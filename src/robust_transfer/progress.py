@@ -292,7 +292,7 @@ class Progress:
             parts = [f"{self.desc}: {word}", count, f"in {format_duration(elapsed)}"]
             if rate:
                 parts.append(f"({rate})")
-            self._log(" ".join(p for p in parts if p))
+            self._log(" ".join(p for p in parts if p) + (f"; {self.status}" if self.status else ""))
 
     def __enter__(self) -> Progress:
         return self.start()

@@ -288,7 +288,7 @@ def test_cli_run_status_export_and_dry_run(tmp_path, spec_path, capsys):
     assert "8 runs, 0 already finished, 0 failed, 8 to run" in capsys.readouterr().out
     assert main(["study", "run", str(spec_path), "--out", out]) == 0
     captured = capsys.readouterr()
-    assert "8 done, 0 failed, 0 running, 0 remaining of 8" in captured.err
+    assert "study: done 8/8 runs (100%)" in captured.err and "; 0 failed, 0 running" in captured.err
     assert "ran 8 run(s)" in captured.out
     assert main(["study", "run", str(spec_path), "--out", out, "--dry-run"]) == 0
     assert "8 already finished" in capsys.readouterr().out
