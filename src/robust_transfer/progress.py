@@ -317,6 +317,7 @@ class Progress:
             else:
                 self.set(info["batch"], info["batches"])
         elif event == "epoch":
+            self.status = ""  # the evaluation note is over
             self.note(epoch_line(self.desc, info))
         elif event == "step":
             self.set(info["done"], info.get("total"), status=info.get("what"))
@@ -399,6 +400,8 @@ class Progress:
                     if self.clock() - self._started_at < self.interval:
                         continue
                     self._announce()
+                    self._last_line = self.clock()  # the start line is this beat's line
+                    continue
                 self._tick()
 
     def _log(self, text: str) -> None:

@@ -6,6 +6,7 @@ NCCL on CUDA); only rank 0 writes the checkpoint.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from robust_transfer.engine.training import (
     fit,
     resolve_device,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,9 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if rank == 0:
+        logger.info("pretrain: %s on %d %s images (%s), %d process(es) on %s, %d epochs",
+                    cfg.arch, n_train, cfg.dataset, cfg.method, world, dev, cfg.epochs)
     options = FitOptions(cfg.epochs, cfg.optim, cfg.adversary, eval_every=cfg.epochs,
                          eval_attack=cfg.robust_eval_attack(), seed=cfg.seed, device=str(dev))
     history = fit(net, train_loader, test_loader if rank == 0 else None, options, callback,
