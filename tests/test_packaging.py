@@ -62,7 +62,7 @@ def test_demo_dry_run_from_the_installed_wheel(installed, tmp_path):
     assert Path(where).is_relative_to(installed), where
     script = installed / "bin" / "robust-transfer"  # the console script, as pip installed it
     presets = _run([sys.executable, str(script), "study", "presets"], env=env, cwd=tmp_path)
-    assert [line.split()[0] for line in presets.stdout.splitlines()] == ["embedded", "paper"]
+    assert {"embedded", "paper"} <= {line.split()[0] for line in presets.stdout.splitlines()}
     done = _run([sys.executable, str(script), "demo", "--dry-run", "--out", str(tmp_path / "demo")],
                 env=env, cwd=tmp_path)
     spec = installed / "robust_transfer" / "studies" / "embedded.yaml"
