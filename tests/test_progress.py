@@ -199,8 +199,9 @@ def test_metrics_csv_rows_and_columns_match_the_history(tmp_path, digits_net, di
                                           lambda e, i: seen.append((e, i))))
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert tuple(rows[0]) == METRICS_COLUMNS == ("epoch", "lr", "train_loss", "train_acc",
-                                                 "test_loss", "test_acc", "robust_acc", "seconds")
+    assert tuple(rows[0]) == METRICS_COLUMNS == tuple(history[0].to_dict())
+    assert METRICS_COLUMNS[:8] == ("epoch", "lr", "train_loss", "train_acc", "test_loss",
+                                   "test_acc", "robust_acc", "seconds")
     assert len(rows) == len(history) == 3
     for row, h in zip(rows, history, strict=True):
         for key, value in h.to_dict().items():
