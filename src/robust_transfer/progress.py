@@ -273,7 +273,7 @@ class Progress:
                 self._draw()
 
     def close(self, ok: bool = True) -> None:
-        """Stop the heartbeat and report the end (``done`` or ``stopped``)."""
+        """Stop the heartbeat and report the end (``done`` or ``stopped``), if the start was."""
         with self._lock:
             if self._closed:
                 return
@@ -283,8 +283,8 @@ class Progress:
             self._thread.join(timeout=5)
         with self._lock:
             self._clear_live()
-            if self._started_at is None or not (ok or self._announced):
-                return  # stopped before showing anything: the error says it all
+            if self._started_at is None or not self._announced:
+                return  # over (or refused) before anything was shown: nothing to end
             elapsed = self.clock() - self._started_at
             rate = self._rate(elapsed)
             word = "done" if ok else "stopped"

@@ -37,8 +37,11 @@ def _list(args) -> int:
 
 def _fetch(args) -> int:
     from robust_transfer.data import data_root, load_dataset
+    from robust_transfer.progress import Progress
 
     for split in ("train", "test"):
-        data = load_dataset(args.name, split, args.data_root, download=True)
+        # start, end and a line every interval off a terminal (no byte counts yet)
+        with Progress(f"data fetch {args.name} {split}", unit="files"):
+            data = load_dataset(args.name, split, args.data_root, download=True)
         print(f"{args.name} {split}: {len(data)} images in {data.source or data_root(args.data_root)}")
     return 0

@@ -52,7 +52,12 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    print(zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download))
+    from robust_transfer.progress import Progress
+
+    # start, end and a line every interval off a terminal (no byte counts yet)
+    with Progress(f"zoo fetch {args.name}", unit="files"):
+        path = zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download)
+    print(path)
     return 0
 
 
