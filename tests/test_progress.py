@@ -240,9 +240,11 @@ def test_tensorboard_missing_is_one_clear_error(tmp_path, monkeypatch):
 def test_cli_finetune_writes_metrics_csv_beside_its_output(tmp_path, capsys):
     out = tmp_path / "ft"
     code = main(["finetune", "fmnist-natural", "--target", "digits", "--n", "50", "--epochs",
-                 "2", "--batch-size", "25", "--device", "cpu", "--json", "--out", str(out)])
+                 "2", "--batch-size", "25", "--device", "cpu", "--json", "--out", str(out),
+                 "--tensorboard", str(tmp_path / "tb")])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
     meta = json.loads((tmp_path / "ft.json").read_text())
     with open(tmp_path / "ft.metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -272,3 +274,13 @@ def test_cli_off_a_terminal_prints_periodic_lines_with_rate_and_eta(tmp_path):
                              r"ETA \w+$", line)]
     assert len(periodic) >= 2, pgd  # PGD-5 on 150 images takes well over 0.04 s
     assert "clean" in done.stdout and "PGD-5" in done.stdout
+
+
+def test_cli_tensorboard_missing_is_one_line_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    code = main(["finetune", "fmnist-natural", "--n", "50", "--epochs", "1", "--device", "cpu",
+                 "--out", str(tmp_path / "ft"), "--tensorboard", str(tmp_path / "tb")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --tensorboard needs the tensorboard package")
+    assert list(tmp_path.iterdir()) == []
