@@ -49,7 +49,7 @@ def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
     from robust_transfer.engine.training import MetricsCSV, TensorBoardWriter, combine_callbacks
 
     writer = TensorBoardWriter(tensorboard, desc) if tensorboard else None
-    metrics = MetricsCSV(metrics_path(out)) if out else None
+    metrics = MetricsCSV(_metrics_path(out)) if out else None
     try:
         with Progress(desc) as progress:
             yield combine_callbacks(progress, metrics, writer)
@@ -58,7 +58,7 @@ def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
             writer.close()
 
 
-def metrics_path(out) -> str:
+def _metrics_path(out) -> str:
     """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT``."""
     from robust_transfer.models.checkpoints import checkpoint_paths
 
