@@ -144,3 +144,77 @@ def test_model_without_blocks_view_names_supported_families(name):
 def test_too_many_unfrozen_blocks():
     with pytest.raises(ConfigError, match="has 4 blocks"):
         prepare_finetune(make("convnext"), 3, 5)
+
+
+# --- published timm-architecture models: files in RobustBench's format ------------------
+
+
+def test_zoo_lists_the_robustbench_models():
+    from robust_transfer.models.zoo import get_published
+
+    entry = get_published("singh2023-convnext-b-convstem-linf-eps4")
+    assert entry.arch == "timm:singh2023_convnext_base_convstem" and entry.eps_label == "4/255"
+    assert (entry.clean_acc, entry.robust_acc) == (0.759, 0.5614)
+    assert entry.file == "Singh2023Revisiting_ConvNeXt-B-ConvStem.pt"
+    assert "1-lE-waaVvfL7lgBrydmZIM9UJimmHnVe" in entry.url
+
+
+@pytest.mark.slow
+def test_singh_convstem_file_loads_through_the_zoo(tmp_path, monkeypatch):
+    """Full-size ConvNeXt-T + ConvStem, random weights saved as DataParallel would
+    (``module.`` keys under ``state_dict``), loaded by zoo name with weights_only."""
+    from robust_transfer.models.zoo import get_published, load_zoo_model
+
+    entry = get_published("singh2023-convnext-t-convstem-linf-eps4")
+    torch.manual_seed(0)
+    reference = create_timm_source(entry.timm_name).eval()
+    assert "stem.stem.0.weight" in reference.net.state_dict()  # RobustBench's key names
+    state = {f"module.{k}": v for k, v in reference.net.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 300}, tmp_path / entry.file)
+    monkeypatch.setenv("ROBUST_TRANSFER_ZOO", str(tmp_path))
+    model, meta = load_zoo_model(entry.name)
+    x = torch.rand(1, 3, 224, 224)
+    assert torch.equal(model(x), reference(x))
+    assert meta["mean"] == [0.0] * 3 and meta["std"] == [1.0] * 3  # no normaliser (RobustBench)
+    assert len(model.blocks()) == 4 and meta["format"] == "robustbench"
+
+
+def test_liu_swin_file_in_old_timm_layout_loads(tmp_path):
+    """A Swin file as timm < 0.9 wrote it (downsample at the end of a stage, ``head.``,
+    persistent relative_position_index), under RobustBench's ``module.model.`` prefix;
+    a shallower Swin-B with the same key layout keeps the test fast."""
+    import re
+
+    from robust_transfer.models.zoo import get_published
+
+    entry = get_published("liu2023-swin-b-linf-eps4")
+    small = {"depths": (1, 1, 1, 1), "embed_dim": 32, "num_heads": (1, 1, 1, 1)}
+    torch.manual_seed(0)
+    reference = create_timm_source(entry.timm_name, **small).eval()
+    old = {}
+    for k, v in reference.net.state_dict().items():
+        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+        old[f"module.model.{k.replace('head.fc.', 'head.')}"] = v
+    old["module.model.layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(49, 49, dtype=torch.long)
+    assert "module.model.layers.0.downsample.reduction.weight" in old
+    path = tmp_path / entry.file
+    torch.save(old, path)
+    model, meta = entry.load_checkpoint(path, **small)
+    x = torch.rand(1, 3, 224, 224)
+    assert torch.equal(model(x), reference(x))
+    assert meta["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+def test_file_that_pickles_code_is_refused(tmp_path):
+    from robust_transfer.errors import CheckpointError
+    from robust_transfer.models.zoo import get_published
+
+    entry = get_published("liu2023-convnext-b-linf-eps4")
+    path = tmp_path / entry.file
+    torch.save({"state_dict": {}, "args": _Args()}, path)
+    with pytest.raises(CheckpointError, match="refusing to load|cannot read"):
+        entry.load_checkpoint(path, depths=(1, 1, 1, 1), dims=(8, 8, 8, 8))
+
+
+class _Args:  # stands for an argparse.Namespace pickled beside the weights
+    lr = 0.1

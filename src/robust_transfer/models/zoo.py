@@ -152,6 +152,7 @@ def _register_paper_models() -> None:
 
 _register_grid()
 _register_paper_models()
+from robust_transfer.models import zoo_timm  # noqa: E402,F401  ConvNeXt/Swin/ViT entries
 
 
 # --- where files are -------------------------------------------------------------------
@@ -297,6 +298,8 @@ def load_zoo_model(name: str, device: str | torch.device = "cpu") -> tuple[Trans
     if embedded is not None:
         return load_model(embedded["path"], device=device)
     entry = get_published(name)
+    if hasattr(entry, "load_checkpoint"):  # a file format of its own (models/zoo_timm.py)
+        return entry.load_checkpoint(fetch(name), device)
     model, meta = load_model(fetch(name), arch=entry.arch, num_classes=entry.num_classes,
                              device=device)
     return model, {**entry.to_dict(), **meta}
