@@ -72,7 +72,7 @@ def _embed(name: str = "tiny-l2-eps0.5") -> torch.nn.Module:
 # --- the published listing -------------------------------------------------------------
 def test_published_grid_and_paper_models_are_listed():
     names = zoo.PUBLISHED.names()
-    assert len(names) == 3 * (10 + 5) + 3
+    assert len(names) == 3 * (10 + 5) + 3 + 10  # + the ConvNeXt/Swin/ViT entries (zoo_timm)
     l2 = zoo.get_published("resnet50-l2-eps3")
     assert (l2.arch, l2.norm, l2.eps, l2.file) == ("resnet50", "l2", 3.0, "resnet50_l2_eps3.ckpt")
     linf = zoo.get_published("wide_resnet50_2-linf-eps4")
