@@ -112,15 +112,18 @@ def test_influence_on_pooled_features(source, digits_train, digits_test):
     assert result.info["hessian_dimension"] == 9 * (model.feature_dim + 1)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    model = prepare_finetune(make("convnext"), 3, 1).eval()
+@pytest.mark.parametrize("family", sorted(SPECS))
+def test_checkpoint_round_trip(tmp_path, family):
+    model = prepare_finetune(make(family), 3, 1).eval()
     path = save_model(model, tmp_path / "tuned", {"training": "natural"})
     loaded, meta = load_model(path)
-    assert meta["arch"] == "timm:convnext_atto" and loaded.input_size == SIZE
+    name, kwargs = SPECS[family]
+    assert meta["arch"] == f"timm:{name}" and loaded.input_size == SIZE
+    assert meta.get("arch_kwargs", {}) == kwargs  # the ViT's depth=2, patch 8 come back
     x = torch.rand(2, 3, SIZE, SIZE)
     assert torch.equal(loaded(x), model(x))
-    assert torch.equal(create_model("timm:convnext_atto", 3, input_size=SIZE).normalizer.std,
-                       model.normalizer.std)
+    fresh = create_model(f"timm:{name}", 3, input_size=SIZE, **kwargs)  # timm's normaliser
+    assert torch.equal(fresh.normalizer.std, model.normalizer.std)
 
 
 def test_normaliser_comes_from_timm_config():

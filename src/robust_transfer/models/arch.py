@@ -130,6 +130,7 @@ class TransferModel(nn.Module):
         self.input_size = input_size
         self.channels = channels
         self.frozen_depth = 0
+        self.arch_kwargs: dict = {}  # extra builder arguments (timm), saved with checkpoints
 
     # --- the blocks view ---------------------------------------------------------------
     def stem(self) -> nn.Module:
@@ -259,7 +260,8 @@ def init_head(fc: nn.Linear, init: str = "normal", generator: torch.Generator | 
 
 
 def create_model(arch: str, num_classes: int = 1000, mean: tuple[float, ...] | None = None,
-                 std: tuple[float, ...] | None = None, input_size: int | None = None) -> TransferModel:
+                 std: tuple[float, ...] | None = None, input_size: int | None = None,
+                 **arch_kwargs) -> TransferModel:
     """Build a registered architecture behind its normaliser.
 
     Args:
@@ -269,6 +271,8 @@ def create_model(arch: str, num_classes: int = 1000, mean: tuple[float, ...] | N
         num_classes: classes of the head.
         mean, std: the normaliser (default: ImageNet's; for timm, its pretrained config's).
         input_size: the square input size (default: the architecture's).
+        **arch_kwargs: timm architectures only: passed to ``timm.create_model``
+            (``depth=2``, ...); checkpoints record them.
 
     Example:
         >>> m = create_model("small_resnet", 10, mean=(0.5,)*3, std=(0.5,)*3)
@@ -279,7 +283,12 @@ def create_model(arch: str, num_classes: int = 1000, mean: tuple[float, ...] | N
         from robust_transfer.models.timm_backbone import create_timm_source
 
         return create_timm_source(arch[len(TIMM_PREFIX):], num_classes=num_classes,
-                                  input_size=input_size, mean=mean, std=std)
+                                  input_size=input_size, mean=mean, std=std, **arch_kwargs)
+    if arch_kwargs:
+        from robust_transfer.errors import ConfigError
+
+        raise ConfigError(f"architecture '{arch}' takes no extra arguments "
+                          f"({', '.join(arch_kwargs)}); those are for timm:<name> architectures")
     spec = ARCHS.get(arch)
     return TransferModel(arch, spec.build(num_classes), mean or IMAGENET_MEAN, std or IMAGENET_STD,
                          input_size or spec.input_size, spec.channels)

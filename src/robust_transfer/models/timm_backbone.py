@@ -205,6 +205,7 @@ def create_timm_source(name: str, pretrained: bool = False, num_classes: int | N
     model = TimmTransferModel(name, net, family, tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406))),
                               tuple(std or cfg.get("std", (0.229, 0.224, 0.225))), size,
                               int(cfg.get("input_size", (3,))[0]))
+    model.arch_kwargs = dict(kwargs)  # so that checkpoints rebuild the same architecture
     return model
 
 
