@@ -18,7 +18,7 @@ import torch.nn.functional as F
 pytest.importorskip("timm")
 
 from robust_transfer.engine.transfer import Recipe, finetune  # noqa: E402
-from robust_transfer.errors import ConfigError, UnknownNameError  # noqa: E402
+from robust_transfer.errors import CheckpointError, ConfigError, UnknownNameError  # noqa: E402
 from robust_transfer.influence.core import influence_for_model  # noqa: E402
 from robust_transfer.models import create_model, load_model, prepare_finetune, save_model  # noqa: E402
 from robust_transfer.models.timm_backbone import create_timm_source  # noqa: E402
@@ -142,6 +142,19 @@ def test_model_without_blocks_view_names_supported_families(name):
     with pytest.raises(ConfigError, match="no blocks view; supported: VisionTransformer.*ConvNeXt") as err:
         create_timm_source(name, input_size=SIZE)
     assert "\n" not in str(err.value)
+
+
+def test_pretrained_weights_offline_is_one_line(monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", "/nonexistent-rt-test")
+    with pytest.raises(CheckpointError, match="cannot fetch pretrained weights of timm model") as err:
+        create_timm_source("convnext_atto", pretrained=True)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_timm_arguments_are_a_config_error():
+    with pytest.raises(ConfigError, match="timm cannot build 'convnext_atto'"):
+        create_timm_source("convnext_atto", depths="x")
 
 
 def test_too_many_unfrozen_blocks():

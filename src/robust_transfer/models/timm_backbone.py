@@ -226,15 +226,15 @@ def _build(timm: Any, name: str, pretrained: bool, num_classes: int | None,
         args["img_size"] = input_size
     try:
         return timm.create_model(name, pretrained=pretrained, **args)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise ConfigError(f"timm cannot build '{name}' with {args or 'no arguments'}: "
-                          f"{_first_line(err)}") from None
-    except (OSError, RuntimeError) as err:  # hub download failures, missing cached files
-        if not pretrained:
-            raise
-        raise CheckpointError(f"cannot fetch pretrained weights of timm model '{name}': "
-                              f"{_first_line(err)}; use pretrained=False or connect to the "
-                              f"Hugging Face hub once to fill its cache") from None
+    except Exception as err:  # timm and the hub client raise many types
+        if pretrained and not isinstance(err, (TypeError, AssertionError)):
+            raise CheckpointError(f"cannot fetch pretrained weights of timm model '{name}': "
+                                  f"{_first_line(err)}; use pretrained=False or connect to the "
+                                  "Hugging Face hub once to fill its cache") from None
+        if isinstance(err, (TypeError, ValueError, AssertionError)):
+            raise ConfigError(f"timm cannot build '{name}' with {args or 'no arguments'}: "
+                              f"{_first_line(err)}") from None
+        raise
 
 
 def _takes_img_size(name: str) -> bool:
