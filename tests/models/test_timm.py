@@ -126,6 +126,14 @@ def test_checkpoint_round_trip(tmp_path, family):
     assert torch.equal(fresh.normalizer.std, model.normalizer.std)
 
 
+def test_model_pickles(source):  # executors may ship models between processes
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(source))
+    x = torch.rand(2, 3, SIZE, SIZE)
+    assert torch.equal(clone.eval()(x), copy.deepcopy(source).eval()(x))
+
+
 def test_normaliser_comes_from_timm_config():
     vit = make("vit")  # augreg ViTs were trained with mean = std = 0.5
     assert vit.normalizer.mean.flatten().tolist() == [0.5, 0.5, 0.5]

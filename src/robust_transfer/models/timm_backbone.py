@@ -130,7 +130,11 @@ class TimmTransferModel(TransferModel):
     def __init__(self, name: str, net: nn.Module, family: Family, mean: tuple[float, ...],
                  std: tuple[float, ...], input_size: int, channels: int = 3) -> None:
         super().__init__(f"{TIMM_PREFIX}{name}", net, mean, std, input_size, channels)
-        self.family = family
+        self.family_name = family.name  # a name, not the Family, so the model pickles
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.family_name]
 
     def stem(self) -> nn.Module:
         return self.family.stem(self.net)
