@@ -99,6 +99,9 @@ def test_other_bad_inputs(small):
         as_image_arrays([(torch.zeros(1, 8, 8, dtype=torch.uint8), torch.tensor([0.0, 1.0]))])
     with pytest.raises(DatasetError, match="yielded no items"):
         as_image_arrays([])
+    with pytest.raises(DatasetError, match="DataLoader cannot batch .*pass its Dataset"):
+        as_image_arrays(DataLoader(Wrapped(small, "pil"), batch_size=4))
+    assert len(as_image_arrays(Wrapped(small, "pil"))) == len(small)
 
 
 def test_finetune_accepts_torch_data(small, digits_test, digits_net):

@@ -97,10 +97,16 @@ def _collect(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
     batched = isinstance(data, DataLoader) and data.batch_size is not None
     images: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    for i, item in enumerate(_items(data)):
-        image, label = _pair(item, i, data)
-        images.append(_to_uint8(image, i, batched))
-        labels.append(_to_labels(label, i, batched))
+    try:
+        for i, item in enumerate(_items(data)):
+            image, label = _pair(item, i, data)
+            images.append(_to_uint8(image, i, batched))
+            labels.append(_to_labels(label, i, batched))
+    except TypeError as err:  # e.g. default_collate given PIL images
+        if not batched:
+            raise
+        raise DatasetError(f"the DataLoader cannot batch these items ({' '.join(str(err).split())[:160]}); "
+                           "pass its Dataset instead") from None
     if not images:
         raise DatasetError(f"{type(data).__name__} yielded no items")
     _check_sizes(images)
