@@ -313,9 +313,10 @@ class Progress:
             self.set((epoch - 1) * batches + info["batch"], batches * epochs, status=status)
         elif event == "eval_batch":
             if self._training:
-                self.set(self.done, status=f"evaluating {info['batch']}/{info['batches']}")
+                of = f"/{info['batches']}" if info.get("batches") else ""
+                self.set(self.done, status=f"evaluating {info['batch']}{of}")
             else:
-                self.set(info["batch"], info["batches"])
+                self.set(info["batch"], info.get("batches"))
         elif event == "epoch":
             self.status = ""  # the evaluation note is over
             self.note(epoch_line(self.desc, info))

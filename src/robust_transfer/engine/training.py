@@ -176,19 +176,26 @@ def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
 
     Args:
         model: the classifier (inputs in [0, 1], normalisation inside).
-        loader: ``(inputs, labels)`` batches with a length.
+        loader: ``(inputs, labels)`` batches with a length, or an ImageArrays, a torch
+            ``Dataset`` or ``DataLoader`` of ``(image, label)`` (materialised and fitted to
+            the model by :func:`robust_transfer.data.torchdata.model_loader`).
         attack: measure accuracy on this attack's adversarial examples.
         device: where to run.
-        callback: called as ``callback("eval_batch", {"batch": i, "batches": n})``.
+        callback: called as ``callback("eval_batch", {"batch": i, "batches": n})`` (n is
+            None for a loader without a length).
 
     Returns:
         ``(mean cross-entropy, accuracy)``.
     """
+    from robust_transfer.data.torchdata import is_image_data, model_loader
+
+    if is_image_data(loader):
+        loader = model_loader(loader, model)
     device = resolve_device(device)
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
-    batches = len(loader)
+    batches = len(loader) if hasattr(loader, "__len__") else None  # None: unknown
     try:
         for i, (x, y) in enumerate(loader):
             x, y = _to(x, device), y.to(device)
