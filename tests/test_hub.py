@@ -156,3 +156,13 @@ def test_hugging_face_offline_gives_one_line(tmp_path, monkeypatch):
                          timeout=5, progress=False, endpoint=f"http://127.0.0.1:{port}")
     assert "\n" not in str(err.value) and time.perf_counter() - start < 60
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_byte_counts_go_to_a_progress_callable_across_a_resume(server, tmp_path):
+    server.mode = "drop_first"
+    seen: list[tuple[int, int | None]] = []
+    hub.download(server.url, tmp_path / "file.pt", progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, len(DATA)) and seen[-1] == (len(DATA), len(DATA))
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+    # the second connection starts where the first stopped (Range), not from 0
+    assert server.ranges[1] is not None and (int(server.ranges[1][6:-1]), len(DATA)) in seen

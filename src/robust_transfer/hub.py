@@ -28,6 +28,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from robust_transfer.errors import CheckpointError
@@ -37,8 +38,12 @@ _CHUNK = 1 << 20
 _ATTEMPTS = 3  # connections per call, as long as each one brings new bytes
 
 
+ByteProgress = Callable[[int, int | None], None]
+"""``progress(bytes_done, bytes_total_or_None)``, called as a download goes."""
+
+
 def download(url: str, target: str | os.PathLike, sha256: str | None = None,
-             timeout: float = 60.0, progress: bool = False) -> Path:
+             timeout: float = 60.0, progress: bool | ByteProgress = False) -> Path:
     """Download ``url`` to ``target``; the target appears only complete and verified.
 
     Args:
@@ -46,7 +51,9 @@ def download(url: str, target: str | os.PathLike, sha256: str | None = None,
         target: the final path.
         sha256: expected hex checksum, or ``None`` when none is known.
         timeout: seconds to wait for the server at each step.
-        progress: show a progress bar on stderr (for the CLI; off in the library).
+        progress: ``True``: a progress bar on stderr; a callable: byte counts to it
+            (the CLI's :meth:`robust_transfer.progress.Progress.bytes`; Hugging Face hub
+            downloads report nothing to it); ``False``: silent.
 
     Returns:
         ``target`` as a :class:`Path`.
@@ -78,7 +85,7 @@ def part_path(target: Path) -> Path:
 
 # --- any URL ---------------------------------------------------------------------------
 def _http_download(url: str, target: Path, sha256: str | None, timeout: float,
-                   progress: bool) -> None:
+                   progress: bool | ByteProgress) -> None:
     part = part_path(target)
     total = None
     for _ in range(_ATTEMPTS):
@@ -102,7 +109,8 @@ def _http_download(url: str, target: Path, sha256: str | None, timeout: float,
     os.replace(part, target)
 
 
-def _fetch_into(url: str, part: Path, timeout: float, progress: bool) -> int | None:
+def _fetch_into(url: str, part: Path, timeout: float,
+                progress: bool | ByteProgress) -> int | None:
     """One request appending to ``part`` from its current size; the file's total size."""
     done = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "robust-transfer", **({"Range": f"bytes={done}-"} if done else {})}
@@ -141,7 +149,27 @@ def _total_size(response, offset: int) -> int | None:
     return offset + int(length) if length is not None else None
 
 
-def _bar(progress: bool, total: int | None, initial: int, url: str):
+class _ByteCounts:
+    """Byte counts to a :data:`ByteProgress` callback, shaped like a tqdm bar."""
+
+    def __init__(self, report: ByteProgress, total: int | None, done: int) -> None:
+        self.report, self.total, self.done = report, total, done
+
+    def __enter__(self) -> _ByteCounts:
+        self.report(self.done, self.total)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.report(self.done, self.total)
+
+
+def _bar(progress: bool | ByteProgress, total: int | None, initial: int, url: str):
+    if callable(progress):
+        return _ByteCounts(progress, total, initial)
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
@@ -150,14 +178,14 @@ def _bar(progress: bool, total: int | None, initial: int, url: str):
 
 # --- the Hugging Face hub ----------------------------------------------------------------
 def _hf_download(repo: str, filename: str, revision: str, target: Path, timeout: float,
-                 progress: bool, endpoint: str | None = None) -> None:
+                 progress: bool | ByteProgress, endpoint: str | None = None) -> None:
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
     except ImportError:  # not installed: the same resumable path as any other URL
         url = f"https://huggingface.co/{repo}/resolve/{revision}/{filename}"
         return _http_download(url, target, None, timeout, progress)
-    (enable_progress_bars if progress else disable_progress_bars)()
+    (enable_progress_bars if progress is True else disable_progress_bars)()
     try:
         path = hf_hub_download(repo, filename, revision=revision, local_dir=target.parent,
                                etag_timeout=timeout, endpoint=endpoint)

@@ -54,9 +54,11 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from robust_transfer.progress import Progress
 
-    # start, end and a line every interval off a terminal (no byte counts yet)
-    with Progress(f"zoo fetch {args.name}", unit="files"):
-        path = zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download)
+    # byte counts, rate and ETA of an HTTP download; start, end and a line every interval
+    # for a Hugging Face hub one; nothing for a file already here
+    with Progress(f"zoo fetch {args.name}", unit="files") as progress:
+        path = zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download,
+                         progress=progress.bytes)
     print(path)
     return 0
 

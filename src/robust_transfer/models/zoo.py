@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,6 +32,9 @@ from robust_transfer.errors import CheckpointError, UnknownNameError
 from robust_transfer.models.arch import TransferModel
 from robust_transfer.models.checkpoints import checkpoint_paths, load_model, read_metadata
 from robust_transfer.registry import Registry
+
+if TYPE_CHECKING:
+    from robust_transfer.hub import ByteProgress
 
 ZOO_ENV = "ROBUST_TRANSFER_ZOO"
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -198,13 +201,15 @@ def _embedded(name: str) -> dict[str, Any] | None:
 
 
 # --- fetching --------------------------------------------------------------------------
-def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: bool = False) -> Path:
+def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: bool = False,
+          progress: bool | ByteProgress = False) -> Path:
     """The local file of a zoo model, downloading a published one only when allowed.
 
     Args:
         name: a zoo name (embedded or published).
         dest_dir: folder of published checkpoints (default: :func:`zoo_dir`).
         allow_download: download a missing published file.
+        progress: a download's progress (see :func:`robust_transfer.hub.download`).
 
     Returns:
         The checkpoint's path.
@@ -225,11 +230,11 @@ def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: 
     if not allow_download:
         raise CheckpointError(f"{entry.file} is not in {folder}: download it from {entry.url} "
                               f"into that folder, or run 'robust-transfer zoo fetch {name} --download'")
-    return download(entry.url, target, entry.sha256)
+    return download(entry.url, target, entry.sha256, progress=progress)
 
 
 def download(url: str, target: str | os.PathLike, sha256: str | None = None,
-             timeout: float = 60.0, progress: bool = False) -> Path:
+             timeout: float = 60.0, progress: bool | ByteProgress = False) -> Path:
     """Download ``url`` to ``target``: resumable, checked against ``sha256`` if given.
 
     See :func:`robust_transfer.hub.download` (Hugging Face hub URLs through
@@ -240,7 +245,7 @@ def download(url: str, target: str | os.PathLike, sha256: str | None = None,
         target: the final path; it appears only once the file is complete and verified.
         sha256: expected hex checksum, or ``None`` when none is known.
         timeout: seconds to wait for the server at each step.
-        progress: show a progress bar on stderr.
+        progress: ``True`` for a bar on stderr, or a ``progress(done, total)`` callable.
 
     Returns:
         ``target`` as a :class:`Path`.
