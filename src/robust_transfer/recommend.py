@@ -20,7 +20,6 @@ reports where the probe misleads.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robust_transfer.analysis.intervals import mean_t_interval
 from robust_transfer.data import balanced_subset, default_policy, load_dataset
 from robust_transfer.data.datasets import ImageArrays
 from robust_transfer.data.subsets import split_validation
@@ -221,16 +221,6 @@ def _probe(feats: np.ndarray, labels: np.ndarray, train_rows: list[int], val_row
     return float((clf.predict((x_val - mean) / std) == y_val).mean())
 
 
-def _t_interval(values: np.ndarray) -> tuple[float, float]:
-    from scipy import stats
-
-    k = len(values)
-    if k < 2:
-        return math.nan, math.nan
-    half = stats.t.ppf(0.975, k - 1) * values.std(ddof=1) / math.sqrt(k)
-    return float(values.mean() - half), float(values.mean() + half)
-
-
 def _rank(raw: dict[str, tuple[list[float], dict[str, Any]]]) -> tuple[SourceScore, ...]:
     means = {k: float(np.mean(v[0])) for k, v in raw.items()}
     order = sorted(raw, key=lambda k: (-means[k], k))
@@ -239,8 +229,8 @@ def _rank(raw: dict[str, tuple[list[float], dict[str, Any]]]) -> tuple[SourceSco
     for name in order:
         accs = np.asarray(raw[name][0])
         gap = accs - best
-        gap_lo, gap_hi = (0.0, 0.0) if name == order[0] else _t_interval(gap)
-        lo, hi = _t_interval(accs)
+        gap_lo, gap_hi = (0.0, 0.0) if name == order[0] else mean_t_interval(gap)[1:]
+        _, lo, hi = mean_t_interval(accs)
         scores.append(SourceScore(name, tuple(float(a) for a in accs), means[name], lo, hi,
                                   float(gap.mean()), gap_lo, gap_hi, raw[name][1]))
     return tuple(scores)
