@@ -60,3 +60,18 @@ def test_epoch_chosen_on_validation():
                            "val_acc": [0.5, 0.7, 0.7, 0.9, 0.1], "test_acc": [0.4, 0.6, 0.9, 0.8, 0.2]})
     best = select_epochs_on_validation(epochs).set_index("run_id")
     assert best.loc["a", "epoch"] == 2 and best.loc["b", "epoch"] == 1  # ties: the earliest
+
+
+def test_robustness_table_and_figure():
+    from robust_transfer.analysis.robustness import robustness_figure, robustness_table
+
+    runs = _runs().assign(source_eps=lambda f: np.where(f.source == "natural", 0.0, 1.0),
+                          source_norm=lambda f: np.where(f.source == "natural", "none", "l2"),
+                          robust_acc=lambda f: np.where(f.source == "natural", 0.0, 0.3))
+    table = robustness_table(runs)
+    assert len(table) == 4 and (table["seeds"] == 3).all()
+    rob = table[table.source == "robust"]
+    assert np.allclose(rob["robust"], 0.3) and np.allclose(rob["robust_lo"], 0.3)
+    assert robustness_figure(table, "digits") is not None
+    assert robustness_figure(table, "cifar10") is None
+    assert robustness_table(runs.drop(columns="robust_acc")).empty
