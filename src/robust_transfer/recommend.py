@@ -231,6 +231,7 @@ def _rank(raw: dict[str, tuple[list[float], dict[str, Any]]]) -> tuple[SourceSco
         gap = accs - best
         gap_lo, gap_hi = (0.0, 0.0) if name == order[0] else mean_t_interval(gap)[1:]
         _, lo, hi = mean_t_interval(accs)
+        lo, hi = max(lo, 0.0), min(hi, 1.0)  # an accuracy's interval stays in [0, 1] (NaN stays NaN)
         scores.append(SourceScore(name, tuple(float(a) for a in accs), means[name], lo, hi,
                                   float(gap.mean()), gap_lo, gap_hi, raw[name][1]))
     return tuple(scores)
