@@ -143,8 +143,8 @@ def _replay_runs(args: argparse.Namespace) -> tuple[dict[str, Any], str, np.ndar
         name, rid = (name, rid) if sep else (spec, spec)
         replay = replay_run(args.study, rid, args.data_root)
         models[name] = replay.result.model
-        targets.add(replay.config["target"])
-        runs[name] = {"run_id": replay.run_id, "config": replay.config,
+        targets.add(replay.config.target)
+        runs[name] = {"run_id": replay.run_id, "config": replay.config.to_dict(),
                       "stored_test_acc": replay.stored_test_acc,
                       "replayed_test_acc": replay.result.test_acc}
         print(f"replayed run {replay.run_id} ({name}): test acc {replay.result.test_acc:.4f}, "

@@ -16,7 +16,7 @@ from robust_transfer.cli.common import (
     positive_int,
 )
 from robust_transfer.models.arch import ARCHS
-from robust_transfer.models.zoo import load_source
+from robust_transfer.models.sources import load_source
 from robust_transfer.engine.training import SCHEDULES
 
 
@@ -152,19 +152,21 @@ def _finetune(args) -> int:
     recipe = Recipe(args.lr, args.momentum, args.weight_decay, args.schedule, args.batch_size,
                     {"auto": "auto", "on": True, "off": False}[args.augment], args.resolution,
                     args.head_init)
-    model, meta = load_source(args.source)
+    model = load_source(args.source)
+    record = model.source_record
     train = load_dataset(args.target, "train", args.data_root, args.download)
     test = load_dataset(args.target, "test", args.data_root, args.download)
     result = finetune(model, train, test, n=args.n, unfrozen=unfrozen, epochs=args.epochs,
                       seed=args.seed, recipe=recipe, device=args.device,
-                      source_id=str(meta.get("sha256", "")), callback=Progress("finetune"))
+                      source_id=record.sha256 or "", callback=Progress("finetune"))
     summary = {"source": args.source, "target": args.target, "n": result.n_train,
                "unfrozen_blocks": str(unfrozen), "epochs": args.epochs, "seed": args.seed,
                "test_acc": result.test_acc, "seconds": round(result.seconds, 2),
                "cached_prefix": result.cached_prefix}
     if args.out:
         save_model(result.model, args.out, {**summary, "training": "finetune",
-                                            "recipe": recipe.to_dict(), "source_metadata": meta},
+                                            "recipe": recipe.to_dict(),
+                                            "source_metadata": record.to_dict()},
                    overwrite=args.overwrite)
     print(json.dumps(summary) if args.json else
           f"{args.source} -> {args.target}: n={result.n_train} unfrozen={unfrozen} "
@@ -197,8 +199,8 @@ def _evaluate(args) -> int:
     from robust_transfer.errors import ConfigError
     from robust_transfer.engine.training import TensorLoader, evaluate
 
-    model, meta = load_source(args.model)
-    name = args.dataset or meta.get("source_dataset")
+    model = load_source(args.model)
+    name = args.dataset or model.source_record.metadata.get("source_dataset")
     if not name:
         raise ConfigError("the checkpoint does not name its dataset; pass --dataset")
     data = load_dataset(name, "test", args.data_root, args.download)
