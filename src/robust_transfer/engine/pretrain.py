@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -210,10 +209,3 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
         "history": [h.to_dict() for h in history],
     }
 
-
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to train into an existing checkpoint unless asked (before any work)."""
-    from robust_transfer.models.checkpoints import refuse_existing
-
-    refuse_existing(path, overwrite)
-    return Path(path)

@@ -244,12 +244,3 @@ class _Tracker:
         self.callback(Progress(self.done, self.failed, self.running, remaining, self.total,
                                elapsed, eta, last))
 
-
-def study_dir_summary(study_dir: str | Path) -> dict[str, Any]:
-    """Status counts plus the first failures, for ``study status``."""
-    from robust_transfer.study.lock import driver_alive
-
-    with StudyStore(study_dir, readonly=True) as store:
-        status = store.status(live=driver_alive(study_dir))
-        return {"status": status, "failures": store.failures(5), "specs": store.specs()}
-
