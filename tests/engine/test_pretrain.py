@@ -11,12 +11,12 @@ import textwrap
 import pytest
 import torch
 
-from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.data import datasets as ds
-from robust_transfer.errors import ConfigError, OutputExistsError
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.pretrain import PretrainConfig, dataset_stats, pretrain
-from robust_transfer.models.checkpoints import refuse_existing
 from robust_transfer.engine.training import OptimConfig
+from robust_transfer.errors import ConfigError, OutputExistsError
+from robust_transfer.models.checkpoints import refuse_existing
 
 TINY = {"dataset": "digits", "input_size": 12, "epochs": 1, "batch_size": 64,
         "train_images": 300, "eval_images": 100, "optim": OptimConfig(lr=0.05)}
