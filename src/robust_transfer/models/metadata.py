@@ -19,6 +19,7 @@ FORMAT_NAME = "robust_transfer"
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
 METADATA_SUFFIX = ".json"
+TIMM_PREFIX = "timm:"  # a timm architecture's name in our metadata: timm:<timm name>
 REQUIRED_FIELDS = ("format", "format_version", "sha256", "arch", "num_classes", "input_size",
                    "mean", "std")
 _CHUNK = 1 << 20

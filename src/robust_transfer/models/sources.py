@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from robust_transfer.errors import CheckpointError, ConfigError
 from robust_transfer.models import zoo
-from robust_transfer.models.metadata import checkpoint_paths, is_ours, read_metadata, sha256_file
+from robust_transfer.models.metadata import (
+    TIMM_PREFIX,
+    checkpoint_paths,
+    is_ours,
+    read_metadata,
+    sha256_file,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +39,6 @@ if TYPE_CHECKING:
     from robust_transfer.models.arch import TransferModel
 
 KINDS = ("embedded", "published", "torchvision", "checkpoint", "timm")
-TIMM_PREFIX = "timm:"
 PATH_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".json", ".tar")
 
 
@@ -243,14 +248,16 @@ def load_source(source: str | os.PathLike | SourceRecord,
     record = resolve_source(source)
     if record.kind == "timm":
         model = timm_source(str(record.metadata.get("timm_name", record.name)),
-                             pretrained=True, num_classes=None)
+                            pretrained=True, num_classes=None)
+        found: dict[str, Any] = {}
     else:
-        model = _load_file(record)
-    model.source_record = record
+        model, found = _load_file(record)
+    # what the file itself says (format, epoch, normaliser) joins the record's metadata
+    model.source_record = replace(record, metadata={**record.metadata, **found})
     return model.to(device).eval()
 
 
-def _load_file(record: SourceRecord) -> TransferModel:
+def _load_file(record: SourceRecord) -> tuple[TransferModel, dict[str, Any]]:
     from robust_transfer.models.checkpoints import load_model
 
     if record.path is None:
@@ -258,17 +265,22 @@ def _load_file(record: SourceRecord) -> TransferModel:
     if record.kind in ("embedded",) or (record.kind == "checkpoint" and is_ours(record.path)):
         model, meta = load_model(record.path)  # checks the sha256 in its metadata
         actual = str(meta["sha256"])
+        meta = {}  # the record already holds this metadata
     else:
         actual = file_sha256(record.path)
         _check_hash_prefix(record, actual)
+        entry = zoo.PUBLISHED.get(record.name) if record.kind == "published" else None
         fixed = record.kind in ("published", "torchvision")
-        model, _ = load_model(record.path, arch=record.arch if fixed else None,
-                              num_classes=record.num_classes if fixed else None)
+        if entry is not None and hasattr(entry, "load_checkpoint"):  # zoo_timm: its own format
+            model, meta = entry.load_checkpoint(record.path)
+        else:
+            model, meta = load_model(record.path, arch=record.arch if fixed else None,
+                                     num_classes=record.num_classes if fixed else None)
     if record.sha256 is not None and actual != record.sha256:
         raise CheckpointError(f"{record.path} changed: its sha256 is {actual[:12]}..., not the "
                               f"{record.sha256[:12]}... it had when '{record.name}' was resolved "
                               "(e.g. by the study that pinned it); restore it")
-    return model
+    return model, meta
 
 
 def _check_hash_prefix(record: SourceRecord, actual: str) -> None:
