@@ -34,6 +34,8 @@ COMMANDS: dict[str, Command] = {
     "influence": Command("influence", "last-layer influence functions: top-k images, "
                          "class-match curves"),
     "saliency": Command("saliency", "input-gradient maps, models side by side"),
+    "recommend": Command("recommend", "rank source models for a target by head-only probes "
+                         "on a held-out validation set (never the test set)"),
     "completion": Command("completion", "print a shell completion script (bash or zsh)"),
 }
 
