@@ -82,11 +82,6 @@ def parse_n(value: Any) -> int | None:
     return int(value)
 
 
-def unfrozen_label(value: UnfrozenBlocks) -> str:
-    """``"0"``, ``"3"`` or ``"all"``: how configs, stores and tables write the setting."""
-    return str(value)
-
-
 def n_label(value: int | None) -> str:
     """``"200"`` or ``"all"``: how configs, stores and tables write a number of images."""
     return "all" if value is None else str(value)
