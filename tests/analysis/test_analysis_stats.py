@@ -15,7 +15,7 @@ from robust_transfer.analysis import (
     summarize_deltas,
     summarize_runs,
 )
-from robust_transfer.analysis.synthetic import SyntheticSource, SyntheticStudy, make_study
+from synthetic_study import SyntheticSource, SyntheticStudy, make_study
 from robust_transfer.errors import ConfigError, UnknownNameError
 
 
