@@ -67,6 +67,6 @@ def test_verdict_figure_and_sentences_are_above_the_fold(tmp_path):
     assert shot.is_file(), f"no screenshot (exit {proc.returncode}): {proc.stderr[-500:]}"
     pixels = mpimg.imread(shot)[..., :3]
     assert pixels.shape[:2] == (FOLD, 1200)
-    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    r, b = pixels[..., 0], pixels[..., 2]
     blue = ((b - r) > 0.25) & (b > 0.5)  # RdBu's blue cells: the robust sources ahead
     assert blue.sum() > 2000, "no heatmap colours above the fold"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import SyntheticSource, SyntheticStudy, make_study
 
 from robust_transfer.analysis import CIOptions, epoch_factors, image_factors, prepare_runs
 from robust_transfer.analysis.efficiency import crossing_points
 from robust_transfer.analysis.report import compute
 from robust_transfer.analysis.stats import epoch_curves
-from synthetic_study import SyntheticSource, SyntheticStudy, make_study
 
 NS = (100, 200, 400, 800, 1600)
 

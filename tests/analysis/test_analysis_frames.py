@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import make_study
 
 from robust_transfer.analysis import (
     image_factors,
@@ -16,7 +17,6 @@ from robust_transfer.analysis import (
 from robust_transfer.analysis.frames import display_name, source_table
 from robust_transfer.analysis.report import compute
 from robust_transfer.analysis.stats import CIOptions
-from synthetic_study import make_study
 from robust_transfer.errors import ConfigError, RobustTransferError, UnknownNameError
 
 

@@ -11,7 +11,6 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
-
 from synthetic_study import SyntheticStudy, make_study
 
 from robust_transfer.analysis import AnalysisResult, Reference, analyze, analyze_study

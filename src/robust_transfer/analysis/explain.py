@@ -216,7 +216,10 @@ def paired_class_match(folders: list[InfluenceFolder], baseline: str,
         diffs = [r["diff"] for r in per_seed if r["source"] == source]
         if len(diffs) >= 2:
             obs = np.stack([d.mean(axis=0) for d in diffs])  # [seeds, ranks]
-            method, images = f"t over {len(diffs)} fine-tuning seeds", diffs[0].shape[0]
+            per_seed_top1 = ", ".join(f"{100 * v:+.1f}" for v in obs[:, 0])
+            method = (f"t over {len(diffs)} fine-tuning seeds, whose top-1 differences are "
+                      f"{per_seed_top1} points")
+            images = diffs[0].shape[0]
         else:
             obs, method, images = diffs[0], "t over test images (one seed)", diffs[0].shape[0]
         k = len(obs)

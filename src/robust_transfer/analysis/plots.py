@@ -220,7 +220,7 @@ def eps_sweep_figures(summary: pd.DataFrame, sources: pd.DataFrame,
     for ax, (target, norm, unfrozen) in zip(axes.flat, panels, strict=False):
         sel = part[(part["target"] == target) & (part["unfrozen_blocks"] == unfrozen)
                    & part["norm"].isin([norm, "none"])]
-        for i, (n, line) in enumerate(sel.groupby("n")):
+        for n, line in sel.groupby("n"):
             line = line.sort_values("eps")
             color = cmap(ns.index(n) / max(len(ns) - 1, 1))
             ax.plot(line["eps"] * (255 if norm == "linf" else 1), 100 * line["mean"],

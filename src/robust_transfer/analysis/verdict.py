@@ -89,7 +89,10 @@ def _pts(value: float) -> str:
 
 
 def _with(unfrozen: str) -> str:
-    return "with the head only" if unfrozen == "0" else f"with {unfrozen_text(unfrozen)} unfrozen"
+    if unfrozen == "0":
+        return "with the head only"
+    text = unfrozen_text(unfrozen)
+    return f"with {text if text.startswith('all') else 'the ' + text} unfrozen"
 
 
 def _seeds_text(n_seeds: pd.Series) -> str:
