@@ -67,7 +67,8 @@ def overview(result: AnalysisResult) -> list[str]:
         + ", ".join(f"{n} ('{s}')" for s, n in zip(result.sources["source"],
                                                   result.sources["name"], strict=True)) + ".",
         f"Targets: {', '.join(sorted(result.runs['target'].unique()))}; seeds per cell: "
-        f"{int(seeds.min())}-{int(seeds.max())}.",
+        + (f"{int(seeds.min())}." if seeds.min() == seeds.max() else
+           f"{int(seeds.min())}-{int(seeds.max())}."),
         f"Intervals: {result.options.percent} {_method_name(result)} over seeds.",
         f"Accuracy against epochs: {_curve_kind(result)}.",
         *result.notes,

@@ -105,6 +105,9 @@ def _lead(cells: pd.DataFrame, names: dict[str, str], base: str) -> str:
     """One unfrozen setting's cells in words: who is clearly ahead where, and by how much."""
     better, worse = cells[cells["verdict"] == BETTER], cells[cells["verdict"] == WORSE]
     total, parts = len(cells), []
+    if (cells["verdict"] == ONE_SEED).all():
+        return (f"every cell has one seed, so no interval: robust minus {base} is "
+                f"{_pts(cells['mean'].min())} to {_pts(cells['mean'].max())} points")
     for rows, who in ((better, "a robust source"), (worse, f"the {base} source")):
         if rows.empty:
             continue
