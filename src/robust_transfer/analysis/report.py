@@ -164,7 +164,7 @@ def compute(runs: pd.DataFrame, epochs: pd.DataFrame | None, baseline: str | Non
     recipe = recipe_variation(runs)
     targets = sorted(runs["target"].unique())
     view = verdict.choose_view(frames["delta_summary"], frames["epoch_summary"],
-                               reference.epochs, reference.n_label)
+                               reference.epochs, reference.n_label, reference.unfrozen_blocks)
     reference = findings.Reference(reference.unfrozen_blocks, reference.epochs,
                                    reference.n_label or _one(view.n_label))
     present = set(map(tuple, runs[["target", "source"]].drop_duplicates().to_numpy()))
@@ -314,12 +314,15 @@ def make_figures(result: AnalysisResult, directory: Path) -> list[plots.FigureSp
                                 result.view.epochs)
     specs += plots.figures_vs_epochs(result.epoch_summary, result.epoch_delta_summary,
                                      result.sources, result.view)
-    specs += plots.eps_sweep_figures(result.summary, result.sources, result.view.epochs)
+    specs += plots.eps_sweep_figures(result.summary, result.sources, result.view.epochs,
+                                     result.view.unfrozen)
     specs += explain_specs(result)
     for spec in specs:
         result.captions[spec.key] = spec.caption
-        if spec.figure is not None:
-            result.figures[spec.key] = plots.save_figure(spec.figure, directory, spec.key)
+        if spec.figure is not None:  # SVG for the paper's figures; the rest as PNG only
+            formats = plots.FORMATS if spec.key.startswith(("fig1", "fig2")) else ("png",)
+            result.figures[spec.key] = plots.save_figure(spec.figure, directory, spec.key,
+                                                         formats)
     return specs
 
 

@@ -35,15 +35,18 @@ class VerdictView:
         epochs: epoch budget of the image comparison (text; ``"0"`` = pooled budgets).
         n_label: per target, the n of the epoch comparison.
         budget: per target, the epoch budget of the epoch comparison (text).
+        unfrozen: the unfrozen setting of single-setting figures (``None``: the fewest).
     """
 
     epochs: str | None
     n_label: dict[str, str]
     budget: dict[str, str]
+    unfrozen: str | None = None
 
 
 def choose_view(delta_summary: pd.DataFrame, epoch_summary: pd.DataFrame,
-                epochs: int | str | None = None, n_label: str | None = None) -> VerdictView:
+                epochs: int | str | None = None, n_label: str | None = None,
+                unfrozen: str | None = None) -> VerdictView:
     """The default slices: the largest (or given) budget; the largest n with two seeds.
 
     Args:
@@ -52,6 +55,7 @@ def choose_view(delta_summary: pd.DataFrame, epoch_summary: pd.DataFrame,
         epochs: budget to show (must be present; checked by the caller).
         n_label: n for the epoch comparison; default per target the largest n whose
             curves have at least two seeds for every source, else the largest n.
+        unfrozen: the unfrozen setting of single-setting figures.
     """
     budgets = sorted({str(v) for v in delta_summary["epochs"]}, key=float)
     chosen = str(epochs) if epochs is not None and str(epochs) in budgets else \
@@ -62,7 +66,7 @@ def choose_view(delta_summary: pd.DataFrame, epoch_summary: pd.DataFrame,
         part = part[part["budget"] == budget]
         budget_by_target[target] = budget
         n_by_target[target] = n_label if n_label in set(part["n_label"]) else _n_with_seeds(part)
-    return VerdictView(chosen, n_by_target, budget_by_target)
+    return VerdictView(chosen, n_by_target, budget_by_target, unfrozen)
 
 
 def _largest_budget(values: pd.Series, wanted: int | str | None) -> str:
@@ -299,15 +303,15 @@ def verdict_figure(cells: pd.DataFrame, target: str, sources: pd.DataFrame,
 def _panel(ax, part: pd.DataFrame, ns: pd.DataFrame, settings: list[str], limit: float):
     grid = np.full((len(settings), len(ns)), np.nan)
     col = {n: j for j, n in enumerate(ns["n"])}
-    for _, r in part.iterrows():
-        i, j = settings.index(r["unfrozen_blocks"]), col[r["n"]]
-        grid[i, j] = 100 * r["mean"]
-        clear = r["verdict"] in (BETTER, WORSE)
-        text = f"{100 * r['mean']:+.1f}" + ("" if r["n_seeds"] >= 2 else "\n1 seed")
-        strong = abs(100 * r["mean"]) > 0.6 * limit
-        ax.text(j, i, text, ha="center", va="center", fontsize=9 if r["n_seeds"] >= 2 else 7,
+    for unfrozen, n, mean, verdict, seeds in zip(part["unfrozen_blocks"], part["n"], part["mean"],
+                                                 part["verdict"], part["n_seeds"], strict=True):
+        i, j = settings.index(unfrozen), col[n]
+        grid[i, j] = 100 * mean
+        clear = verdict in (BETTER, WORSE)
+        text = f"{100 * mean:+.1f}" + ("" if seeds >= 2 else "\n1 seed")
+        ax.text(j, i, text, ha="center", va="center", fontsize=9 if seeds >= 2 else 7,
                 fontweight="bold" if clear else "normal",
-                color="white" if strong else "#111111")
+                color="white" if abs(100 * mean) > 0.6 * limit else "#111111")
         if clear:
             ax.add_patch(Rectangle((j - 0.46, i - 0.44), 0.92, 0.88, fill=False, lw=1.8,
                                    edgecolor="#111111"))
