@@ -131,3 +131,22 @@ def test_saliency_is_gradient_magnitude_at_input_size(tmp_path):
     assert len(shown) == 4 * 3 and shown[1].shape == (28, 28)  # image + 2 maps per row
     assert shown[1].min() >= 0 and shown[1].max() <= 1
     assert fig.axes[1].images[0].get_cmap().name == "gray"
+
+
+def test_broken_outputs_are_one_clear_error(tmp_path, capsys):
+    from robust_transfer.cli import main
+
+    (tmp_path / "inf" / "natural").mkdir(parents=True)
+    (tmp_path / "inf" / "summary.json").write_text("{}")
+    (tmp_path / "inf" / "natural" / "influence.npz").write_bytes(b"not an npz")
+    runs, _ = make_study(SyntheticStudy(sources=SOURCES))
+    csv = tmp_path / "runs.csv"
+    runs.drop(columns=["n_label"]).rename(columns={"source_eps": "eps",
+                                                   "source_norm": "norm"}).to_csv(csv)
+    out = tmp_path / "rep"
+    for flag, path in (("--influence", tmp_path / "inf"), ("--saliency", tmp_path / "inf"),
+                       ("--influence", tmp_path / "missing")):
+        assert main(["analyze", "--csv", str(csv), flag, str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert not out.exists()

@@ -138,13 +138,18 @@ def read_influence(folder: str | Path) -> InfluenceFolder:
     matches, curves, sources, seeds, keys = {}, {}, {}, {}, set()
     chance = float("nan")
     for name in names:
-        with np.load(folder / name / INFLUENCE_NPZ) as data:
-            test, train = data["test_labels"], data["train_labels"]
-            matches[name] = train[data["top_helpful"][:, :TOP_RANKS]] == test[:, None]
-            curves[name] = tuple(data[f"class_match_test_{p}"] for p in ("share", "low", "high"))
-            index = data["test_indices"] if "test_indices" in data.files else test
-            keys.add(np.asarray(index).tobytes())
-            chance = float(np.bincount(train).max() / len(train))
+        try:
+            with np.load(folder / name / INFLUENCE_NPZ) as data:
+                test, train = data["test_labels"], data["train_labels"]
+                matches[name] = train[data["top_helpful"][:, :TOP_RANKS]] == test[:, None]
+                curves[name] = tuple(data[f"class_match_test_{p}"]
+                                     for p in ("share", "low", "high"))
+                index = data["test_indices"] if "test_indices" in data.files else test
+                keys.add(np.asarray(index).tobytes())
+                chance = float(np.bincount(train).max() / len(train))
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(f"cannot read {folder / name / INFLUENCE_NPZ} ({err}); rerun "
+                              "robust-transfer influence for it") from None
         sources[name], seeds[name] = _run_of(summary, name)
     if len(keys) != 1:
         raise ConfigError(f"the models of {folder} were scored on different test images")
