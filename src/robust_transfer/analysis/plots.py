@@ -68,7 +68,10 @@ def grid_figure(frame: pd.DataFrame, x: str, sources: pd.DataFrame, ylabel: str,
     targets = sorted(frame["target"].unique())
     settings = sorted(frame["unfrozen_blocks"].unique(), key=unfrozen_key)
     fig = Figure(figsize=(FIG_WIDTH, 1.2 + 2.7 * len(targets)), dpi=100)
-    axes = fig.subplots(len(targets), len(settings), squeeze=False, sharey="row")
+    # targets measured at the same x share the x axis: tick labels only on the bottom row
+    same_x = frame.groupby("target")[x].apply(lambda v: tuple(sorted(set(v)))).nunique() == 1
+    axes = fig.subplots(len(targets), len(settings), squeeze=False, sharey="row",
+                        sharex="col" if same_x else False)
     _draw_lines(axes, frame.sort_values(x), x, sources, targets, settings)
     _decorate(axes, targets, settings, x, ylabel, log_x, zero_line)
     if x == "n":
