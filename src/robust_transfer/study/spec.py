@@ -16,14 +16,17 @@ is a complete one)::
     recipe: {lr: [0.1, 0.01], batch_size: 64}           # any recipe field may be a list
     resources: {num_cpus: 1, num_gpus: 0.25}            # per run (Ray; threads per run)
     feature_cache: true                                 # share frozen-prefix outputs
+    feature_cache_budget: 50 GB                         # optional; refused up front if too small
     grid:                                               # optional sub-grids; each overrides
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
 
 Recipe fields and defaults are those of :class:`robust_transfer.engine.transfer.Recipe`. With
 augmentation on (``augment: true``, or ``auto`` on colour targets) the frozen prefix sees
-a different input every epoch, so the feature cache is not used for those runs: they
-recompute the prefix every step, as without a cache, and their accuracy is unaffected.
+a different training input every epoch, so those runs cache only their test images'
+prefix outputs (see :func:`robust_transfer.engine.transfer.cache_plan`); their accuracy
+is unaffected. ``recipe: {feature_dtype: float16}`` halves the cache (a different result,
+so a different run id).
 
 A run's id is the sha256 of its fully resolved config (every default filled in, canonical
 JSON with sorted keys), so reordering the YAML keeps the ids and changing any value that
@@ -48,7 +51,7 @@ from robust_transfer.engine.transfer import Recipe
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
 TOP_KEYS = ("name", "description", "sources", *AXES, "recipe", "grid", "resources", "device",
-            "feature_cache", "data_root")
+            "feature_cache", "feature_cache_budget", "data_root")
 GRID_KEYS = (*AXES, "recipe")
 SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
@@ -162,6 +165,7 @@ class StudySpec:
     description: str = ""
     text: str = ""
     path: Path | None = None
+    feature_cache_budget: int | None = None  # bytes
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study, once each, in a deterministic order."""
@@ -232,7 +236,8 @@ class _Parser:
         return StudySpec(name, self.sources(data["sources"], base), grids,
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
-                         data.get("data_root"), str(data.get("description") or ""), text, path)
+                         data.get("data_root"), str(data.get("description") or ""), text, path,
+                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)))
 
     # --- sources ---------------------------------------------------------------------
     def sources(self, items: Any, base: Path) -> tuple[SourceSpec, ...]:
@@ -353,6 +358,14 @@ class _Parser:
         if res.num_cpus <= 0 or res.num_gpus < 0:
             raise self.fail(("resources",), "num_cpus must be > 0 and num_gpus >= 0")
         return res
+
+    def byte_size(self, value: Any, path: tuple) -> int | None:
+        from robust_transfer.engine.features import parse_bytes
+
+        try:
+            return None if value is None else parse_bytes(value)
+        except ConfigError as err:
+            raise self.fail(path, f"{path[-1]}: {err}") from None
 
     def boolean(self, value: Any, path: tuple) -> bool:
         if not isinstance(value, bool):
