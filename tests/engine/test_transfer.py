@@ -250,3 +250,17 @@ def test_feature_dtype_enters_the_config_only_when_not_float32():
     assert Recipe(**Recipe(feature_dtype="float16").to_dict()) == Recipe(feature_dtype="float16")
     with pytest.raises(ConfigError, match="feature_dtype"):
         Recipe(feature_dtype="bfloat16")
+
+
+def test_influence_features_are_prefix_outputs_and_the_mode_is_restored_on_errors(digits_model, digits_test):
+    from robust_transfer.data import InputPolicy
+    from robust_transfer.influence import extract_features
+
+    policy = InputPolicy(3, 16)
+    model = copy.deepcopy(digits_model).train()
+    feats = extract_features(model, digits_test.images[:20], policy, batch_size=8)
+    same = transfer.prefix_outputs(model, digits_test.images[:20], policy, len(model.stages()), True)
+    assert feats.dtype == torch.float64 and torch.equal(feats, same.double()) and model.training
+    with pytest.raises(RuntimeError):
+        transfer.prefix_outputs(model, torch.zeros(2, 5, 16, 16, dtype=torch.uint8), policy, 2, False)
+    assert model.training, "the mode is restored even when the forward fails"
