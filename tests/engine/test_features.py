@@ -19,9 +19,9 @@ from robust_transfer.engine.features import (
     key_digest,
     parse_bytes,
 )
+from robust_transfer.engine.transfer import MemoryFeatureStore, Recipe, finetune
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import create_model
-from robust_transfer.engine.transfer import MemoryFeatureStore, Recipe, finetune
 
 KEY = {"source": "abc", "dataset": "digits", "split": "train", "resolution": 16, "depth": 4,
        "pooled": True}

@@ -60,10 +60,6 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
-from robust_transfer.errors import ConfigError
-from robust_transfer.models import TransferModel, prepare_finetune
-from robust_transfer.models.finetune import ALL, parse_unfrozen
-from robust_transfer.models.modes import eval_mode
 from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
@@ -72,6 +68,10 @@ from robust_transfer.engine.training import (
     fit,
     resolve_device,
 )
+from robust_transfer.errors import ConfigError
+from robust_transfer.models import TransferModel, prepare_finetune
+from robust_transfer.models.finetune import ALL, parse_unfrozen
+from robust_transfer.models.modes import eval_mode
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3

@@ -80,9 +80,9 @@ def finetune_config(config: dict[str, Any], model, source_sha256: str, data_root
     Returns:
         The :class:`~robust_transfer.engine.transfer.FinetuneResult`.
     """
+    from robust_transfer.engine.transfer import finetune
     from robust_transfer.study.resolve import load_split
     from robust_transfer.study.spec import RunConfig
-    from robust_transfer.engine.transfer import finetune
 
     run = RunConfig.from_dict(config)
     train = load_split(run.target, "train", data_root)
