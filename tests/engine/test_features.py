@@ -211,12 +211,38 @@ def test_only_damaged_rows_are_recomputed(tmp_path):
     assert torch.equal(out, fake_features([4, 5, 6]))
 
 
-def test_non_finite_outputs_are_returned_but_never_stored(tmp_path):
+def test_non_finite_outputs_are_returned_but_never_marked_done(tmp_path):
     store = DiskFeatureStore(tmp_path)
     nan_rows = lambda idx: torch.full((len(idx), 3), float("nan"))  # noqa: E731
     out = store.get_or_compute(KEY, np.array([0, 1]), nan_rows)
-    assert out.isnan().all() and not list(tmp_path.rglob("data.npy"))
-    assert torch.equal(store.get_or_compute(KEY, np.array([1]), fake_features), fake_features([1]))
+    assert out.isnan().all()
+    rec = Recorder()
+    assert torch.equal(store.get_or_compute(KEY, np.array([1, 0]), rec), fake_features([1, 0]))
+    assert [c.tolist() for c in rec.calls] == [[0, 1]], "the NaN rows were not trusted"
+
+
+def test_large_splits_are_written_in_chunks_and_come_back_memory_mapped(tmp_path, monkeypatch):
+    from robust_transfer.engine import features
+
+    monkeypatch.setattr(features, "CHUNK_BYTES", 5 * 3 * 4)  # 5 rows of 3 float32 at a time
+    store, rec = DiskFeatureStore(tmp_path), Recorder()
+    out = store.get_or_compute(KEY, np.arange(23), rec)
+    assert [len(c) for c in rec.calls] == [16, 5, 2]  # a probe for the row shape, then chunks
+    assert torch.equal(out, fake_features(np.arange(23)))
+    again = DiskFeatureStore(tmp_path).get_or_compute(KEY, np.arange(23), rec)
+    assert torch.equal(again, out) and len(rec.calls) == 3
+    assert _mapped_file(again.data_ptr()) == str(next(tmp_path.rglob("data.npy"))), "not a copy"
+    assert _mapped_file(store.get_or_compute(KEY, np.arange(5), rec).data_ptr()) is None
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file mapped at ``address`` in this process (Linux), if any."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        parts = line.split()
+        low, high = (int(x, 16) for x in parts[0].split("-"))
+        if low <= address < high:
+            return parts[5] if len(parts) > 5 and parts[5].startswith("/") else None
+    return None
 
 
 def test_float16_keys_store_half_the_bytes(tmp_path):

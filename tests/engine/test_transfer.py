@@ -194,6 +194,9 @@ def test_cache_plan():
     assert plan(16, 3, False, bytes_per_image=10, n_train=5, n_test=61, memory_limit=600) == \
         transfer.CachePlan(14, False, True, False)
     assert not plan(16, 3, False, bytes_per_image=10, n_train=61, n_test=61, memory_limit=600).any
+    # a disk store maps the test outputs instead of holding them: any size is cached
+    assert plan(16, 3, False, bytes_per_image=10, n_train=50, n_test=10**6, memory_limit=600,
+                test_on_disk=True) == transfer.CachePlan(14, False, True, True)
 
 
 @pytest.mark.parametrize("augment", [True, False])

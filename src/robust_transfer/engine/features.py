@@ -57,6 +57,7 @@ from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write, atomic_write_text
 
 KEY_FIELDS = ("source", "dataset", "split", "resolution", "depth", "pooled")
+CHUNK_BYTES = 256 * 2**20  # computed rows written at a time
 DTYPES = ("float32", "float16")
 CACHE_ADVICE = ("store prefix outputs as float16 (recipe feature_dtype: float16, half the "
                 "bytes), use fewer test images, give the cache a bigger budget or disk, or "
@@ -155,14 +156,14 @@ class DiskFeatureStore:
                 warnings.warn(f"feature cache {folder}: {problems}; recomputing "
                               f"{len(todo)} row(s)", FeatureCacheWarning, stacklevel=2)
             if len(todo):
-                fresh = compute(todo).detach().cpu().to(getattr(torch, dtype)).numpy()
-                self.computed += len(todo)
-                if not np.isfinite(fresh).all():  # never store what a read would reject
-                    return _assemble(entry, indices, todo, fresh)
-                grown = entry.merge(todo, fresh, int(indices.max()) + 1)
-                self._check_budget(folder, grown)
-                entry.write(folder)
-            return torch.from_numpy(np.ascontiguousarray(entry.data[indices]))
+                def counted(idx: np.ndarray) -> np.ndarray:
+                    self.computed += len(idx)
+                    return compute(idx).detach().cpu().to(getattr(torch, dtype)).numpy()
+
+                rows = max(int(indices.max()) + 1, len(entry.done))
+                entry = entry.rewrite(folder, todo, counted, rows,
+                                      lambda nbytes: self._check_budget(folder, nbytes))
+            return entry.rows(indices)
 
     def _folder(self, key: dict) -> Path:
         missing_fields = [f for f in KEY_FIELDS if f not in key]
@@ -175,6 +176,8 @@ class DiskFeatureStore:
         if not key_file.exists():
             atomic_write_text(key_file, json.dumps(key, sort_keys=True))
         return folder
+
+    memory_mapped = True  # whole splits come back as views of the file (see cache_plan)
 
     def _check_budget(self, folder: Path, new_bytes: int) -> None:
         if self.max_bytes is None:
@@ -249,7 +252,7 @@ class _Entry:
         try:
             with np.load(index_path, allow_pickle=False) as index:
                 done, crc, shape = index["done"], index["crc"], tuple(index["shape"].tolist())
-            data = np.load(data_path, mmap_mode="r", allow_pickle=False)
+            data = np.load(data_path, mmap_mode="c", allow_pickle=False)  # writes stay private
         except (OSError, ValueError, EOFError, KeyError) as err:  # truncated, garbage, missing
             empty.damage = f"unreadable ({type(err).__name__}: {str(err)[:80]})"
             return empty
@@ -281,29 +284,65 @@ class _Entry:
         good = claimed[~bad]
         return np.setdiff1d(wanted, good), problems
 
-    def merge(self, todo: np.ndarray, fresh: np.ndarray, min_rows: int) -> int:
-        """Put ``fresh`` rows at ``todo``; returns the new data size in bytes."""
-        rows = max(min_rows, len(self.done))
-        if self.data is not None and self.data.shape[1:] != fresh.shape[1:]:
-            raise ConfigError(f"feature cache holds outputs of shape {self.data.shape[1:]} but "
-                              f"the run computed {fresh.shape[1:]}: delete the cache folder and rerun")
-        data = np.zeros((rows, *fresh.shape[1:]), dtype=fresh.dtype)
-        done, crc = np.zeros(rows, dtype=bool), np.zeros(rows, dtype=np.uint32)
-        if self.data is not None:
-            keep = np.flatnonzero(self.done[: len(self.data)])
-            keep = keep[~np.isin(keep, todo)]
-            data[keep], done[keep], crc[keep] = self.data[keep], True, self.crc[keep]
-        data[todo], done[todo], crc[todo] = fresh, True, row_crc(fresh)
-        self.data, self.done, self.crc = data, done, crc
-        return data.nbytes
+    def rewrite(self, folder: Path, todo: np.ndarray, compute: Callable[[np.ndarray], np.ndarray],
+                rows: int, check_budget: Callable[[int], None]) -> _Entry:
+        """Write a new data file with ``rows`` rows: the good old ones and ``todo`` computed.
 
-    def write(self, folder: Path) -> None:
-        # data first, then the index: the index never claims rows the data file lacks
-        with atomic_write(folder / "data.npy") as f:
-            np.save(f, self.data)
+        The file is filled through a memory map, ``CHUNK_BYTES`` of computed rows at a time,
+        so a split far larger than memory (10,000 ResNet-50 test images at 784 KiB) is
+        never held whole. Rows that come out non-finite are written but not marked done:
+        they are handed back this once and recomputed next time.
+        """
+        first = compute(todo[:16]) if self.data is None else None  # learns the row shape
+        shape, dtype = (first.shape[1:], first.dtype) if first is not None else (
+            self.data.shape[1:], self.data.dtype)
+        row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        check_budget(rows * row_bytes)
+        done, crc = np.zeros(rows, dtype=bool), np.zeros(rows, dtype=np.uint32)
+        with atomic_write(folder / "data.npy", "w+b") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                     "fortran_order": False, "shape": (rows, *shape)})
+            offset = f.tell()
+            f.truncate(offset + rows * row_bytes)
+            f.flush()
+            out = np.memmap(f, dtype=dtype, mode="r+", offset=offset, shape=(rows, *shape))
+            if self.data is not None:  # the good old rows, in chunks
+                keep = np.flatnonzero(self.done[: len(self.data)])
+                keep = keep[~np.isin(keep, todo)]
+                for part in _chunks(keep, row_bytes):
+                    out[part] = self.data[part]
+                done[keep], crc[keep] = True, self.crc[keep]
+            parts = [(todo[:16], first), *((p, None) for p in _chunks(todo[16:], row_bytes))] \
+                if first is not None else [(p, None) for p in _chunks(todo, row_bytes)]
+            for part, fresh in parts:
+                fresh = compute(part) if fresh is None else fresh
+                if fresh.shape[1:] != shape:
+                    raise ConfigError(f"feature cache holds outputs of shape {shape} but the run "
+                                      f"computed {fresh.shape[1:]}: delete the cache folder and rerun")
+                out[part] = fresh
+                crc[part] = row_crc(fresh)
+                done[part] = np.isfinite(fresh.reshape(len(fresh), -1)).all(axis=1)
+            out.flush()
+            del out
+        # the data file is in place: now the index, which never claims rows the data lacks
         with atomic_write(folder / "index.npz") as f:
-            np.savez(f, done=self.done, crc=self.crc,
-                     shape=np.asarray(self.data.shape[1:], dtype=np.int64))
+            np.savez(f, done=done, crc=crc, shape=np.asarray(shape, dtype=np.int64))
+        data = np.load(folder / "data.npy", mmap_mode="c", allow_pickle=False)
+        return _Entry(self.dtype, data, done, crc)
+
+    def rows(self, indices: np.ndarray) -> torch.Tensor:
+        """Rows ``indices``: a view of the memory-mapped file when they are all rows in
+        order (the test split: paged in as read, never copied whole), else a copy."""
+        if self.data is None:  # nothing asked, nothing stored
+            return torch.empty(0)
+        if len(indices) == len(self.data) and np.array_equal(indices, np.arange(len(indices))):
+            return torch.from_numpy(self.data)
+        return torch.from_numpy(np.ascontiguousarray(self.data[indices]))
+
+
+def _chunks(idx: np.ndarray, row_bytes: int) -> list[np.ndarray]:
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    return [idx[i: i + step] for i in range(0, len(idx), step)]
 
 
 def _layout_problem(data: np.ndarray, done: np.ndarray, crc: np.ndarray, shape: tuple,
@@ -317,11 +356,3 @@ def _layout_problem(data: np.ndarray, done: np.ndarray, crc: np.ndarray, shape: 
     return ""
 
 
-def _assemble(entry: _Entry, indices: np.ndarray, todo: np.ndarray, fresh: np.ndarray) -> torch.Tensor:
-    """Rows for ``indices`` from verified cache rows and ``fresh`` ones, writing nothing."""
-    out = np.empty((len(indices), *fresh.shape[1:]), dtype=fresh.dtype)
-    is_fresh = np.isin(indices, todo)
-    out[is_fresh] = fresh[np.searchsorted(todo, indices[is_fresh])]
-    if (~is_fresh).any():
-        out[~is_fresh] = entry.data[indices[~is_fresh]]
-    return torch.from_numpy(out)

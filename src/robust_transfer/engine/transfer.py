@@ -13,6 +13,11 @@ is the head on pooled features, with no autograd through the backbone at all.
 * Un-augmented training images are cached the same way; augmented ones change every
   epoch, so training then runs the whole model.
 * ``unfrozen="all"`` has no frozen prefix: nothing is cached.
+* Outputs held in memory are bounded by :data:`PREFIX_MEMORY_LIMIT` (2 GiB; a split
+  beyond it runs the whole model). A :class:`~robust_transfer.engine.features.DiskFeatureStore`
+  hands the test split back memory-mapped, so there the test outputs are cached at any
+  size (ResNet-50 at 3 unfrozen blocks: 7.5 GiB for 10,000 images), bounded by the
+  cache's disk budget instead.
 
 :func:`cache_plan` says which splits a run caches at which depth (the cost model of
 :mod:`robust_transfer.study.estimate` uses it). A ``feature_store`` (see
@@ -153,7 +158,11 @@ class MemoryFeatureStore:
 
 @dataclass
 class FinetuneResult:
-    """A fine-tuned model and how it got there."""
+    """A fine-tuned model and how it got there.
+
+    ``cached_prefix`` is true when the training or the test images ran from prefix
+    outputs computed once (``info["cache"]``: which, see :class:`CachePlan`).
+    """
 
     model: TransferModel
     history: list[EpochMetrics]
@@ -197,7 +206,7 @@ def frozen_depth_for(n_blocks: int, unfrozen: int | str) -> int:
 
 def cache_plan(n_blocks: int, unfrozen: int | str, augment: bool, *, bytes_per_image: int = 0,
                n_train: int = 0, n_test: int = 0,
-               memory_limit: int | None = None) -> CachePlan:
+               memory_limit: int | None = None, test_on_disk: bool = False) -> CachePlan:
     """What :func:`finetune` caches for a run (a pure function of the run's shape).
 
     Args:
@@ -212,6 +221,9 @@ def cache_plan(n_blocks: int, unfrozen: int | str, augment: bool, *, bytes_per_i
         memory_limit: the most bytes of prefix outputs a run holds in memory: the test
             outputs are kept first, then the training ones if they fit too (default
             :data:`PREFIX_MEMORY_LIMIT`).
+        test_on_disk: the store hands whole splits back memory-mapped
+            (:class:`~robust_transfer.engine.features.DiskFeatureStore`): the test outputs
+            are then cached whatever their size (the disk budget bounds them instead).
 
     Returns:
         A :class:`CachePlan`. Prefix work per run: each cached image's prefix runs once
@@ -222,8 +234,9 @@ def cache_plan(n_blocks: int, unfrozen: int | str, augment: bool, *, bytes_per_i
     if depth == 0:
         return CachePlan(0, False, False, False)
     memory_limit = PREFIX_MEMORY_LIMIT if memory_limit is None else memory_limit
-    test = bytes_per_image * n_test <= memory_limit
-    train = not augment and bytes_per_image * (n_train + n_test * test) <= memory_limit
+    test = test_on_disk or bytes_per_image * n_test <= memory_limit
+    test_in_memory = 0 if test_on_disk else n_test * test
+    train = not augment and bytes_per_image * (n_train + test_in_memory) <= memory_limit
     return CachePlan(depth, depth == n_blocks + 1, train, test)
 
 
@@ -331,7 +344,8 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     plan = cache_plan(len(model.blocks()), unfrozen, policy.augment,
                       bytes_per_image=prefix_bytes_per_image(model, unfrozen, policy.size,
                                                              recipe.feature_dtype),
-                      n_train=len(indices), n_test=len(test))
+                      n_train=len(indices), n_test=len(test),
+                      test_on_disk=getattr(feature_store, "memory_mapped", False))
     prefix = _PrefixCache(model, policy, dev, feature_store or MemoryFeatureStore(), plan,
                           recipe.feature_dtype,
                           {"source": source_id or _weights_id(source), "dataset": train.info.name,

@@ -133,7 +133,7 @@ def planned_cache_bytes(resolved, runs=None) -> dict[tuple, int]:
         per_image = _bytes_per_image(source.arch, run.unfrozen_blocks, size, run.recipe.feature_dtype)
         plan = cache_plan(source.n_blocks, run.unfrozen_blocks, policy.augment,
                           bytes_per_image=per_image, n_train=run.n or target.train_size,
-                          n_test=target.test_size)
+                          n_test=target.test_size, test_on_disk=True)
         for split, rows, cached in (("train", target.train_size, plan.train),
                                     ("test", target.test_size, plan.test)):
             if cached:
