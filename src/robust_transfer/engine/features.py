@@ -273,14 +273,15 @@ class _Entry:
         beyond = claimed[claimed >= (0 if self.data is None else len(self.data))]
         problems.add(len(beyond), "claimed done beyond the end of the data file")
         claimed = claimed[~np.isin(claimed, beyond)]
-        bad = np.zeros(len(claimed), dtype=bool)
-        if len(claimed):
-            rows = np.asarray(self.data[claimed])
-            bad_crc = row_crc(rows) != self.crc[claimed]
-            bad_value = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) & ~bad_crc
-            problems.add(int(bad_crc.sum()), "failed their checksum")
-            problems.add(int(bad_value.sum()), "hold NaN or Inf")
-            bad = bad_crc | bad_value
+        bad_crc, bad_value = np.zeros(len(claimed), bool), np.zeros(len(claimed), bool)
+        row_bytes = self.data[0].nbytes if len(claimed) else 1
+        for part in _chunks(np.arange(len(claimed)), row_bytes):  # never the whole split at once
+            rows = np.asarray(self.data[claimed[part]])
+            bad_crc[part] = row_crc(rows) != self.crc[claimed[part]]
+            bad_value[part] = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) & ~bad_crc[part]
+        problems.add(int(bad_crc.sum()), "failed their checksum")
+        problems.add(int(bad_value.sum()), "hold NaN or Inf")
+        bad = bad_crc | bad_value
         good = claimed[~bad]
         return np.setdiff1d(wanted, good), problems
 
