@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from study_support import make_sources, write_spec
 
-from robust_transfer.engine.features import CacheBudgetError
+from robust_transfer.engine.features import CacheBudgetError, disk_bytes
 from robust_transfer.engine.transfer import prefix_bytes_per_image
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import create_model
@@ -33,8 +33,9 @@ def test_planned_bytes_count_each_key_once(tmp_path, augment):
     planned = planned_cache_bytes(resolved)
     model = create_model("small_resnet", 10, input_size=16)
     per_image = {u: prefix_bytes_per_image(model, u, 16) for u in (0, 1)}
-    train, test = resolved.targets["digits"].train_size, resolved.targets["digits"].test_size
-    splits = {"test": test} if augment == "true" else {"train": train, "test": test}
+    test = resolved.targets["digits"].test_size
+    # the training split holds only the runs' subsets (30 images, one seed)
+    splits = {"test": test} if augment == "true" else {"train": 30, "test": test}
     expected = {u: sum(rows * per_image[u] for rows in splits.values()) for u in (0, 1)}
     # 2 sources x 2 depths x (1 or 2) splits keys
     assert len(planned) == 2 * 2 * len(splits)
@@ -57,8 +58,10 @@ def test_a_cache_within_budget_runs_and_stays_within_it(tmp_path):
     out = tmp_path / "study"
     summary = run_study(spec, out)
     assert summary.failed == 0
-    held = sum(p.stat().st_size for p in (out / "feature_cache").rglob("data.npy"))
-    assert 0 < held <= check_cache_budget(resolve_study(load_spec(spec)), out / "feature_cache") <= 64 * 2**20
+    held = sum(disk_bytes(p) for p in (out / "feature_cache").rglob("data.npy"))  # sparse files
+    planned = check_cache_budget(resolve_study(load_spec(spec)), out / "feature_cache")
+    # the plan counts data bytes; scattered training rows round up to 4 KiB disk blocks
+    assert 0 < held <= 1.1 * planned <= 64 * 2**20
 
 
 def test_a_bad_budget_names_its_line(tmp_path):

@@ -33,7 +33,8 @@ still hold the same bytes. Files are not fsynced (a cache can be recomputed).
 
 Processes share the cache through the per-key lock, so an image's outputs are computed
 once even when many workers want them at the same time. ``max_bytes`` caps the size of
-the whole cache folder: a write that would exceed it raises :class:`CacheBudgetError`
+the whole cache folder (bytes on disk: rows never computed are holes in a sparse
+file): a write that would exceed it raises :class:`CacheBudgetError`
 with advice instead (:func:`robust_transfer.study.worker.check_cache_budget` checks a
 whole study before any run starts).
 """
@@ -182,12 +183,17 @@ class DiskFeatureStore:
     def _check_budget(self, folder: Path, new_bytes: int) -> None:
         if self.max_bytes is None:
             return
-        others = sum(p.stat().st_size for p in self.root.glob("*/*/data.npy")
-                     if p.parent != folder)
+        others = sum(disk_bytes(p) for p in self.root.glob("*/*/data.npy") if p.parent != folder)
         if others + new_bytes > self.max_bytes:
             raise CacheBudgetError(
                 f"the feature cache {self.root} would grow to {format_bytes(others + new_bytes)}, "
                 f"over its budget of {format_bytes(self.max_bytes)}: {CACHE_ADVICE}")
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes ``path`` occupies on disk (data files are sparse: unwritten rows are holes)."""
+    st = path.stat()
+    return min(st.st_size, getattr(st, "st_blocks", st.st_size // 512 + 1) * 512)
 
 
 def _key_dtype(key: dict) -> str:
@@ -298,7 +304,8 @@ class _Entry:
         shape, dtype = (first.shape[1:], first.dtype) if first is not None else (
             self.data.shape[1:], self.data.dtype)
         row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        check_budget(rows * row_bytes)
+        kept = 0 if self.data is None else int(self.done[: len(self.data)].sum())
+        check_budget((kept + len(todo)) * row_bytes)  # rows never written stay holes on disk
         done, crc = np.zeros(rows, dtype=bool), np.zeros(rows, dtype=np.uint32)
         with atomic_write(folder / "data.npy", "w+b") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),

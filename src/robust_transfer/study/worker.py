@@ -109,9 +109,10 @@ def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
 def planned_cache_bytes(resolved, runs=None) -> dict[tuple, int]:
     """Bytes each feature-cache key of a study will hold at most, before any run starts.
 
-    A key is (source sha256, target, split, resolution, depth, pooled, dtype); its rows
-    are bounded by the split's size (the store keeps row i for image i). Which splits a
-    run caches comes from :func:`robust_transfer.engine.transfer.cache_plan`.
+    A key is (source sha256, target, split, resolution, depth, pooled, dtype). The test
+    split holds every test image; the training split at most the union of the runs'
+    subsets, which nest per seed: the sum over seeds of the largest n, at most the split.
+    Which splits a run caches comes from :func:`robust_transfer.engine.transfer.cache_plan`.
 
     Args:
         resolved: a :class:`~.resolve.ResolvedStudy`.
@@ -124,6 +125,7 @@ def planned_cache_bytes(resolved, runs=None) -> dict[tuple, int]:
     from robust_transfer.engine.transfer import cache_plan
 
     planned: dict[tuple, int] = {}
+    train_rows: dict[tuple, dict[int, int]] = {}  # key -> seed -> largest n (subsets nest)
     for run in resolved.spec.runs() if runs is None else runs:
         source, target = resolved.sources[run.source], resolved.targets[run.target]
         if source.arch == "unknown" or not source.sha256:
@@ -131,15 +133,18 @@ def planned_cache_bytes(resolved, runs=None) -> dict[tuple, int]:
         size = run.recipe.resolution or source.input_size
         policy = default_policy(dataset_info(run.target), 3, size, run.recipe.augment)
         per_image = _bytes_per_image(source.arch, run.unfrozen_blocks, size, run.recipe.feature_dtype)
+        n = run.n or target.train_size
         plan = cache_plan(source.n_blocks, run.unfrozen_blocks, policy.augment,
-                          bytes_per_image=per_image, n_train=run.n or target.train_size,
-                          n_test=target.test_size, test_on_disk=True)
-        for split, rows, cached in (("train", target.train_size, plan.train),
-                                    ("test", target.test_size, plan.test)):
-            if cached:
-                key = (source.sha256, run.target, split, size, plan.depth, plan.pooled,
-                       run.recipe.feature_dtype)
-                planned[key] = rows * per_image
+                          bytes_per_image=per_image, n_train=n, n_test=target.test_size,
+                          test_on_disk=True)
+        key = (source.sha256, run.target, size, plan.depth, plan.pooled, run.recipe.feature_dtype)
+        if plan.test:
+            planned[(*key[:2], "test", *key[2:])] = target.test_size * per_image
+        if plan.train:
+            seeds = train_rows.setdefault((*key[:2], "train", *key[2:]), {})
+            seeds[run.seed] = max(seeds.get(run.seed, 0), n)
+            rows = min(target.train_size or n, sum(seeds.values()))
+            planned[(*key[:2], "train", *key[2:])] = rows * per_image
     return planned
 
 
@@ -152,7 +157,8 @@ def check_cache_budget(resolved, cache_dir: str | os.PathLike, budget: int | Non
         budget: the most bytes the cache may hold (``None``: only the free disk space).
 
     Returns:
-        The planned bytes (an upper bound).
+        The planned bytes of data (an upper bound on rows; on disk, scattered training
+        rows round up to whole filesystem blocks, a few percent more).
 
     Raises:
         CacheBudgetError: with the largest keys and what to do instead.
@@ -160,12 +166,17 @@ def check_cache_budget(resolved, cache_dir: str | os.PathLike, budget: int | Non
     import shutil
     from pathlib import Path
 
-    from robust_transfer.engine.features import CACHE_ADVICE, CacheBudgetError, format_bytes
+    from robust_transfer.engine.features import (
+        CACHE_ADVICE,
+        CacheBudgetError,
+        disk_bytes,
+        format_bytes,
+    )
 
     planned = planned_cache_bytes(resolved)
     total = sum(planned.values())
     cache_dir = Path(cache_dir)
-    held = sum(p.stat().st_size for p in cache_dir.glob("*/*/data.npy")) if cache_dir.exists() else 0
+    held = sum(disk_bytes(p) for p in cache_dir.glob("*/*/data.npy")) if cache_dir.exists() else 0
     where = cache_dir
     while not where.exists():
         where = where.parent
@@ -175,7 +186,8 @@ def check_cache_budget(resolved, cache_dir: str | os.PathLike, budget: int | Non
         limit, what = budget, f"its budget of {format_bytes(budget)}"
     if total > limit:
         biggest = sorted(planned.items(), key=lambda kv: -kv[1])[:2]
-        parts = ", ".join(f"{k[1]} {k[2]} at depth {k[4]} in {k[6]}: {format_bytes(v)}"
+        parts = ", ".join(f"{k[1]} {k[2]} split of source {k[0][:8]} at depth {k[4]} in {k[6]}: "
+                          f"{format_bytes(v)}"
                           for k, v in biggest)
         raise CacheBudgetError(
             f"the feature cache of this study needs up to {format_bytes(total)} (largest: "
