@@ -46,9 +46,11 @@ whether a disk cache is used) and widened back to float32 for the suffix. Each e
 then satisfies ``|fp16(x) - x| <= 2**-11 * |x|`` for ``2**-14 <= |x| <= 65504`` and
 ``|fp16(x) - x| <= 2**-25`` below that; a prefix output beyond 65504 would become
 infinite, so such a run is refused (:class:`HalfPrecisionError`) rather than rounded.
-float16 keeps 11 significant bits against bfloat16's 8; measured on digits and
-Fashion-MNIST (tests/engine/test_transfer.py), fine-tuned accuracies with float16 storage
-stay within 1 point of float32 (and bfloat16 rounding moves them more). The default stays
+float16 keeps 11 significant bits against bfloat16's 8. Measured over 48 small runs
+(benchmarks/bench_feature_precision.py: digits and Fashion-MNIST targets, two sources,
+unfrozen 0 and 1, n 100 and 400, 3 seeds), fine-tuned test accuracy with float16 storage
+differed from float32 by at most 0.01 points (one Fashion-MNIST test image), bfloat16 by
+up to 0.22 points; the stated and tested bound is 1 point. The default stays
 float32: it equals the uncached computation exactly, and float16 changes results (its
 runs get their own ids: ``feature_dtype`` enters the config when not float32).
 """
