@@ -67,11 +67,15 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
+from robust_transfer.data.subsets import split_validation
+from robust_transfer.data.torchdata import as_image_arrays_pair
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
     OptimConfig,
     TensorLoader,
+    evaluate,
     fit,
     resolve_device,
 )
@@ -104,6 +108,19 @@ class Recipe:
         eval_every: test every this many epochs (and at the last).
         feature_dtype: how cached prefix outputs are held: ``"float32"`` (exact) or
             ``"float16"`` (half the bytes, bound in the module docstring).
+        val_images: hold out this many class-balanced images of the training pool as a
+            validation set (same for every source and seed, disjoint from every run's
+            training images, which are then drawn from the rest); evaluated with the test
+            set, so epochs and learning rates can be chosen without looking at test. 0: none.
+        robust_eps: after training, measure robust accuracy of the fine-tuned model under
+            PGD at this radius (pixels in [0, 1]) on ``robust_images`` class-balanced test
+            images; ``None``: not measured.
+        robust_norm, robust_steps: the attack (step size 2.5 * eps / steps, no random
+            start, the robustness library's evaluation convention).
+        robust_images: test images attacked (a fixed class-balanced subset).
+
+    The last six fields are left out of :meth:`to_dict` at their defaults, so adding them
+    changed no existing run id.
     """
 
     lr: float = 0.1
@@ -116,6 +133,11 @@ class Recipe:
     head_init: str = "normal"
     eval_every: int = 1
     feature_dtype: str = "float32"
+    val_images: int = 0
+    robust_eps: float | None = None
+    robust_norm: str = "linf"
+    robust_steps: int = 20
+    robust_images: int = 500
 
     def __post_init__(self) -> None:
         self.optim()  # validates lr, momentum, schedule
@@ -128,15 +150,34 @@ class Recipe:
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ConfigError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
                               f"got {self.feature_dtype!r}")
+        if self.val_images < 0:
+            raise ConfigError(f"val_images must be 0 (no validation set) or positive, got {self.val_images}")
+        if self.robust_eps is not None:
+            if not self.robust_eps > 0 or self.robust_eps == float("inf"):
+                raise ConfigError(f"robust_eps must be a positive finite radius, got {self.robust_eps} "
+                                  "(leave it out to skip robust evaluation)")
+            self.robust_attack()  # validates norm and steps
+            if self.robust_images < 1:
+                raise ConfigError(f"robust_images must be positive, got {self.robust_images}")
+
+    def robust_attack(self) -> AttackConfig:
+        """The PGD evaluation attack (``robust_eps`` must be set)."""
+        return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
+
 
     def optim(self) -> OptimConfig:
         return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["feature_dtype"] == "float32":  # the default: left out, so existing run ids hold
-            del d["feature_dtype"]
+        for name, default in _OPTIONAL_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]  # run ids hash this dict: fields added later must not change them
         return d
+
+
+_OPTIONAL_DEFAULTS = {"feature_dtype": "float32", "val_images": 0, "robust_eps": None,
+                      "robust_norm": "linf", "robust_steps": 20, "robust_images": 500}
 
 
 class FeatureStore(Protocol):
@@ -311,7 +352,8 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
 
     Args:
         source: the source model (not modified).
-        train, test: target splits.
+        train, test: target splits: ImageArrays, or torch ``Dataset``/``DataLoader`` of
+            ``(image, label)`` (materialised by :func:`~robust_transfer.data.torchdata.as_image_arrays`).
         n: number of training images (class-balanced, nested, seeded); None = all.
         unfrozen: blocks trained besides the head (0 = head only, ``"all"``).
         epochs: training epochs.
@@ -331,11 +373,12 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         HalfPrecisionError: ``feature_dtype="float16"`` and a prefix output beyond
             float16's range.
     """
+    train, test = as_image_arrays_pair(train, test)  # torch Datasets/DataLoaders too
     recipe = recipe or Recipe()
     start = time.perf_counter()
     if train.info.num_classes != test.info.num_classes:
         raise ConfigError("train and test splits have different classes")
-    indices = balanced_subset(train.labels.numpy(), n, seed, train.info.name)
+    indices, val_indices = training_indices(train, n, seed, recipe.val_images)
     dev = resolve_device(device)
     model = prepare_finetune(copy.deepcopy(source), train.info.num_classes, unfrozen,
                              recipe.head_init, seed).to(dev)
@@ -346,7 +389,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     plan = cache_plan(len(model.blocks()), unfrozen, policy.augment,
                       bytes_per_image=prefix_bytes_per_image(model, unfrozen, policy.size,
                                                              recipe.feature_dtype),
-                      n_train=len(indices), n_test=len(test),
+                      n_train=len(indices), n_test=len(test) + len(val_indices),
                       test_on_disk=getattr(feature_store, "memory_mapped", False))
     prefix = _PrefixCache(model, policy, dev, feature_store or MemoryFeatureStore(), plan,
                           recipe.feature_dtype,
@@ -359,20 +402,56 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         trainer, train_loader = prefix.suffix, TensorLoader(
             prefix.outputs(train, "train", indices), train.labels[torch.as_tensor(indices)],
             recipe.batch_size, shuffle=True, seed=seed)
-    evaluator, test_loader = model, TensorLoader(test.images, test.labels, max(256, recipe.batch_size),
-                                                 transform=policy.prepare)
-    if plan.test:
+    evaluator, test_loader, val_loader = model, TensorLoader(
+        test.images, test.labels, max(256, recipe.batch_size), transform=policy.prepare), None
+    val_labels = train.labels[torch.as_tensor(val_indices)]
+    if len(val_indices):
+        val_loader = TensorLoader(train.images[torch.as_tensor(val_indices)], val_labels,
+                                  max(256, recipe.batch_size), transform=policy.prepare)
+    if plan.test:  # validation images are never augmented either: they follow the test ones
         evaluator, test_loader = prefix.suffix, TensorLoader(
             prefix.outputs(test, "test", np.arange(len(test))), test.labels,
             max(256, recipe.batch_size))
+        if len(val_indices):
+            val_loader = TensorLoader(prefix.outputs(train, "train", val_indices), val_labels,
+                                      max(256, recipe.batch_size))
     # finetune sets no adversary, so fit uses ``attack_model`` only to evaluate: the
     # suffix on cached test outputs, which in eval mode equals the whole model
-    history = fit(trainer, train_loader, test_loader, options, callback, attack_model=evaluator)
+    history = fit(trainer, train_loader, test_loader, options, callback, attack_model=evaluator,
+                  val_loader=val_loader)
     model.eval()
     info = {"policy": asdict(policy), "frozen_depth": model.frozen_depth, "cache": asdict(plan),
             "feature_dtype": recipe.feature_dtype}
+    if recipe.robust_eps is not None:
+        robust_idx = balanced_subset(test.labels.numpy(), min(recipe.robust_images, len(test)),
+                                     0, f"{test.info.name}/robust")
+        loader = TensorLoader(test.images[torch.as_tensor(robust_idx)],
+                              test.labels[torch.as_tensor(robust_idx)], max(128, recipe.batch_size),
+                              transform=policy.prepare)
+        t0 = time.perf_counter()
+        _, history[-1].robust_acc = evaluate(model, loader, recipe.robust_attack(), dev)
+        info["robust_seconds"] = time.perf_counter() - t0
+        info["robust_images"] = len(robust_idx)
     return FinetuneResult(model, history, len(indices), indices, time.perf_counter() - start,
                           plan.any, info)
+
+
+def training_indices(train: ImageArrays, n: int | None, seed: int,
+                     val_images: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training images and the held-out validation images (indices into ``train``).
+
+    Without a validation set, the subset is drawn from the whole split (as the paper
+    did); with one, from the rest of the split, so the two never overlap.
+    """
+    labels = train.labels.numpy()
+    if not val_images:
+        return balanced_subset(labels, n, seed, train.info.name), np.zeros(0, dtype=np.int64)
+    pool, val = split_validation(labels, val_images, train.info.name)
+    if n is not None and n > len(pool):
+        raise ConfigError(f"n={n} does not fit beside {val_images} validation images: "
+                          f"{train.info.name} has {len(labels)} training images; use n <= "
+                          f"{len(pool)} or fewer val_images")
+    return pool[balanced_subset(labels[pool], n, seed, train.info.name)], val
 
 
 class _PrefixCache:
