@@ -1,0 +1,46 @@
+"""Stand-in runs for the reliability tests (no tests here).
+
+They are module-level so pool workers, which are spawned, can import them by name; their
+results depend only on the run id, so a resumed study can be compared with a clean one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from robust_transfer.study.store import RunOutcome
+from robust_transfer.study.worker import RunContext, RunTask
+
+PID_DIR_ENV = "RT_TEST_PID_DIR"
+SECONDS_ENV = "RT_TEST_RUN_SECONDS"
+
+
+def _outcome(task: RunTask, start: float) -> RunOutcome:
+    acc = int(task.run_id[:4], 16) / 0xFFFF  # a result that depends only on the run
+    history = tuple({"epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "train_acc": acc,
+                     "test_loss": 1.0 / e, "test_acc": acc} for e in (1, 2))
+    return RunOutcome(task.run_id, "finished", start, time.time(), worker=str(os.getpid()),
+                      n=30, history=history)
+
+
+def timed_run(task: RunTask, ctx: RunContext) -> RunOutcome:
+    """Sleeps ``$RT_TEST_RUN_SECONDS`` (default 0.3); notes its pid in ``$RT_TEST_PID_DIR``."""
+    start = time.time()
+    folder = os.environ.get(PID_DIR_ENV)
+    if folder:
+        Path(folder, str(os.getpid())).touch()
+    time.sleep(float(os.environ.get(SECONDS_ENV, "0.3")))
+    return _outcome(task, start)
+
+
+def suicidal_run(task: RunTask, ctx: RunContext) -> RunOutcome:
+    """The natural source's seed-0 run SIGKILLs its own worker after 0.3 s; others take 1.2 s."""
+    start = time.time()
+    if task.config["source"] == "natural" and task.config["seed"] == 0:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(1.2)
+    return _outcome(task, start)
