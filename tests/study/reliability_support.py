@@ -19,11 +19,14 @@ SECONDS_ENV = "RT_TEST_RUN_SECONDS"
 
 
 def _outcome(task: RunTask, start: float) -> RunOutcome:
-    acc = int(task.run_id[:4], 16) / 0xFFFF  # a result that depends only on the run
+    # a result that depends only on the run: better with more images and the robust source
+    c = task.config
+    acc = (0.5 + 0.1 * (c["source"] == "robust") + int(c["n"]) / 1000
+           + int(task.run_id[:4], 16) / 0xFFFF / 100)
     history = tuple({"epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "train_acc": acc,
                      "test_loss": 1.0 / e, "test_acc": acc} for e in (1, 2))
     return RunOutcome(task.run_id, "finished", start, time.time(), worker=str(os.getpid()),
-                      n=30, history=history)
+                      n=int(task.config["n"]), history=history)
 
 
 def timed_run(task: RunTask, ctx: RunContext) -> RunOutcome:

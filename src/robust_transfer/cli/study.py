@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_run(commands)
     _register_status(commands)
     _register_export(commands)
+    _register_repair(commands)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
@@ -74,6 +75,16 @@ def _register_export(sub) -> None:
     p.set_defaults(func=_export)
 
 
+def _register_repair(sub) -> None:
+    p = sub.add_parser("repair", help="salvage the finished runs of a damaged study into a new one",
+                       description="Copy every finished run that can still be read from DIR's "
+                       "study.db (with its epochs, specs and sources) into a new study directory "
+                       "--out. DIR is only read. Rerun the spec into --out to redo the rest.")
+    p.add_argument("dir", help="the damaged study directory")
+    p.add_argument("--out", required=True, help="a new study directory (must not exist, or be empty)")
+    p.set_defaults(func=_repair)
+
+
 # --- handlers ------------------------------------------------------------------------
 def _run(args) -> int:
     from robust_transfer.study import MissingInputsError, load_spec
@@ -96,7 +107,11 @@ def _run(args) -> int:
           f"{summary.store_failed} failed")
     for run_id, error in summary.failures[:5]:
         print(f"  failed {run_id}: {error}")
-    return 1 if summary.failed else 0
+    if summary.store_failed:  # failed now or before: the study is not complete
+        print(f"{summary.store_failed} run(s) failed (errors: robust-transfer study status "
+              f"{summary.study_dir}); --retry-failed reruns them", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _call_run(spec, args, display):
@@ -163,6 +178,17 @@ def _export(args) -> int:
 
     for path in export_results(args.dir, args.format, args.out):
         print(path)
+    return 0
+
+
+def _repair(args) -> int:
+    from robust_transfer.study.store import repair_store
+
+    report = repair_store(args.dir, args.out)
+    print(f"{report.out_dir}: salvaged {report.finished} finished run(s), {report.specs} spec(s), "
+          f"{report.sources} source(s); {report.dropped} finished run(s) with unreadable epochs "
+          f"and {report.unreadable_rows} unreadable row(s) left out. Rerun the spec with "
+          f"--out {report.out_dir} to redo everything not salvaged.")
     return 0
 
 
