@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import n_images
 from robust_transfer.errors import ConfigError
 
@@ -39,9 +40,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         "with --run: the run's target")
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="dataset folder (default: $ROBUST_TRANSFER_DATA or the user cache)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=v.seed, default=0,
                         help="seed of the image subsets, as in the study (default: 0)")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("--out", required=True, type=v.out_dir, metavar="DIR",
                         help="output folder; must not exist unless --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an existing output folder")
@@ -63,23 +64,23 @@ def _register_influence(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-n", type=n_images, default=_DEFAULT_TEST_N, metavar="N|all",
                    help=f"test images, a class-balanced subset (default: {_DEFAULT_TEST_N}, "
                    f"or all when the test split is smaller)")
-    p.add_argument("--damping", type=float, default=d.damping,
+    p.add_argument("--damping", type=v.nonneg_float, default=d.damping,
                    help=f"lambda added to the Hessian's diagonal (default: {d.damping:g})")
     p.add_argument("--solver", choices=SOLVERS.names(), default=d.solver,
                    help="; ".join(f"{n}: {SOLVERS.get(n).description}" for n in SOLVERS.names()))
-    p.add_argument("--rcond", type=float, default=d.rcond,
+    p.add_argument("--rcond", type=v.probability, default=d.rcond,
                    help=f"pinv only: drop eigenvalues below rcond*max (default: {d.rcond:g}, the paper's)")
     p.add_argument("--no-train-targets", action="store_true",
                    help="skip training images as targets (no self-influence, no train curve)")
-    p.add_argument("--top-k", type=int, default=10, help="helpful/harmful images saved per test image")
-    p.add_argument("--max-rank", type=int, default=100, help="largest rank of the class-match curve")
-    p.add_argument("--grid", type=int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
+    p.add_argument("--top-k", type=v.positive_int, default=10, help="helpful/harmful images saved per test image")
+    p.add_argument("--max-rank", type=v.positive_int, default=100, help="largest rank of the class-match curve")
+    p.add_argument("--grid", type=v.positive_int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
                    help="test images and influential images per test image in the grid figure")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--cg-tol", type=float, default=d.cg_tol, help="cg only: relative residual")
-    p.add_argument("--cg-max-iter", type=int, default=d.cg_max_iter, help="cg only: iterations at most")
-    p.add_argument("--cg-batch", type=int, default=d.cg_batch, help="cg only: right-hand sides at once")
-    p.add_argument("--memory-limit-gb", type=float, default=None,
+    p.add_argument("--batch-size", type=v.positive_int, default=256, help="images per forward pass")
+    p.add_argument("--cg-tol", type=v.positive_float, default=d.cg_tol, help="cg only: relative residual")
+    p.add_argument("--cg-max-iter", type=v.positive_int, default=d.cg_max_iter, help="cg only: iterations at most")
+    p.add_argument("--cg-batch", type=v.positive_int, default=d.cg_batch, help="cg only: right-hand sides at once")
+    p.add_argument("--memory-limit-gb", type=v.positive_float, default=None,
                    help="refuse problems estimated above this (default: the available memory)")
     p.set_defaults(func=_influence)
 
@@ -93,13 +94,13 @@ def _register_saliency(subparsers: argparse._SubParsersAction) -> None:
     _add_common(p)
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="split the images come from (default: test)")
-    p.add_argument("--count", type=int, default=8,
+    p.add_argument("--count", type=v.positive_int, default=8,
                    help="number of images, class-balanced and seeded (default: 8)")
     p.add_argument("--indices", default=None, metavar="I,J,...",
                    help="explicit image indices in the split (overrides --count)")
-    p.add_argument("--smoothgrad", type=int, default=0, metavar="SAMPLES",
+    p.add_argument("--smoothgrad", type=v.nonneg_int, default=0, metavar="SAMPLES",
                    help="SmoothGrad noisy copies per image; 0: plain gradient (default: 0)")
-    p.add_argument("--sigma", type=float, default=0.1,
+    p.add_argument("--sigma", type=v.nonneg_float, default=0.1,
                    help="SmoothGrad noise std in pixel units [0, 1] (default: 0.1)")
     p.set_defaults(func=_saliency)
 

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import positive_int
 
 
@@ -31,7 +32,7 @@ def _register_run(sub) -> None:
                        "Exit status 1 when runs failed (recorded with their errors; "
                        "--retry-failed reruns them), 2 for bad input (nothing is run).")
     p.add_argument("spec", help="study spec (YAML), e.g. studies/embedded.yaml")
-    p.add_argument("--out", required=True, help="study directory (results store, feature cache)")
+    p.add_argument("--out", required=True, type=v.out_dir, help="study directory (results store, feature cache)")
     p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
                    help="local: this process or a process pool; ray: a Ray cluster")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -39,11 +40,11 @@ def _register_run(sub) -> None:
                         "as many as the cluster's CPUs/GPUs allow)")
     p.add_argument("--ray-address", default=None,
                    help="join this Ray cluster (host:port or auto) instead of starting one")
-    p.add_argument("--cpus-per-run", type=float, default=None,
+    p.add_argument("--cpus-per-run", type=v.positive_float, default=None,
                    help="CPUs (torch threads) per run (default: the spec's resources.num_cpus)")
-    p.add_argument("--gpus-per-run", type=float, default=None,
+    p.add_argument("--gpus-per-run", type=v.nonneg_float, default=None,
                    help="GPUs per run for Ray, fractions allowed, e.g. 0.25 (default: the spec's)")
-    p.add_argument("--device", default=None, help="torch device for runs (default: the spec's, auto)")
+    p.add_argument("--device", default=None, type=v.device_name, help="torch device for runs (default: the spec's, auto)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the spec's or "
                    "$ROBUST_TRANSFER_DATA or ~/.cache/robust_transfer/data)")
     p.add_argument("--no-feature-cache", action="store_true",
@@ -71,7 +72,7 @@ def _register_export(sub) -> None:
                        "epochs.<fmt> (one row per run and epoch).")
     p.add_argument("dir", help="study directory")
     p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format")
-    p.add_argument("--out", default=None, help="output folder (default: DIR/export)")
+    p.add_argument("--out", default=None, type=v.out_dir, help="output folder (default: DIR/export)")
     p.set_defaults(func=_export)
 
 
@@ -81,7 +82,7 @@ def _register_repair(sub) -> None:
                        "study.db (with its epochs, specs and sources) into a new study directory "
                        "--out. DIR is only read. Rerun the spec into --out to redo the rest.")
     p.add_argument("dir", help="the damaged study directory")
-    p.add_argument("--out", required=True, help="a new study directory (must not exist, or be empty)")
+    p.add_argument("--out", required=True, type=v.out_dir, help="a new study directory (must not exist, or be empty)")
     p.set_defaults(func=_repair)
 
 
@@ -92,6 +93,7 @@ def _run(args) -> int:
     spec = load_spec(args.spec)
     if args.dry_run:
         return _dry_run(spec, args)
+    _check_device(args.device or spec.device, args.executor)
     display = None if args.quiet else ProgressDisplay()
     try:
         summary = _call_run(spec, args, display)
@@ -112,6 +114,18 @@ def _run(args) -> int:
               f"{summary.study_dir}); --retry-failed reruns them", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_device(device: str, executor: str) -> None:
+    """A local study runs here: its device must exist here (a Ray cluster's may not)."""
+    from robust_transfer.errors import ConfigError
+
+    try:
+        v.device_name(device)
+        if executor == "local":
+            v.require_device(device)
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"study device: {err}") from None
 
 
 def _call_run(spec, args, display):
