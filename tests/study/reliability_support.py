@@ -47,3 +47,11 @@ def suicidal_run(task: RunTask, ctx: RunContext) -> RunOutcome:
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(1.2)
     return _outcome(task, start)
+
+
+def seed0_fails(task: RunTask, ctx: RunContext) -> RunOutcome:
+    """Runs with seed 0 fail (as a run that raised would); the others finish at once."""
+    if task.config["seed"] == 0:
+        return RunOutcome(task.run_id, "failed", time.time(), time.time(),
+                          error="RuntimeError: planted failure")
+    return _outcome(task, time.time())

@@ -114,3 +114,17 @@ def test_workers_die_with_a_killed_driver_and_five_kills_lose_no_run(spec, tmp_p
     run_study(spec, tmp_path / "clean", run_fn=timed_run)
     clean, _ = load_results(tmp_path / "clean")
     assert clean.set_index("run_id")["test_acc"].equals(runs.set_index("run_id")["test_acc"])
+
+
+def test_a_rerun_that_leaves_failed_runs_exits_1_and_says_how_many(sources, tmp_path, capsys):
+    from reliability_support import seed0_fails
+
+    from robust_transfer.cli import main
+
+    spec = write_spec(tmp_path, sources, body=BODY.replace(", 4, 5, 6, 7, 8, 9", ""))  # 8 runs
+    first = run_study(spec, tmp_path / "s", run_fn=seed0_fails)
+    assert (first.finished, first.failed) == (6, 2)
+    assert main(["study", "run", str(spec), "--out", str(tmp_path / "s"), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "ran 0 run(s)" in captured.out and "skipped 8" in captured.out
+    assert "2 run(s) failed" in captured.err and "--retry-failed" in captured.err

@@ -402,8 +402,8 @@ def _positive(value: Any) -> int:
 
 
 def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"must be an integer in 0..{2**32 - 1}, got {value!r}")
     return value
 
 
