@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from robust_transfer.study.store import RunOutcome
@@ -16,6 +18,7 @@ from robust_transfer.study.worker import RunContext, RunTask
 
 PID_DIR_ENV = "RT_TEST_PID_DIR"
 SECONDS_ENV = "RT_TEST_RUN_SECONDS"
+STARTS_ENV = "RT_TEST_STARTS_DIR"
 
 
 def _outcome(task: RunTask, start: float) -> RunOutcome:
@@ -30,13 +33,30 @@ def _outcome(task: RunTask, start: float) -> RunOutcome:
 
 
 def timed_run(task: RunTask, ctx: RunContext) -> RunOutcome:
-    """Sleeps ``$RT_TEST_RUN_SECONDS`` (default 0.3); notes its pid in ``$RT_TEST_PID_DIR``."""
+    """Sleeps ``$RT_TEST_RUN_SECONDS`` (default 0.3); notes its pid in ``$RT_TEST_PID_DIR``.
+
+    Under Ray it also notes ``<run_id>@<node id>`` in ``$RT_TEST_STARTS_DIR`` as it starts,
+    and reports the node as its worker, so a test can tell where each attempt ran.
+    """
     start = time.time()
     folder = os.environ.get(PID_DIR_ENV)
     if folder:
         Path(folder, str(os.getpid())).touch()
+    node = _ray_node()
+    starts = os.environ.get(STARTS_ENV)
+    if starts and node:
+        Path(starts, f"{task.run_id}@{node}").touch()
     time.sleep(float(os.environ.get(SECONDS_ENV, "0.3")))
-    return _outcome(task, start)
+    outcome = _outcome(task, start)
+    return replace(outcome, worker=node) if node else outcome
+
+
+def _ray_node() -> str | None:
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def suicidal_run(task: RunTask, ctx: RunContext) -> RunOutcome:

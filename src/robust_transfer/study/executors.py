@@ -33,6 +33,7 @@ from robust_transfer.study.store import RunOutcome
 from robust_transfer.study.worker import RunContext, RunTask, execute_run
 
 OnStart = Callable[[list[str]], None]
+RAY_RETRIES = 3  # reruns of a Ray task whose worker or node died (e.g. a node removed)
 
 
 @dataclass
@@ -306,8 +307,10 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
 def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
               options: ExecutorOptions) -> Iterator[RunOutcome]:
     res = options.resources
+    # Ray reruns a task whose worker process or node died (never one that raised: runs
+    # return their failures); after RAY_RETRIES such deaths the run is recorded failed
     remote = ray.remote(options.run_fn).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                                             max_retries=0)
+                                             max_retries=RAY_RETRIES, retry_exceptions=False)
     ctx_ref = ray.put(ctx)  # shipped once, not with every task
     limit = options.workers or _ray_capacity(ray, res)
     queue, running = list(reversed(tasks)), {}
@@ -321,7 +324,7 @@ def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
             task, started = running.pop(ref)
             try:
                 yield ray.get(ref)
-            except Exception as err:  # a worker that died (OOM, node loss) fails its run only
+            except Exception as err:  # died RAY_RETRIES + 1 times (OOM, node loss): fails its run only
                 yield _crashed(task, ctx, err, started)
 
 
