@@ -241,3 +241,34 @@ def test_damage_found_by_the_library_is_a_store_damaged_error(study, tmp_path):
         load_results(study_dir)
     with pytest.raises(ConfigError, match="not an empty folder"):
         repair_store(study_dir, study_dir)
+
+
+def test_a_source_rewritten_with_its_header_keeps_its_study(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from robust_transfer.errors import RobustTransferError
+    from robust_transfer.models.checkpoints import embed_header, sha256_file
+
+    sources = make_sources(tmp_path)
+    for weights in sources.values():  # as written before headers held the metadata
+        save_file(load_file(str(weights)), str(weights), metadata={"format": "robust_transfer"})
+        meta_path = weights.with_suffix(".json")
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()),
+                                         "sha256": sha256_file(weights)}))
+    spec = write_spec(tmp_path, sources, body=BODY)
+    monkeypatch.setenv("RT_TEST_RUN_SECONDS", "0")
+    assert run_study(spec, tmp_path / "s", run_fn=timed_run).finished == 40
+    embed_header(sources["robust"])
+    again = run_study(spec, tmp_path / "s", run_fn=timed_run)
+    assert (again.skipped, again.ran) == (40, 0)
+    # other weights under the same label are still refused
+    weights = sources["natural"]
+    save_file({k: v + 1 for k, v in load_file(str(weights)).items()}, str(weights),
+              metadata={"format": "robust_transfer"})
+    meta_path = weights.with_suffix(".json")
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()),
+                                     "sha256": sha256_file(weights)}))
+    with pytest.raises(RobustTransferError, match="restore that checkpoint"):
+        run_study(spec, tmp_path / "s", run_fn=timed_run)

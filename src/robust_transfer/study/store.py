@@ -281,18 +281,27 @@ class StudyStore:
     def pin_sources(self, infos: Iterable[dict[str, Any]]) -> None:
         """Record each source's checkpoint; refuse one whose label now means other weights.
 
+        A checkpoint rewritten with the same tensors (its sidecar's ``replaces_sha256``
+        names the pinned sha256, see ``embed_header``) is accepted and pinned anew.
+
         Raises:
             RobustTransferError: a label's checkpoint changed since the study started.
         """
         known = self.sources()
+        infos = list(infos)
+        rewritten = []
         for info in infos:
             old = known.get(info["label"])
             if old and info["sha256"] and old["sha256"] and old["sha256"] != info["sha256"]:
+                if _replaces(info.get("path"), old["sha256"]):  # same tensors, header rewritten
+                    rewritten.append((info["sha256"], info["label"]))
+                    continue
                 raise RobustTransferError(
                     f"source '{info['label']}' had checkpoint sha256 {old['sha256'][:12]}... when "
                     f"{self.dir} was started and now has {info['sha256'][:12]}...: restore that "
                     "checkpoint, or give the new one another label (with --extend)")
         with self.transaction() as c:
+            c.executemany("UPDATE sources SET sha256=? WHERE label=?", rewritten)
             for info in infos:
                 if info["sha256"]:
                     c.execute("INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -369,6 +378,18 @@ class StudyStore:
     def mean_seconds(self) -> list[tuple[str, float]]:
         """``(config JSON, seconds)`` of finished runs, for cost estimates."""
         return self.conn.execute("SELECT config, seconds FROM runs WHERE status='finished'").fetchall()
+
+
+def _replaces(weights: str | None, old_sha256: str) -> bool:
+    """Whether checkpoint ``weights`` says it holds the tensors of ``old_sha256`` (its
+    header was rewritten by :func:`~robust_transfer.models.checkpoints.embed_header`)."""
+    if not weights:
+        return False
+    try:
+        meta = json.loads(Path(weights).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("replaces_sha256") == old_sha256
 
 
 def _quote(path: Path) -> str:
