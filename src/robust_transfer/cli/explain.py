@@ -68,7 +68,7 @@ def _register_influence(subparsers: argparse._SubParsersAction) -> None:
                    help=f"lambda added to the Hessian's diagonal (default: {d.damping:g})")
     p.add_argument("--solver", choices=SOLVERS.names(), default=d.solver,
                    help="; ".join(f"{n}: {SOLVERS.get(n).description}" for n in SOLVERS.names()))
-    p.add_argument("--rcond", type=v.probability, default=d.rcond,
+    p.add_argument("--rcond", type=v.finite_float, default=d.rcond,
                    help=f"pinv only: drop eigenvalues below rcond*max (default: {d.rcond:g}, the paper's)")
     p.add_argument("--no-train-targets", action="store_true",
                    help="skip training images as targets (no self-influence, no train curve)")
