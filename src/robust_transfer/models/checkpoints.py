@@ -55,7 +55,7 @@ _CHUNK = 1 << 20
 HEADER_KEY = "robust_transfer.metadata"  # safetensors header metadata: JSON of HEADER_FIELDS
 HEADER_FIELDS = ("format", "format_version", "arch", "num_classes", "input_size", "channels",
                  "mean", "std", "source_dataset", "training", "norm", "eps", "clean_acc",
-                 "robust_acc")
+                 "robust_acc", "arch_kwargs")
 REPLACES_KEY = "replaces_sha256"  # set by embed_header: the sha256 of the same tensors before
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the header's size
 
