@@ -117,6 +117,7 @@ def _cli_on_readonly(folder: Path, *argv: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_status_export_and_analyze_work_on_a_read_only_disk(study, tmp_path):
     study_dir = _copy(study[1], tmp_path / "s")
     with sqlite3.connect(study_dir / "study.db") as conn:  # WAL mode, as an older version left it

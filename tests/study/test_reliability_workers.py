@@ -47,6 +47,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_own_run(sources, tmp_path):
     spec = write_spec(tmp_path, sources, body=BODY.replace("4, 5, 6, 7, 8, 9", "4"))
     summary = run_study(spec, tmp_path / "s", workers=2, run_fn=suicidal_run)

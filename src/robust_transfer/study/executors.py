@@ -1,8 +1,11 @@
 """Executors: where runs execute. Each yields outcomes; only the driver writes the store.
 
-* ``local``: in this process (``workers=1``) or a pool of ``workers`` processes.
+* ``local``: in this process (``workers=1``) or a pool of ``workers`` processes. A pool
+  worker that dies fails only the run it held; workers end with their driver, even when
+  it is SIGKILLed (:func:`die_with_parent`).
 * ``ray``: a Ray cluster, started for the study or joined by address; each run reserves
   ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions let several small runs share a GPU).
+  A run whose worker or node dies is rerun elsewhere (:data:`RAY_RETRIES` times).
 
 On a multi-node Ray cluster every node must have robust-transfer installed and see the
 checkpoints and datasets at the driver's paths (a shared filesystem, or the same copies),
@@ -88,6 +91,8 @@ def _pool(tasks: list[RunTask], ctx: RunContext, on_start: OnStart, workers: int
     run is recorded failed, the worker is replaced, and the runs in flight elsewhere go on.
     Workers end with the driver (:func:`_worker_main`), even when it is SIGKILLed.
     """
+    if not tasks:
+        return
     pool = _Pool(min(workers, len(tasks)), ctx, run_fn)
     queue = list(reversed(tasks))
     try:
@@ -115,6 +120,8 @@ class _Worker:
 
 
 class _Pool:
+    """Worker processes, each running one task at a time, replaced when they die."""
+
     def __init__(self, size: int, ctx: RunContext, run_fn) -> None:
         # spawn, not fork: a forked copy of a process that already ran torch threads can hang
         self.mpctx = mp.get_context("spawn")
