@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "robust_transfer.cli.study",
     "robust_transfer.cli.analyze",
     "robust_transfer.cli.explain",
+    "robust_transfer.cli.recommend",
 ]
 
 

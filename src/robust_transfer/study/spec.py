@@ -55,7 +55,7 @@ RESOURCE_KEYS = ("num_cpus", "num_gpus")
 NORMS = ("l2", "linf", "none")
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 _FLOAT_FIELDS = ("lr", "momentum", "weight_decay")
-_INT_FIELDS = ("batch_size", "eval_every")
+_INT_FIELDS = ("batch_size", "eval_every", "val_images", "robust_steps", "robust_images")
 
 
 @dataclass(frozen=True)
@@ -409,7 +409,9 @@ def _seed(value: Any) -> int:
 
 def _coerce_recipe(name: str, value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string and ``1`` as an int: make types canonical."""
-    if name in _FLOAT_FIELDS:
+    if name == "robust_eps" and value is None:
+        return None
+    if name in _FLOAT_FIELDS or name == "robust_eps":
         if isinstance(value, bool):
             raise TypeError(name)
         return float(value)
