@@ -24,14 +24,14 @@ import torch
 from robust_transfer.analysis.tuning import tuned_deltas, verdict_sentences
 from robust_transfer.data import load_dataset
 from robust_transfer.engine.transfer import Recipe, finetune
-from robust_transfer.models.zoo import load_source
+from robust_transfer.models.sources import load_source
 from robust_transfer.study import load_results, load_spec, run_study
 
 PRESET = Path(__file__).resolve().parents[1] / "studies" / "tuning.yaml"
 
 
 def overhead(threads: int) -> None:
-    source, _ = load_source("fmnist-l2-eps0.25")
+    source = load_source("fmnist-l2-eps0.25")
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     print("robust evaluation's share of a run (n=200, 15 epochs, batch 32, L2 eps 0.25, 20 steps, "
           "500 images):")

@@ -163,7 +163,8 @@ def recommend(target: str | ImageArrays, n: int, sources: list[str] | None = Non
 
 
 def _usable_sources(sources: list[str] | None, train: ImageArrays) -> tuple[dict, dict[str, str]]:
-    from robust_transfer.models.zoo import load_source, zoo_listing
+    from robust_transfer.models.sources import load_source
+    from robust_transfer.models.zoo import zoo_listing
 
     names = sources if sources is not None else [r["name"] for r in zoo_listing() if r["local"]]
     if not names:
@@ -171,7 +172,8 @@ def _usable_sources(sources: list[str] | None, train: ImageArrays) -> tuple[dict
                           "paths), or fetch one with 'robust-transfer zoo fetch NAME --download'")
     usable, skipped = {}, {}
     for name in names:
-        model, meta = load_source(name)
+        model = load_source(name)
+        meta = model.source_record.to_dict()
         reason = _cannot_take(model, train)
         if reason:
             skipped[name] = reason
@@ -195,8 +197,8 @@ def _cannot_take(model, train: ImageArrays) -> str | None:
 
 
 def _pooled_features(model, train: ImageArrays, indices: np.ndarray, device: str) -> np.ndarray:
-    from robust_transfer.engine.transfer import prefix_outputs
     from robust_transfer.engine.training import resolve_device
+    from robust_transfer.engine.transfer import prefix_outputs
 
     dev = resolve_device(device)
     model = model.to(dev)

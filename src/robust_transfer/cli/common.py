@@ -1,16 +1,79 @@
-"""Helpers shared by the command modules: parsing values, progress bars."""
+"""Helpers shared by the command modules: the command table, parsing values, progress bars.
+
+This module is imported to build every parser, so it imports nothing heavy.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import NamedTuple
 
 from robust_transfer.cli import validate
+from robust_transfer.errors import ConfigError
+from robust_transfer.models.finetune import UnfrozenBlocks, parse_n, parse_unfrozen
 
-# the argument types live in cli/validate.py; these names are kept for the command modules
-parse_eps = validate.eps
-positive_int = validate.positive_int
-n_images = validate.n_images
+
+class Command(NamedTuple):
+    """A top-level command: the module that registers it and its one-line help."""
+
+    module: str
+    help: str
+
+
+# in the order --help lists them; a module is imported only when its command runs
+COMMANDS: dict[str, Command] = {
+    "demo": Command("demo", "the embedded study end to end: fine-tune, analyse, report"),
+    "pretrain": Command("train", "train a source model (natural, PGD or FGSM-RS adversarial)"),
+    "finetune": Command("train", "fine-tune a source model on a target dataset"),
+    "evaluate": Command("train", "clean and PGD robust accuracy of a model"),
+    "zoo": Command("zoo", "list the model zoo and fetch published checkpoints"),
+    "data": Command("data", "list datasets and where their files are expected"),
+    "study": Command("study", "run a grid of fine-tuning runs (a study) and read its results"),
+    "analyze": Command("analyze", "tables, figures and an HTML/Markdown report of finished runs"),
+    "influence": Command("influence", "last-layer influence functions: top-k images, "
+                         "class-match curves"),
+    "saliency": Command("saliency", "input-gradient maps, models side by side"),
+    "recommend": Command("recommend", "rank source models for a target by head-only probes "
+                         "on a held-out validation set (never the test set)"),
+    "completion": Command("completion", "print a shell completion script (bash or zsh)"),
+}
+
+
+def command_help(name: str) -> str:
+    """The one-line help of a top-level command (what ``--help`` lists)."""
+    return COMMANDS[name].help
+
+
+def parse_eps(text: str) -> float:
+    """``0.5``, ``8/255`` -> float pixels; negative, NaN and infinite values are refused."""
+    return validate.eps(text)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def n_images(text: str) -> int | None:
+    """A positive number of images, or ``all`` (None): :func:`~robust_transfer.models.finetune.parse_n`."""
+    try:
+        return parse_n(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def unfrozen_blocks(text: str) -> UnfrozenBlocks:
+    """``0``, ``k`` or ``all``: :func:`~robust_transfer.models.finetune.parse_unfrozen`."""
+    try:
+        return parse_unfrozen(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -51,9 +51,11 @@ class OptimConfig:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
 
-    def build(self, params: list[nn.Parameter], epochs: int) -> tuple[torch.optim.Optimizer, object]:
+    def build(self, params: list[nn.Parameter],
+              epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                               weight_decay=self.weight_decay)
+        sched: torch.optim.lr_scheduler.LRScheduler
         if self.schedule == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
         elif self.schedule == "cosine":

@@ -20,8 +20,6 @@ import torch.nn as nn
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
 from robust_transfer.data.subsets import split_validation
 from robust_transfer.data.torchdata import as_image_arrays_pair
-from robust_transfer.errors import ConfigError
-from robust_transfer.models import TransferModel, prepare_finetune
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.training import (
     EpochMetrics,
@@ -32,6 +30,8 @@ from robust_transfer.engine.training import (
     fit,
     resolve_device,
 )
+from robust_transfer.errors import ConfigError
+from robust_transfer.models import TransferModel, prepare_finetune
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3

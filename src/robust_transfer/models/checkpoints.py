@@ -4,11 +4,6 @@ Three formats are read, one is written:
 
 * ours: ``<stem>.safetensors`` holds the :class:`TransferModel` state dict (normaliser
   included) and ``<stem>.json`` beside it holds the metadata and the sha256 of the weights.
-  The facts the model rests on (:data:`HEADER_FIELDS`: architecture, classes, input size,
-  normaliser, threat model, accuracies) are also written into the safetensors header,
-  which the sha256 covers; on reading, both are checked against :data:`SCHEMA` (types and
-  ranges) and must agree, so an edited or swapped ``.json`` cannot change a model quietly.
-  Files written before the header held them are checked against the schema only.
 * the robustness library (MadryLab) and robust-models-transfer (Salman et al.): a
   torch-saved dict whose ``model`` (legacy: ``state_dict``) entry has the keys of
   ``DataParallel(AttackerModel)``: ``module.normalizer.new_mean|new_std``,
@@ -23,11 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,46 +28,33 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save
 
 from robust_transfer.errors import CheckpointError, ConfigError, OutputExistsError
+from robust_transfer.io import atomic_write, atomic_write_text
 from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
-
-FORMAT_NAME = "robust_transfer"
-FORMAT_VERSION = 1
-WEIGHTS_SUFFIX = ".safetensors"
-METADATA_SUFFIX = ".json"
+from robust_transfer.models.metadata import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEADER_FIELDS,  # noqa: F401  (re-exported)
+    REPLACES_KEY,
+    WEIGHTS_SUFFIX,
+    checkpoint_paths,
+    header_metadata,
+    is_ours,
+    read_header_metadata,  # noqa: F401  (re-exported)
+    read_metadata,
+    schema_problems,
+    sha256_file,
+)
 
 # written by save_model from the model itself; a caller's values for these are replaced
 MODEL_FIELDS = ("arch", "num_classes", "input_size", "channels", "mean", "std")
-_REQUIRED_FIELDS = ("format", "format_version", "sha256", "arch", "num_classes", "input_size",
-                    "mean", "std")
 # ResNet-50-style bottlenecks: width of layer1's first 1x1 conv -> architecture
 _BOTTLENECK_WIDTH = {64: "resnet50", 128: "wide_resnet50_2"}
-_CHUNK = 1 << 20
-HEADER_KEY = "robust_transfer.metadata"  # safetensors header metadata: JSON of HEADER_FIELDS
-HEADER_FIELDS = ("format", "format_version", "arch", "num_classes", "input_size", "channels",
-                 "mean", "std", "source_dataset", "training", "norm", "eps", "clean_acc",
-                 "robust_acc", "arch_kwargs")
-REPLACES_KEY = "replaces_sha256"  # set by embed_header: the sha256 of the same tensors before
-_MAX_HEADER = 100 << 20  # safetensors' own limit on the header's size
 
 
 # --- our format: save ------------------------------------------------------------------
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The weights and metadata files of our format for ``path``.
-
-    Args:
-        path: ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``.
-
-    Returns:
-        ``(<stem>.safetensors, <stem>.json)``.
-    """
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX) else p
-    return Path(f"{stem}{WEIGHTS_SUFFIX}"), Path(f"{stem}{METADATA_SUFFIX}")
-
-
 def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[str, Any],
                overwrite: bool = False) -> Path:
     """Write ``model`` as ``<path>.safetensors`` plus ``<path>.json``, each whole or not at all.
@@ -95,8 +75,8 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
 
     Raises:
         OutputExistsError: either file exists and ``overwrite`` is false.
-        ConfigError: ``metadata`` is not JSON-serialisable, or breaks :data:`SCHEMA`
-            (e.g. a non-numeric ``eps``).
+        ConfigError: ``metadata`` is not JSON-serialisable, or breaks
+            :data:`~robust_transfer.models.metadata.SCHEMA` (e.g. a non-numeric ``eps``).
     """
     weights, meta_path = checkpoint_paths(path)
     refuse_existing(path, overwrite)
@@ -108,17 +88,14 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
     _to_json(record)  # refuse what JSON cannot hold before writing anything
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = _temp_beside(weights)
-    try:
-        save_file(state, str(tmp), metadata=header_metadata(record))
-        record["sha256"] = sha256_file(tmp)
-        text = _to_json(record)
-        # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
-        # missing .json, both refused on load, never a silently wrong model
-        os.replace(tmp, weights)
-        _write_text_atomic(meta_path, text)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = save(state, metadata=header_metadata(record))
+    record["sha256"] = hashlib.sha256(data).hexdigest()
+    text = _to_json(record)
+    # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
+    # missing .json, both refused on load, never a silently wrong model
+    with atomic_write(weights, "wb") as f:
+        f.write(data)
+    atomic_write_text(meta_path, text)
     return weights
 
 
@@ -131,6 +108,39 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputExistsError(f"{' and '.join(existing)} already exist(s); "
                                 "choose another path or pass overwrite=True (--overwrite)")
+
+
+def embed_header(path: str | os.PathLike) -> Path:
+    """Rewrite an older checkpoint's weights with its metadata in the header (tensors unchanged).
+
+    The sidecar's sha256 is updated to the new file and the old one kept as
+    ``replaces_sha256`` (a study pinned to it accepts the new file); the tensors are read
+    back and must be bit-identical to the old ones before anything is replaced.
+
+    Returns:
+        The path of the ``.safetensors`` file.
+
+    Raises:
+        CheckpointError: the checkpoint does not load, or the rewrite would change a tensor.
+    """
+    weights, meta_path = checkpoint_paths(path)
+    meta = read_metadata(weights)
+    _verify_sha256(weights, meta_path, meta["sha256"])
+    state = _read_safetensors(weights)
+    data = save(state, metadata=header_metadata(meta))
+    again = load(data)
+    if again.keys() != state.keys() or not all(
+            again[k].dtype == v.dtype and again[k].shape == v.shape
+            and again[k].reshape(-1).view(torch.uint8).equal(v.reshape(-1).view(torch.uint8))
+            for k, v in state.items()):
+        raise CheckpointError(f"rewriting {weights} would change its tensors; left as it was")
+    # same tensors, new file: studies pinned to the old sha256 may accept the new one
+    text = _to_json({**meta, "sha256": hashlib.sha256(data).hexdigest(),
+                     REPLACES_KEY: meta["sha256"]})
+    with atomic_write(weights, "wb") as f:  # weights first: a crash leaves a refused mismatch
+        f.write(data)
+    atomic_write_text(meta_path, text)
+    return weights
 
 
 def _model_fields(model: TransferModel) -> dict[str, Any]:
@@ -147,31 +157,6 @@ def _to_json(record: Mapping[str, Any]) -> str:
         return json.dumps(record, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError) as err:
         raise ConfigError(f"checkpoint metadata must be JSON-serialisable: {err}") from None
-
-
-def _temp_beside(path: Path) -> Path:
-    """A fresh temporary file in ``path``'s folder, so ``os.replace`` is atomic."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- loading: dispatch -----------------------------------------------------------------
@@ -195,8 +180,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: in
     """
     p = Path(path)
     weights, meta_path = checkpoint_paths(p)
-    ours = p.suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX) or (not p.is_file() and weights.is_file())
-    if ours:
+    if is_ours(p):
         model, meta = _load_ours(weights, meta_path, arch, num_classes)
     else:
         model, meta = _load_torch_file(p, arch, num_classes)
@@ -206,7 +190,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: in
 # --- our format: load ------------------------------------------------------------------
 def _load_ours(weights: Path, meta_path: Path, arch: str | None,
                num_classes: int | None) -> tuple[TransferModel, dict[str, Any]]:
-    meta = _read_metadata(weights, meta_path)
+    meta = read_metadata(weights)
     _check_requested(weights, meta, arch, num_classes)
     _verify_sha256(weights, meta_path, meta["sha256"])
     state = _read_safetensors(weights)
@@ -215,192 +199,6 @@ def _load_ours(weights: Path, meta_path: Path, arch: str | None,
     model.channels = meta.get("channels", model.channels)
     _load_state(model, state, weights, f"{meta['arch']} with {meta['num_classes']} classes")
     return model, meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of one of our checkpoints, checked but without reading the weights.
-
-    Args:
-        path: ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``.
-
-    Returns:
-        The JSON sidecar's contents.
-
-    Raises:
-        CheckpointError: either file is missing, or the JSON is unreadable or incomplete.
-    """
-    return _read_metadata(*checkpoint_paths(path))
-
-
-def _read_metadata(weights: Path, meta_path: Path) -> dict[str, Any]:
-    if not weights.is_file():
-        raise CheckpointError(f"no checkpoint weights at {weights}")
-    if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path} is missing: a robust-transfer checkpoint is {weights.name} "
-                              f"plus its metadata {meta_path.name}; save the model again")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read metadata {meta_path}: {_summary(err)}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{meta_path} is not robust-transfer checkpoint metadata "
-                              f"(no \"format\": \"{FORMAT_NAME}\")")
-    missing = [k for k in _REQUIRED_FIELDS if k not in meta]
-    if missing:
-        raise CheckpointError(f"metadata {meta_path} lacks {', '.join(missing)}; save the model again")
-    version = meta["format_version"]
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} has format version {version}; this "
-                              f"robust-transfer reads up to {FORMAT_VERSION}: upgrade it")
-    problems = schema_problems(meta)
-    if problems:
-        raise CheckpointError(f"metadata {meta_path}: {problems[0]}; fix the file or save the "
-                              "model again")
-    _check_header(weights, meta_path, meta)
-    return meta
-
-
-# --- the metadata schema and the copy in the safetensors header ---------------------------
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _rng(lo: float, hi: float, kind=_is_num):
-    return lambda v: kind(v) and lo <= v <= hi
-
-
-def _optional(check):
-    return lambda v: v is None or check(v)
-
-
-def _normaliser(v: Any) -> bool:
-    return isinstance(v, list) and len(v) in (1, 3) and all(_is_num(x) for x in v)
-
-
-# field -> (check, what a valid value is); fields not listed are free-form
-SCHEMA: dict[str, tuple[Any, str]] = {
-    "format": (lambda v: v == FORMAT_NAME, f"'{FORMAT_NAME}'"),
-    "format_version": (_rng(1, FORMAT_VERSION, _is_int), f"an integer 1..{FORMAT_VERSION}"),
-    "sha256": (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
-               "64 lowercase hex digits"),
-    "arch": (lambda v: isinstance(v, str) and bool(v), "an architecture name"),
-    "num_classes": (_rng(1, 1_000_000, _is_int), "an integer >= 1"),
-    "input_size": (_rng(8, 4096, _is_int), "an integer 8..4096 (pixels)"),
-    "channels": (_optional(lambda v: v in (1, 3) and _is_int(v)), "1 or 3"),
-    "mean": (_normaliser, "a list of 1 or 3 finite numbers"),
-    "std": (lambda v: _normaliser(v) and all(x > 0 for x in v), "a list of 1 or 3 numbers > 0"),
-    "eps": (_optional(_rng(0, 1e6)), "a finite number >= 0 (pixel units) or null"),
-    "norm": (_optional(lambda v: v in ("l2", "linf", "none")), "'l2', 'linf', 'none' or null"),
-    "training": (_optional(lambda v: isinstance(v, str)), "a string"),
-    "source_dataset": (_optional(lambda v: isinstance(v, str)), "a dataset name"),
-    "clean_acc": (_optional(lambda v: _rng(0, 1)(v) or _nan(v)), "a fraction in [0, 1] or null"),
-    "robust_acc": (_optional(lambda v: _rng(0, 1)(v) or _nan(v)), "a fraction in [0, 1] or null"),
-    "epochs": (_optional(_rng(1, 10**9, _is_int)), "an integer >= 1"),
-    "attack_steps": (_optional(_rng(0, 10**9, _is_int)), "an integer >= 0 or null"),
-    "attack_step_size": (_optional(_rng(0, 1e6)), "a finite number >= 0 or null"),
-}
-
-
-def _nan(v: Any) -> bool:
-    return isinstance(v, float) and math.isnan(v)
-
-
-def schema_problems(meta: Mapping[str, Any]) -> list[str]:
-    """What in ``meta`` breaks :data:`SCHEMA` (present fields only), one phrase each."""
-    return [f"field '{key}' must be {what}, got {_short(meta[key])}"
-            for key, (check, what) in SCHEMA.items() if key in meta and not check(meta[key])]
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def header_metadata(record: Mapping[str, Any]) -> dict[str, str]:
-    """The safetensors header metadata for ``record``: the :data:`HEADER_FIELDS` it has."""
-    facts = {k: record[k] for k in HEADER_FIELDS if k in record}
-    return {"format": FORMAT_NAME, HEADER_KEY: json.dumps(facts, sort_keys=True)}
-
-
-def read_header_metadata(weights: str | os.PathLike) -> dict[str, Any] | None:
-    """The facts stored in a safetensors file's header, without reading the tensors.
-
-    Returns:
-        The :data:`HEADER_FIELDS` the header holds, or ``None`` for files written before
-        headers held them.
-
-    Raises:
-        CheckpointError: the header is truncated or not JSON.
-    """
-    path = Path(weights)
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if not 0 < size <= min(_MAX_HEADER, path.stat().st_size - 8):
-                raise ValueError(f"header length {size} does not fit the file")
-            header = json.loads(f.read(size))
-        text = (header.get("__metadata__") or {}).get(HEADER_KEY)
-        return None if text is None else json.loads(text)
-    except (OSError, ValueError, AttributeError) as err:
-        raise CheckpointError(f"cannot read the header of {path}: {_summary(err)}; the file "
-                              "is corrupt or truncated: restore or re-save it") from None
-
-
-def _check_header(weights: Path, meta_path: Path, meta: Mapping[str, Any]) -> None:
-    facts = read_header_metadata(weights)
-    if facts is None:
-        return  # an older file: the sidecar alone, checked against the schema
-    differ = [k for k, v in facts.items() if not _same(meta.get(k, "<absent>"), v)]
-    if differ:
-        key = differ[0]
-        raise CheckpointError(
-            f"{meta_path.name} and the header of {weights.name} disagree on "
-            f"{', '.join(differ)} ({key}: {_short(meta.get(key))} in the .json, {_short(facts[key])} "
-            "in the weights): the metadata was edited or belongs to other weights; restore "
-            "it or save the model again")
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a == b or (_nan(a) and _nan(b))
-
-
-def embed_header(path: str | os.PathLike) -> Path:
-    """Rewrite an older checkpoint's weights with its metadata in the header (tensors unchanged).
-
-    The sidecar's sha256 is updated to the new file and the old one kept as
-    ``replaces_sha256`` (a study pinned to it accepts the new file); the tensors are read
-    back and must be bit-identical to the old ones before anything is replaced.
-
-    Returns:
-        The path of the ``.safetensors`` file.
-
-    Raises:
-        CheckpointError: the checkpoint does not load, or the rewrite would change a tensor.
-    """
-    weights, meta_path = checkpoint_paths(path)
-    meta = _read_metadata(weights, meta_path)
-    _verify_sha256(weights, meta_path, meta["sha256"])
-    state = _read_safetensors(weights)
-    tmp = _temp_beside(weights)
-    try:
-        save_file(state, str(tmp), metadata=header_metadata(meta))
-        again = load_file(str(tmp))
-        if again.keys() != state.keys() or not all(
-                again[k].dtype == v.dtype and again[k].shape == v.shape
-                and again[k].reshape(-1).view(torch.uint8).equal(v.reshape(-1).view(torch.uint8))
-                for k, v in state.items()):
-            raise CheckpointError(f"rewriting {weights} would change its tensors; left as it was")
-        # same tensors, new file: studies pinned to the old sha256 may accept the new one
-        text = _to_json({**meta, "sha256": sha256_file(tmp), REPLACES_KEY: meta["sha256"]})
-        os.replace(tmp, weights)
-        _write_text_atomic(meta_path, text)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return weights
 
 
 def _check_requested(weights: Path, meta: Mapping[str, Any], arch: str | None,

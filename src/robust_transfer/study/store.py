@@ -61,7 +61,6 @@ from robust_transfer.errors import ConfigError, RobustTransferError
 SCHEMA_VERSION = 2  # 2: validation and robust accuracy columns (added to version-1 stores on open)
 DB_NAME = "study.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-STATUSES = ("pending", "running", "finished", "failed")
 RECIPE_COLUMNS = ("lr", "momentum", "weight_decay", "schedule", "batch_size", "augment",
                   "resolution", "head_init", "eval_every")
 RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
