@@ -24,12 +24,12 @@ STARTS_ENV = "RT_TEST_STARTS_DIR"
 def _outcome(task: RunTask, start: float) -> RunOutcome:
     # a result that depends only on the run: better with more images and the robust source
     c = task.config
-    acc = (0.5 + 0.1 * (c["source"] == "robust") + int(c["n"]) / 1000
+    acc = (0.5 + 0.1 * (c.source == "robust") + int(c.n) / 1000
            + int(task.run_id[:4], 16) / 0xFFFF / 100)
     history = tuple({"epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "train_acc": acc,
                      "test_loss": 1.0 / e, "test_acc": acc} for e in (1, 2))
     return RunOutcome(task.run_id, "finished", start, time.time(), worker=str(os.getpid()),
-                      n=int(task.config["n"]), history=history)
+                      n=int(task.config.n), history=history)
 
 
 def timed_run(task: RunTask, ctx: RunContext) -> RunOutcome:
@@ -62,7 +62,7 @@ def _ray_node() -> str | None:
 def suicidal_run(task: RunTask, ctx: RunContext) -> RunOutcome:
     """The natural source's seed-0 run SIGKILLs its own worker after 0.3 s; others take 1.2 s."""
     start = time.time()
-    if task.config["source"] == "natural" and task.config["seed"] == 0:
+    if task.config.source == "natural" and task.config.seed == 0:
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(1.2)
@@ -71,7 +71,7 @@ def suicidal_run(task: RunTask, ctx: RunContext) -> RunOutcome:
 
 def seed0_fails(task: RunTask, ctx: RunContext) -> RunOutcome:
     """Runs with seed 0 fail (as a run that raised would); the others finish at once."""
-    if task.config["seed"] == 0:
+    if task.config.seed == 0:
         return RunOutcome(task.run_id, "failed", time.time(), time.time(),
                           error="RuntimeError: planted failure")
     return _outcome(task, time.time())

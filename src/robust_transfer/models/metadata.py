@@ -92,8 +92,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_FIELDS if k not in meta]
     if missing:
         raise CheckpointError(f"metadata {meta_path} lacks {', '.join(missing)}; save the model again")
-    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} has format version {meta['format_version']!r}; this "
+    version = meta["format_version"]
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(f"{meta_path} has format version {version}; this "
                               f"robust-transfer reads up to {FORMAT_VERSION}: upgrade it")
     problems = schema_problems(meta)
     if problems:
