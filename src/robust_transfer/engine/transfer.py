@@ -145,8 +145,10 @@ class Recipe:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if self.augment not in (True, False, "auto"):
             raise ConfigError(f"augment must be true, false or 'auto', got {self.augment!r}")
-        if self.resolution is not None and self.resolution < 8:
-            raise ConfigError(f"resolution must be at least 8 pixels, got {self.resolution}")
+        if self.resolution is not None and not 8 <= self.resolution <= 4096:
+            raise ConfigError(f"resolution must be 8..4096 pixels, got {self.resolution}")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be a positive number of epochs, got {self.eval_every}")
         if self.feature_dtype not in FEATURE_DTYPES:
             raise ConfigError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
                               f"got {self.feature_dtype!r}")

@@ -290,8 +290,8 @@ class _Parser:
             eps = float(Fraction(str(value))) if "/" in str(value) else float(value)
         except (ValueError, ZeroDivisionError):
             raise self.fail(path, f"eps must be a number or a fraction like 4/255, got {value!r}") from None
-        if eps < 0:
-            raise self.fail(path, f"eps must be >= 0, got {value}")
+        if not 0 <= eps < float("inf"):  # also refuses .nan and .inf
+            raise self.fail(path, f"eps must be a finite number >= 0, got {value}")
         return eps
 
     # --- axes ------------------------------------------------------------------------
@@ -373,8 +373,9 @@ class _Parser:
             res = Resources(**{k: float(v) for k, v in data.items()})
         except (TypeError, ValueError):
             raise self.fail(("resources",), "resources must be numbers") from None
-        if res.num_cpus <= 0 or res.num_gpus < 0:
-            raise self.fail(("resources",), "num_cpus must be > 0 and num_gpus >= 0")
+        if not (0 < res.num_cpus < float("inf") and 0 <= res.num_gpus < float("inf")):
+            raise self.fail(("resources",), "num_cpus must be a finite number > 0 and num_gpus "
+                            f"a finite number >= 0, got {res.num_cpus} and {res.num_gpus}")
         return res
 
     def byte_size(self, value: Any, path: tuple) -> int | None:
@@ -418,8 +419,8 @@ def _positive(value: Any) -> int:
 
 
 def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"must be an integer in 0..{2**32 - 1}, got {value!r}")
     return value
 
 
