@@ -7,6 +7,7 @@ from pathlib import Path
 
 from robust_transfer.analysis.budgets import EPOCH_POLICIES
 from robust_transfer.analysis.intervals import CI_METHODS, CIOptions
+from robust_transfer.cli import validate as v
 from robust_transfer.errors import ConfigError
 
 
@@ -28,18 +29,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-all", action="append", default=[], metavar="TARGET=SIZE",
                         help="images that n = all (or -1) stands for on TARGET, for CSVs "
                         "without an n_used column (repeatable)")
-    parser.add_argument("--out", type=Path, metavar="DIR",
+    parser.add_argument("--out", type=v.out_dir, metavar="DIR",
                         help="report directory (default: DIR/analysis, or FILE-analysis/)")
     parser.add_argument("--baseline", metavar="LABEL",
                         help="source label to compare with (default: the eps-0 'natural' one)")
     parser.add_argument("--ci", choices=CI_METHODS.names(), default="t",
                         help="interval across seeds (default: t)")
-    parser.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    parser.add_argument("--level", type=v.open_unit, default=0.95, help="interval level (0.95)")
     parser.add_argument("--spec", type=Path, metavar="FILE",
                         help="study specification to include in the report")
     parser.add_argument("--unfrozen", metavar="K", help="unfrozen-blocks setting the headlines "
                         "quote (default: the fewest; 'all' or -1 for every block)")
-    parser.add_argument("--epochs", type=int, metavar="E", help="epoch budget the headlines "
+    parser.add_argument("--epochs", type=v.positive_int, metavar="E", help="epoch budget the headlines "
                         "and figures quote (default: the largest)")
     parser.add_argument("--n", metavar="N", help="n of the epoch figures and the few-epochs "
                         "sentence (default: the largest n with at least two seeds)")
