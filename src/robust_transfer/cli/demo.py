@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from robust_transfer.cli import validate as v
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the embedded study end to end: fine-tune, analyse, report",
@@ -15,10 +17,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "resumes: finished runs are kept.")
     p.add_argument("--spec", default="embedded",
                    help="study spec: a preset name or a YAML file (default: the embedded preset)")
-    p.add_argument("--out", default="runs/demo", help="study directory (default runs/demo)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--out", default="runs/demo", type=v.out_dir,
+                   help="study directory (default runs/demo)")
+    p.add_argument("--workers", type=v.positive_int, default=1,
                    help="runs at a time in separate processes (default 1: in this process)")
-    p.add_argument("--device", default=None, help="override the spec's device (auto, cpu, cuda)")
+    p.add_argument("--device", default=None, type=v.device,
+                   help="override the spec's device (auto, cpu, cuda)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the inputs and print the plan and its estimated time; run nothing")
     p.set_defaults(func=_demo)

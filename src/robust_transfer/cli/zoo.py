@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from robust_transfer.cli import validate
 from robust_transfer.cli.common import command_help
 from robust_transfer.models import zoo
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetcher.add_argument("name", metavar="NAME", help="a zoo name, as shown by 'zoo list'")
     fetcher.add_argument("--download", action="store_true",
                          help="download the file if it is missing (never done unasked)")
-    fetcher.add_argument("--dest", metavar="DIR", default=None,
+    fetcher.add_argument("--dest", metavar="DIR", default=None, type=validate.out_dir,
                          help=f"folder for published files (default: ${zoo.ZOO_ENV} or the cache)")
     fetcher.set_defaults(func=_fetch)
 
@@ -57,11 +58,17 @@ def _list(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from robust_transfer.progress import Progress
 
-    # byte counts, rate and ETA of an HTTP download; start, end and a line every interval
-    # for a Hugging Face hub one; nothing for a file already here
-    with Progress(f"zoo fetch {args.name}", unit="files") as progress:
-        path = zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download,
-                         progress=progress.bytes)
+    fresh = args.dest is not None and not args.dest.exists()
+    try:
+        # byte counts, rate and ETA of an HTTP download; start, end and a line every
+        # interval for a Hugging Face hub one; nothing for a file already here
+        with Progress(f"zoo fetch {args.name}", unit="files") as progress:
+            path = zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download,
+                             progress=progress.bytes)
+    except BaseException:
+        if fresh and args.dest.is_dir() and not any(args.dest.iterdir()):
+            args.dest.rmdir()  # a refused or failed fetch leaves no empty folder behind
+        raise
     print(path)
     return 0
 
