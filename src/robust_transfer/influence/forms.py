@@ -132,10 +132,11 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
     s = (u * e.clamp_min(0).sqrt()[:, None, :]) @ u.mT  # S_i, symmetric [n, K, K]
     g = gram(x)  # x~_i . x~_j
     # M[(i,a),(j,b)] = (S_i S_j)_ab G_ij
-    m_mat = (torch.einsum("iea,jeb->iajb", s, s) * g[:, None, :, None]).reshape(n * k, n * k)
+    m_mat = torch.einsum("iea,jeb->iajb", s, s).mul_(g[:, None, :, None]).reshape(n * k, n * k)
     m_mat.diagonal().add_(damping)
-    factor, info = torch.linalg.cholesky_ex(m_mat)
-    del m_mat
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(m_mat.mT, out=(m_mat.mT, info))  # in place, as the direct form
+    factor = m_mat.mT  # lower triangle: L
     if int(info) != 0:
         raise _factor_failed(damping, "Cholesky of the kernel matrix failed")
     # J g_i for the training gradients: block j holds (S_j r_i) (x~_j . x~_i)
