@@ -280,13 +280,17 @@ def _run_cholesky(problem: GradientProblem, damping: float, opts: dict) -> Solve
     info = {"form": "direct", "precision": precision}
     if precision == "mixed" or m > n or not problem.train_targets:
         return _run_direct_solve(problem, damping, opts, info)
+    return _run_direct_whiten(problem, damping, info)
+
+
+def _run_direct_whiten(problem: GradientProblem, damping: float, info: dict) -> SolverOutput:
+    """At most as many test as training targets: whiten all ``n + m`` gradients once
+    (``w = L^-1 g``), which beats solving twice for the ``n`` training gradients."""
     timings = {}
     t0 = time.perf_counter()
     hess = _hessian(problem)
     timings["hessian_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    # at most as many test as training targets: whitening all n + m gradients once beats
-    # solving twice for the n training gradients
     w_test, w_train = problem.grads("test"), problem.grads("train")  # whitened in place
     _cholesky_whiten(hess, damping, [w_test, w_train])
     del hess
