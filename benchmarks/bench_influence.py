@@ -86,15 +86,15 @@ def compare(out, ref) -> str:
 
 
 def part_b(damping: float = 1e-3, repeats: int = 3, n: int = 3200, m: int = 10000,
-           direct_repeats: int = 1) -> None:
-    x, y, xt, yt, w, b = synthetic(n, m, 2048, 10, seed=1)
+           direct_repeats: int = 1, d: int = 2048) -> None:
+    x, y, xt, yt, w, b = synthetic(n, m, d, 10, seed=1)
     before = _peak_rss()
     cfg = InfluenceConfig(damping=damping)
     res, t_auto = timed(lambda: compute_influence(x, y, xt, yt, w, b, cfg), repeats)
     peak = _peak_rss()
     _RESULTS["b"] = res
     steps = ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
-    print(f"(b) the paper's setting: 2048 features, 10 classes, {n:,} train, {m:,} test, damping "
+    print(f"(b) the paper's setting: {d} features, 10 classes, {n:,} train, {m:,} test, damping "
           f"{damping:g}; test and train targets, self-influence")
     print(f"    ours (form auto -> {res.info['form']}, float64): {minmed(t_auto)} (target <= 20 s); "
           f"peak RSS {peak / 2**30:.2f} GB (before: {before / 2**30:.2f} GB; target <= 6 GB); "
@@ -113,12 +113,12 @@ def part_b(damping: float = 1e-3, repeats: int = 3, n: int = 3200, m: int = 1000
     print(f"    {res.info['form']} vs direct float64: {compare(res, ref)}")
 
 
-def part_small_n(damping: float = 1e-3, repeats: int = 3) -> None:
+def part_small_n(damping: float = 1e-3, repeats: int = 3, direct_repeats: int = 3) -> None:
     x, y, xt, yt, w, b = synthetic(200, 1000, 2048, 10, seed=2)
     res, t_auto = timed(lambda: compute_influence(x, y, xt, yt, w, b, InfluenceConfig(damping=damping)),
                         repeats)
     ref, t_dir = timed(lambda: compute_influence(
-        x, y, xt, yt, w, b, InfluenceConfig(damping=damping, form="direct")), repeats)
+        x, y, xt, yt, w, b, InfluenceConfig(damping=damping, form="direct")), direct_repeats)
     print(f"(c) few images: 200 train, 1,000 test, 2048 features, 10 classes, damping {damping:g}")
     print(f"    ours (form auto -> {res.info['form']}): {minmed(t_auto)}; direct form: {minmed(t_dir)}; "
           f"speed-up {min(t_dir) / min(t_auto):.0f}x (median {statistics.median(t_dir) / statistics.median(t_auto):.0f}x; "
@@ -175,16 +175,17 @@ def main() -> None:
                         help="which benchmarks to run (default: all)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of (b) and (c)")
     parser.add_argument("--direct-repeats", type=int, default=1,
-                        help="(b): timed runs of the (slow) direct forms")
+                        help="(b), (c): timed runs of the (slow) direct forms")
     parser.add_argument("--n", type=int, default=3200, help="(b): training images")
+    parser.add_argument("--d", type=int, default=2048, help="(b): features")
     parser.add_argument("--m", type=int, default=10000, help="(b): test images")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     for part in args.parts:
         {"b": lambda: part_b(repeats=args.repeats, n=args.n, m=args.m,
-                                  direct_repeats=args.direct_repeats),
-         "c": lambda: part_small_n(repeats=args.repeats), "d": part_c, "e": part_d}[part]()
+                                  direct_repeats=args.direct_repeats, d=args.d),
+         "c": lambda: part_small_n(repeats=args.repeats, direct_repeats=args.direct_repeats), "d": part_c, "e": part_d}[part]()
 
 
 if __name__ == "__main__":
