@@ -36,6 +36,10 @@ from robust_transfer.influence.hessian import curvature_weights, from_sum_zero
 Tensor = torch.Tensor
 FORMS = ("auto", "direct", "kernel", "block")
 _CHUNK = 2048  # test rows at a time in the kernel form
+_SYRK_MIN = 2e8  # multiply-adds below which a general product is faster than scipy's syrk
+# flop-equivalent of one library call (thread start-up and synchronisation): small problems
+# are decided by the number of calls, not their flops
+_CALL = 2e7
 
 
 def gram(a: Tensor) -> Tensor:
@@ -49,6 +53,8 @@ def gram(a: Tensor) -> Tensor:
     """
     from scipy.linalg import blas
 
+    if a.shape[0] ** 2 * a.shape[1] < _SYRK_MIN:  # small: the call overhead dominates
+        return a @ a.T
     syrk = blas.dsyrk if a.dtype == torch.float64 else blas.ssyrk
     # a row-major [k, j] is a column-major [j, k] = a^T: ask for (a^T)^T (a^T), no copy
     upper = torch.from_numpy(syrk(1.0, a.contiguous().numpy().T, trans=1, lower=0))
@@ -77,7 +83,8 @@ def flop_estimates(n: int, m: int, num_classes: int, feature_dim: int,
     kernel = n * n * dim + 2 * m * n * dim + nk ** 3 / 3 + 2 * nk * nk * n + 2 * m * nk * n
     block = (c * (n * dim * dim + dim ** 3 / 3 + 2 * dim * dim * n + n * n * dim + 2 * m * n * dim)
              + 7 * n ** 3 / 3 + 2 * m * n * n)
-    return {"direct": direct, "kernel": kernel, "block": block}
+    return {"direct": direct + (k + 20) * _CALL, "kernel": kernel + 30 * _CALL,
+            "block": block + (15 * c + 20) * _CALL}
 
 
 def choose_form(form: str, n: int, m: int, num_classes: int, feature_dim: int, damping: float,
