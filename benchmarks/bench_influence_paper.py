@@ -238,7 +238,7 @@ def _gemm_rate(size: int) -> float:
 
 
 def part_paper(n: int = 3200, m: int = 10000, d: int = 2048, c: int = 10,
-               rows: int = 200, images: int = 3, pinv_size: int = 2048) -> None:
+               rows: int = 2000, images: int = 3, pinv_size: int = 2048) -> None:
     x, y, xt, yt, w, b = synthetic(n, m, d, c, seed=1)
     layer = paper_head(w.float(), b.float())
     size = c * (d + 1)
@@ -276,7 +276,7 @@ def part_paper(n: int = 3200, m: int = 10000, d: int = 2048, c: int = 10,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["small", "paper"], choices=["small", "paper"])
-    parser.add_argument("--rows", type=int, default=200, help="paper: Hessian rows timed per image")
+    parser.add_argument("--rows", type=int, default=2000, help="paper: Hessian rows timed per image")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
