@@ -1,21 +1,53 @@
-"""Helpers shared by the command modules: parsing values, progress bars."""
+"""Helpers shared by the command modules: the command table, parsing values, progress bars.
+
+This module is imported to build every parser, so it imports nothing heavy.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
+from typing import NamedTuple
+
+from robust_transfer.cli import validate
+from robust_transfer.errors import ConfigError
+from robust_transfer.models.finetune import UnfrozenBlocks, parse_n, parse_unfrozen
+
+
+class Command(NamedTuple):
+    """A top-level command: the module that registers it and its one-line help."""
+
+    module: str
+    help: str
+
+
+# in the order --help lists them; a module is imported only when its command runs
+COMMANDS: dict[str, Command] = {
+    "demo": Command("demo", "the embedded study end to end: fine-tune, analyse, report"),
+    "pretrain": Command("train", "train a source model (natural, PGD or FGSM-RS adversarial)"),
+    "finetune": Command("train", "fine-tune a source model on a target dataset"),
+    "evaluate": Command("train", "clean and PGD robust accuracy of a model"),
+    "zoo": Command("zoo", "list the model zoo and fetch published checkpoints"),
+    "data": Command("data", "list datasets and where their files are expected"),
+    "study": Command("study", "run a grid of fine-tuning runs (a study) and read its results"),
+    "analyze": Command("analyze", "tables, figures and an HTML/Markdown report of finished runs"),
+    "influence": Command("influence", "last-layer influence functions: top-k images, "
+                         "class-match curves"),
+    "saliency": Command("saliency", "input-gradient maps, models side by side"),
+    "recommend": Command("recommend", "rank source models for a target by head-only probes "
+                         "on a held-out validation set (never the test set)"),
+    "completion": Command("completion", "print a shell completion script (bash or zsh)"),
+}
+
+
+def command_help(name: str) -> str:
+    """The one-line help of a top-level command (what ``--help`` lists)."""
+    return COMMANDS[name].help
 
 
 def parse_eps(text: str) -> float:
-    """``0.5``, ``8/255`` -> float pixels; negative values are refused."""
-    try:
-        value = float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number or fraction: '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text}")
-    return value
+    """``0.5``, ``8/255`` -> float pixels; negative, NaN and infinite values are refused."""
+    return validate.eps(text)
 
 
 def positive_int(text: str) -> int:
@@ -29,12 +61,23 @@ def positive_int(text: str) -> int:
 
 
 def n_images(text: str) -> int | None:
-    """A positive number of images, or ``all`` (None)."""
-    return None if text == "all" else positive_int(text)
+    """A positive number of images, or ``all`` (None): :func:`~robust_transfer.models.finetune.parse_n`."""
+    try:
+        return parse_n(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def unfrozen_blocks(text: str) -> UnfrozenBlocks:
+    """``0``, ``k`` or ``all``: :func:`~robust_transfer.models.finetune.parse_unfrozen`."""
+    try:
+        return parse_unfrozen(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--device", default="auto", type=validate.device,
                         help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
 
 

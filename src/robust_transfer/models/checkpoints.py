@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,40 +28,33 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save
 
 from robust_transfer.errors import CheckpointError, ConfigError, OutputExistsError
+from robust_transfer.io import atomic_write, atomic_write_text
 from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
-
-FORMAT_NAME = "robust_transfer"
-FORMAT_VERSION = 1
-WEIGHTS_SUFFIX = ".safetensors"
-METADATA_SUFFIX = ".json"
+from robust_transfer.models.metadata import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEADER_FIELDS,  # noqa: F401  (re-exported)
+    REPLACES_KEY,
+    WEIGHTS_SUFFIX,
+    checkpoint_paths,
+    header_metadata,
+    is_ours,
+    read_header_metadata,  # noqa: F401  (re-exported)
+    read_metadata,
+    schema_problems,
+    sha256_file,
+)
 
 # written by save_model from the model itself; a caller's values for these are replaced
 MODEL_FIELDS = ("arch", "num_classes", "input_size", "channels", "mean", "std")
-_REQUIRED_FIELDS = ("format", "format_version", "sha256", "arch", "num_classes", "input_size",
-                    "mean", "std")
 # ResNet-50-style bottlenecks: width of layer1's first 1x1 conv -> architecture
 _BOTTLENECK_WIDTH = {64: "resnet50", 128: "wide_resnet50_2"}
-_CHUNK = 1 << 20
 
 
 # --- our format: save ------------------------------------------------------------------
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The weights and metadata files of our format for ``path``.
-
-    Args:
-        path: ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``.
-
-    Returns:
-        ``(<stem>.safetensors, <stem>.json)``.
-    """
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX) else p
-    return Path(f"{stem}{WEIGHTS_SUFFIX}"), Path(f"{stem}{METADATA_SUFFIX}")
-
-
 def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[str, Any],
                overwrite: bool = False) -> Path:
     """Write ``model`` as ``<path>.safetensors`` plus ``<path>.json``, each whole or not at all.
@@ -83,24 +75,27 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
 
     Raises:
         OutputExistsError: either file exists and ``overwrite`` is false.
-        ConfigError: ``metadata`` is not JSON-serialisable.
+        ConfigError: ``metadata`` is not JSON-serialisable, or breaks
+            :data:`~robust_transfer.models.metadata.SCHEMA` (e.g. a non-numeric ``eps``).
     """
     weights, meta_path = checkpoint_paths(path)
     refuse_existing(path, overwrite)
+    record = {**metadata, **_model_fields(model), "format": FORMAT_NAME,
+              "format_version": FORMAT_VERSION}
+    problems = schema_problems(record)
+    if problems:
+        raise ConfigError(f"checkpoint metadata: {problems[0]}")
+    _to_json(record)  # refuse what JSON cannot hold before writing anything
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = _temp_beside(weights)
-    try:
-        save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
-        record = {**metadata, **_model_fields(model), "format": FORMAT_NAME,
-                  "format_version": FORMAT_VERSION, "sha256": sha256_file(tmp)}
-        text = _to_json(record)
-        # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
-        # missing .json, both refused on load, never a silently wrong model
-        os.replace(tmp, weights)
-        _write_text_atomic(meta_path, text)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = save(state, metadata=header_metadata(record))
+    record["sha256"] = hashlib.sha256(data).hexdigest()
+    text = _to_json(record)
+    # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
+    # missing .json, both refused on load, never a silently wrong model
+    with atomic_write(weights, "wb") as f:
+        f.write(data)
+    atomic_write_text(meta_path, text)
     return weights
 
 
@@ -113,6 +108,39 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputExistsError(f"{' and '.join(existing)} already exist(s); "
                                 "choose another path or pass overwrite=True (--overwrite)")
+
+
+def embed_header(path: str | os.PathLike) -> Path:
+    """Rewrite an older checkpoint's weights with its metadata in the header (tensors unchanged).
+
+    The sidecar's sha256 is updated to the new file and the old one kept as
+    ``replaces_sha256`` (a study pinned to it accepts the new file); the tensors are read
+    back and must be bit-identical to the old ones before anything is replaced.
+
+    Returns:
+        The path of the ``.safetensors`` file.
+
+    Raises:
+        CheckpointError: the checkpoint does not load, or the rewrite would change a tensor.
+    """
+    weights, meta_path = checkpoint_paths(path)
+    meta = read_metadata(weights)
+    _verify_sha256(weights, meta_path, meta["sha256"])
+    state = _read_safetensors(weights)
+    data = save(state, metadata=header_metadata(meta))
+    again = load(data)
+    if again.keys() != state.keys() or not all(
+            again[k].dtype == v.dtype and again[k].shape == v.shape
+            and again[k].reshape(-1).view(torch.uint8).equal(v.reshape(-1).view(torch.uint8))
+            for k, v in state.items()):
+        raise CheckpointError(f"rewriting {weights} would change its tensors; left as it was")
+    # same tensors, new file: studies pinned to the old sha256 may accept the new one
+    text = _to_json({**meta, "sha256": hashlib.sha256(data).hexdigest(),
+                     REPLACES_KEY: meta["sha256"]})
+    with atomic_write(weights, "wb") as f:  # weights first: a crash leaves a refused mismatch
+        f.write(data)
+    atomic_write_text(meta_path, text)
+    return weights
 
 
 def _model_fields(model: TransferModel) -> dict[str, Any]:
@@ -129,31 +157,6 @@ def _to_json(record: Mapping[str, Any]) -> str:
         return json.dumps(record, indent=2, sort_keys=True) + "\n"
     except (TypeError, ValueError) as err:
         raise ConfigError(f"checkpoint metadata must be JSON-serialisable: {err}") from None
-
-
-def _temp_beside(path: Path) -> Path:
-    """A fresh temporary file in ``path``'s folder, so ``os.replace`` is atomic."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- loading: dispatch -----------------------------------------------------------------
@@ -177,8 +180,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: in
     """
     p = Path(path)
     weights, meta_path = checkpoint_paths(p)
-    ours = p.suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX) or (not p.is_file() and weights.is_file())
-    if ours:
+    if is_ours(p):
         model, meta = _load_ours(weights, meta_path, arch, num_classes)
     else:
         model, meta = _load_torch_file(p, arch, num_classes)
@@ -188,7 +190,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: in
 # --- our format: load ------------------------------------------------------------------
 def _load_ours(weights: Path, meta_path: Path, arch: str | None,
                num_classes: int | None) -> tuple[TransferModel, dict[str, Any]]:
-    meta = _read_metadata(weights, meta_path)
+    meta = read_metadata(weights)
     _check_requested(weights, meta, arch, num_classes)
     _verify_sha256(weights, meta_path, meta["sha256"])
     state = _read_safetensors(weights)
@@ -197,43 +199,6 @@ def _load_ours(weights: Path, meta_path: Path, arch: str | None,
     model.channels = meta.get("channels", model.channels)
     _load_state(model, state, weights, f"{meta['arch']} with {meta['num_classes']} classes")
     return model, meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of one of our checkpoints, checked but without reading the weights.
-
-    Args:
-        path: ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``.
-
-    Returns:
-        The JSON sidecar's contents.
-
-    Raises:
-        CheckpointError: either file is missing, or the JSON is unreadable or incomplete.
-    """
-    return _read_metadata(*checkpoint_paths(path))
-
-
-def _read_metadata(weights: Path, meta_path: Path) -> dict[str, Any]:
-    if not weights.is_file():
-        raise CheckpointError(f"no checkpoint weights at {weights}")
-    if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path} is missing: a robust-transfer checkpoint is {weights.name} "
-                              f"plus its metadata {meta_path.name}; save the model again")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read metadata {meta_path}: {_summary(err)}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{meta_path} is not robust-transfer checkpoint metadata "
-                              f"(no \"format\": \"{FORMAT_NAME}\")")
-    missing = [k for k in _REQUIRED_FIELDS if k not in meta]
-    if missing:
-        raise CheckpointError(f"metadata {meta_path} lacks {', '.join(missing)}; save the model again")
-    if meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} has format version {meta['format_version']}; this "
-                              f"robust-transfer reads up to {FORMAT_VERSION}: upgrade it")
-    return meta
 
 
 def _check_requested(weights: Path, meta: Mapping[str, Any], arch: str | None,

@@ -8,7 +8,6 @@ unfinished ones to an executor, recording each outcome in one transaction as it 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from robust_transfer.errors import RobustTransferError
+from robust_transfer.io import atomic_write_text
 from robust_transfer.study.executors import ExecutorOptions, get_executor
 from robust_transfer.study.lock import DriverLock
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import RunOutcome, StudyStore, run_row
-from robust_transfer.study.worker import RunContext, RunTask
+from robust_transfer.study.worker import RunContext, RunTask, check_cache_budget
 
 FEATURE_CACHE_DIR = "feature_cache"
 SPEC_COPY = "spec.yaml"
@@ -115,6 +115,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
         options.run_fn = run_fn
     runner = get_executor(executor, options)  # fails before the directory is touched
     out = Path(out_dir)
+    if spec.feature_cache:  # a cache that cannot fit is refused before any run starts
+        check_cache_budget(resolved, out / FEATURE_CACHE_DIR, spec.feature_cache_budget)
     with DriverLock(out), StudyStore(out, create=True) as store:
         runs, todo, skipped = _prepare(store, resolved, extend, retry_failed)
         ctx = _context(resolved, out)
@@ -155,7 +157,7 @@ def _prepare(store: StudyStore, resolved: ResolvedStudy, extend: bool,
     _write_spec_copy(store.dir, spec)
     statuses = store.statuses(r.run_id for r in runs)
     redo = {"pending", "running"} | ({"failed"} if retry_failed else set())
-    todo = [RunTask(r.run_id, r.to_dict()) for r in runs if statuses.get(r.run_id) in redo]
+    todo = [RunTask(r.run_id, r) for r in runs if statuses.get(r.run_id) in redo]
     return runs, todo, len(runs) - len(todo)
 
 
@@ -186,16 +188,14 @@ def _write_spec_copy(study_dir: Path, spec: StudySpec) -> None:
     """The first spec also sits beside the store as ``spec.yaml``, for people and tools."""
     copy = study_dir / SPEC_COPY
     if not copy.exists():
-        tmp = copy.with_name(f".{SPEC_COPY}.tmp")
-        tmp.write_text(spec.text, encoding="utf-8")
-        os.replace(tmp, copy)
+        atomic_write_text(copy, spec.text)
 
 
 def _context(resolved: ResolvedStudy, out: Path) -> RunContext:
     spec = resolved.spec
-    sources = {label: {"path": s.path, "sha256": s.sha256} for label, s in resolved.sources.items()}
     cache = str(out / FEATURE_CACHE_DIR) if spec.feature_cache else None
-    return RunContext(sources, str(resolved.data_root), spec.device, spec.resources.threads, cache)
+    return RunContext(dict(resolved.records), str(resolved.data_root), spec.device,
+                      spec.resources.threads, cache, spec.feature_cache_budget)
 
 
 def _execute(store: StudyStore, runner, todo: list[RunTask], ctx: RunContext,
@@ -245,13 +245,4 @@ class _Tracker:
         eta = elapsed / ended * (remaining + self.running / 2) if ended else None
         self.callback(Progress(self.done, self.failed, self.running, remaining, self.total,
                                elapsed, eta, last))
-
-
-def study_dir_summary(study_dir: str | Path) -> dict[str, Any]:
-    """Status counts plus the first failures, for ``study status``."""
-    from robust_transfer.study.lock import driver_alive
-
-    with StudyStore(study_dir, readonly=True) as store:
-        status = store.status(live=driver_alive(study_dir))
-        return {"status": status, "failures": store.failures(5), "specs": store.specs()}
 

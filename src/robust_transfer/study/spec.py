@@ -16,14 +16,17 @@ is a complete one)::
     recipe: {lr: [0.1, 0.01], batch_size: 64}           # any recipe field may be a list
     resources: {num_cpus: 1, num_gpus: 0.25}            # per run (Ray; threads per run)
     feature_cache: true                                 # share frozen-prefix outputs
+    feature_cache_budget: 50 GB                         # optional; refused up front if too small
     grid:                                               # optional sub-grids; each overrides
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
 
 Recipe fields and defaults are those of :class:`robust_transfer.engine.transfer.Recipe`. With
 augmentation on (``augment: true``, or ``auto`` on colour targets) the frozen prefix sees
-a different input every epoch, so the feature cache is not used for those runs: they
-recompute the prefix every step, as without a cache, and their accuracy is unaffected.
+a different training input every epoch, so those runs cache only their test images'
+prefix outputs (see :func:`robust_transfer.engine.transfer.cache_plan`); their accuracy
+is unaffected. ``recipe: {feature_dtype: float16}`` halves the cache (a different result,
+so a different run id).
 
 A run's id is the sha256 of its fully resolved config (every default filled in, canonical
 JSON with sorted keys), so reordering the YAML keeps the ids and changing any value that
@@ -41,21 +44,23 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from robust_transfer.errors import ConfigError
-from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 from robust_transfer.engine.transfer import Recipe
+from robust_transfer.errors import ConfigError
+from robust_transfer.models.finetune import UnfrozenBlocks, n_label, parse_n, parse_unfrozen
+from robust_transfer.models.sources import looks_like_path
+from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
 TOP_KEYS = ("name", "description", "sources", *AXES, "recipe", "grid", "resources", "device",
-            "feature_cache", "data_root")
+            "feature_cache", "feature_cache_budget", "data_root")
 GRID_KEYS = (*AXES, "recipe")
 SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
 NORMS = ("l2", "linf", "none")
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 _FLOAT_FIELDS = ("lr", "momentum", "weight_decay")
-_INT_FIELDS = ("batch_size", "eval_every")
+_INT_FIELDS = ("batch_size", "eval_every", "val_images", "robust_steps", "robust_images")
 
 
 @dataclass(frozen=True)
@@ -95,25 +100,40 @@ class Resources:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One fine-tuning run, fully resolved. Its :attr:`run_id` hashes :meth:`to_dict`."""
+    """One fine-tuning run, fully resolved. Its :attr:`run_id` hashes :meth:`to_dict`.
+
+    Attributes:
+        source, source_model: the source's label and its zoo name or path.
+        target: the target dataset.
+        n: training images, ``None`` for the whole split.
+        unfrozen_blocks: blocks trained besides the head, an int or ``ALL``.
+        epochs, seed, recipe: the rest of the run.
+    """
 
     source: str
     source_model: str
     target: str
     n: int | None
-    unfrozen_blocks: str
+    unfrozen_blocks: UnfrozenBlocks
     epochs: int
     seed: int
     recipe: Recipe
 
+    def __post_init__(self) -> None:
+        # the typed values, whatever spelling came in ("3", "all", 3, ALL)
+        object.__setattr__(self, "n", parse_n(self.n))
+        object.__setattr__(self, "unfrozen_blocks", parse_unfrozen(self.unfrozen_blocks))
+
     @property
     def n_label(self) -> str:
-        return "all" if self.n is None else str(self.n)
+        return n_label(self.n)
 
     def to_dict(self) -> dict[str, Any]:
+        """The canonical form run ids hash: never change it for existing settings."""
         return {"kind": RUN_KIND, "source": self.source, "source_model": self.source_model,
-                "target": self.target, "n": self.n_label, "unfrozen_blocks": self.unfrozen_blocks,
-                "epochs": self.epochs, "seed": self.seed, "recipe": self.recipe.to_dict()}
+                "target": self.target, "n": self.n_label,
+                "unfrozen_blocks": str(self.unfrozen_blocks), "epochs": self.epochs,
+                "seed": self.seed, "recipe": self.recipe.to_dict()}
 
     @property
     def run_id(self) -> str:
@@ -121,9 +141,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        n = None if d["n"] == "all" else int(d["n"])
-        return cls(d["source"], d["source_model"], d["target"], n, str(d["unfrozen_blocks"]),
-                   int(d["epochs"]), int(d["seed"]), Recipe(**d["recipe"]))
+        """A config as :meth:`to_dict` (and so the store) writes it."""
+        return cls(d["source"], d["source_model"], d["target"], parse_n(d["n"]),
+                   parse_unfrozen(d["unfrozen_blocks"]), int(d["epochs"]), int(d["seed"]),
+                   Recipe(**d["recipe"]))
 
 
 def config_id(config: dict[str, Any]) -> str:
@@ -141,7 +162,7 @@ class Grid:
 
     targets: tuple[str, ...]
     train_images: tuple[int | None, ...]
-    unfrozen_blocks: tuple[str, ...]
+    unfrozen_blocks: tuple[UnfrozenBlocks, ...]
     epochs: tuple[int, ...]
     seeds: tuple[int, ...]
     recipes: tuple[Recipe, ...]
@@ -162,6 +183,7 @@ class StudySpec:
     description: str = ""
     text: str = ""
     path: Path | None = None
+    feature_cache_budget: int | None = None  # bytes
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study, once each, in a deterministic order."""
@@ -232,7 +254,8 @@ class _Parser:
         return StudySpec(name, self.sources(data["sources"], base), grids,
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
-                         data.get("data_root"), str(data.get("description") or ""), text, path)
+                         data.get("data_root"), str(data.get("description") or ""), text, path,
+                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)))
 
     # --- sources ---------------------------------------------------------------------
     def sources(self, items: Any, base: Path) -> tuple[SourceSpec, ...]:
@@ -267,8 +290,8 @@ class _Parser:
             eps = float(Fraction(str(value))) if "/" in str(value) else float(value)
         except (ValueError, ZeroDivisionError):
             raise self.fail(path, f"eps must be a number or a fraction like 4/255, got {value!r}") from None
-        if eps < 0:
-            raise self.fail(path, f"eps must be >= 0, got {value}")
+        if not 0 <= eps < float("inf"):  # also refuses .nan and .inf
+            raise self.fail(path, f"eps must be a finite number >= 0, got {value}")
         return eps
 
     # --- axes ------------------------------------------------------------------------
@@ -297,8 +320,8 @@ class _Parser:
                   **self.recipe_dict(sub.get("recipe"), (*path, "recipe"))}
         lines = {k: self._line(p) or 0 for k, (_, p) in values.items()}
         return Grid(self.axis(*values["targets"], _target),
-                    self.axis(*values["train_images"], _n_images),
-                    self.axis(*values["unfrozen_blocks"], _unfrozen),
+                    self.axis(*values["train_images"], parse_n),
+                    self.axis(*values["unfrozen_blocks"], parse_unfrozen),
                     self.axis(*values["epochs"], _positive),
                     self.axis(*values["seeds"], _seed),
                     self.recipes(recipe, path), lines)
@@ -311,9 +334,9 @@ class _Parser:
         for i, item in enumerate(items):
             try:
                 out.append(convert(item))
-            except (ValueError, TypeError) as err:
+            except (ValueError, TypeError) as err:  # ConfigError is a ValueError
                 raise self.fail((*path, i) if isinstance(value, list) else path,
-                                f"{path[-1]}: {err}") from None
+                                f"{path[-1]}: {_reason(err)}") from None
         return tuple(dict.fromkeys(out))  # drop repeats, keep order
 
     # --- recipe ----------------------------------------------------------------------
@@ -350,9 +373,18 @@ class _Parser:
             res = Resources(**{k: float(v) for k, v in data.items()})
         except (TypeError, ValueError):
             raise self.fail(("resources",), "resources must be numbers") from None
-        if res.num_cpus <= 0 or res.num_gpus < 0:
-            raise self.fail(("resources",), "num_cpus must be > 0 and num_gpus >= 0")
+        if not (0 < res.num_cpus < float("inf") and 0 <= res.num_gpus < float("inf")):
+            raise self.fail(("resources",), "num_cpus must be a finite number > 0 and num_gpus "
+                            f"a finite number >= 0, got {res.num_cpus} and {res.num_gpus}")
         return res
+
+    def byte_size(self, value: Any, path: tuple) -> int | None:
+        from robust_transfer.engine.features import parse_bytes
+
+        try:
+            return None if value is None else parse_bytes(value)
+        except ConfigError as err:
+            raise self.fail(path, f"{path[-1]}: {err}") from None
 
     def boolean(self, value: Any, path: tuple) -> bool:
         if not isinstance(value, bool):
@@ -368,30 +400,16 @@ def _normalise_model(model: str, base: Path) -> str:
     return model
 
 
-def looks_like_path(model: str) -> bool:
-    return "/" in model or model.endswith((".pt", ".pth", ".ckpt", ".safetensors", ".json"))
-
-
 def _target(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"a target is a dataset name, got {value!r}")
     return value
 
 
-def _n_images(value: Any) -> int | None:
-    if value == "all" or value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be a positive integer or 'all', got {value!r}")
-    return value
-
-
-def _unfrozen(value: Any) -> str:
-    if value == "all":
-        return "all"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be a non-negative integer or 'all', got {value!r}")
-    return str(value)
+def _reason(err: Exception) -> str:
+    """The parser's message without its own subject ("unfrozen blocks must be" -> "must be")."""
+    text = str(err)
+    return text[text.index("must be"):] if "must be" in text else text
 
 
 def _positive(value: Any) -> int:
@@ -401,14 +419,16 @@ def _positive(value: Any) -> int:
 
 
 def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"must be an integer in 0..{2**32 - 1}, got {value!r}")
     return value
 
 
 def _coerce_recipe(name: str, value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string and ``1`` as an int: make types canonical."""
-    if name in _FLOAT_FIELDS:
+    if name == "robust_eps" and value is None:
+        return None
+    if name in _FLOAT_FIELDS or name == "robust_eps":
         if isinstance(value, bool):
             raise TypeError(name)
         return float(value)
