@@ -162,11 +162,23 @@ def _published(src: SourceSpec, missing: list[Missing]) -> dict[str, Any]:
     facts = {"arch": entry.arch, "input_size": ARCHS.get(entry.arch).input_size,
              "eps": entry.eps, "norm": entry.norm if entry.eps else "none"}
     if target.is_file():
+        _check_arch(target, entry.arch, src)
         return {**facts, "path": str(target), "sha256": _cached_sha256(str(target), sha256_file)}
     missing.append(Missing("checkpoint", f"'{src.label}' ({src.model})",
                            f"put {entry.file} into {zoo.zoo_dir()} (download {entry.url}; "
                            f"or set ROBUST_TRANSFER_ZOO to the folder holding it)"))
     return facts
+
+
+def _check_arch(path: Path, expected: str, src: SourceSpec) -> None:
+    """A published name promises an architecture: refuse a file that holds another."""
+    from robust_transfer.models.checkpoints import checkpoint_arch
+
+    found = checkpoint_arch(path)
+    if found != expected:
+        raise CheckpointError(f"source '{src.label}' ({src.model}) is a {expected}, but {path} "
+                              f"holds a {found} (told from its keys and shapes); replace the "
+                              f"file with the published one or name the right model")
 
 
 def _embedded(src: SourceSpec, zoo) -> dict[str, Any]:
