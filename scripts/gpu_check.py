@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robust_transfer.data import DatasetInfo, ImageArrays, load_dataset
+from robust_transfer.data import DatasetInfo, ImageArrays
 from robust_transfer.engine import transfer
 from robust_transfer.engine.attacks import pgd
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit

@@ -63,8 +63,8 @@ class CostEstimate:
             return out
         hours = self.hours_label
         out.append(f"estimated time on this machine ({self.basis}): "
-                   f"{c.total_cached / 3600:,.2f} {hours} with caching, "
-                   f"{c.total_uncached / 3600:,.2f} {hours} without; "
+                   f"{_hours(c.total_cached)} {hours} with caching, "
+                   f"{_hours(c.total_uncached)} {hours} without; "
                    f"caching makes it {_times(c.total_uncached, c.total_cached)} cheaper")
         parts = ", ".join(f"{share:.0%} {name}" for name, _, share in c.breakdown() if share >= 0.005)
         out.append(f"where the cached cost goes: {parts}")
@@ -78,6 +78,15 @@ class CostEstimate:
                        f"forward {t.forward / 1e9:,.1f} GFLOP/s, training step {t.train / 1e9:,.1f} "
                        f"GFLOP/s, {1e3 * (t.prepare + t.augment):.1f} ms/image input preparation")
         return out
+
+
+def _hours(seconds: float) -> str:
+    """Hours, with seconds or minutes beside them when that is easier to read."""
+    if seconds < 120:
+        return f"{seconds / 3600:.3f} ({seconds:.0f} s)"
+    if seconds < 7200:
+        return f"{seconds / 3600:.2f} ({seconds / 60:.1f} min)"
+    return f"{seconds / 3600:,.1f}"
 
 
 def _times(big: float, small: float) -> str:
