@@ -8,9 +8,9 @@ from PIL import Image
 
 from robust_transfer.cli import main
 from robust_transfer.data.streaming import streaming_split
+from robust_transfer.engine.pretrain import PretrainConfig, pretrain
 from robust_transfer.errors import DatasetError
 from robust_transfer.models.checkpoints import load_model
-from robust_transfer.engine.pretrain import PretrainConfig, pretrain
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,9 @@ from robust_transfer.registry import Registry
 
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SPLITS = ("train", "test")
+# one kind of dataset, two spellings: "folder:" is the documented one, "imagefolder:" the
+# older name for source training, kept working
+FOLDER_PREFIXES = ("folder:", "imagefolder:")
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,19 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
     return Path.home() / ".cache" / "robust_transfer" / "data"
 
 
+def folder_path(name: str) -> Path | None:
+    """The folder of ``folder:PATH`` (or its alias ``imagefolder:PATH``); None otherwise."""
+    for prefix in FOLDER_PREFIXES:
+        if name.startswith(prefix):
+            return Path(name[len(prefix):]).expanduser()
+    return None
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of a registered name or of ``folder:PATH``."""
-    if name.startswith("folder:"):
-        return _folder_info(Path(name[len("folder:"):]))
+    folder = folder_path(name)
+    if folder is not None:
+        return _folder_info(folder, name)
     return DATASETS.get(name).info
 
 
@@ -122,7 +134,8 @@ def load_dataset(
     """Load one split of a dataset into memory.
 
     Args:
-        name: a registered name (see :func:`dataset_names`) or ``folder:PATH``.
+        name: a registered name (see :func:`dataset_names`) or ``folder:PATH``
+            (``imagefolder:PATH`` is the same).
         split: ``"train"`` or ``"test"``.
         root: data root (default: :func:`data_root`).
         download: fetch missing files from the internet (torchvision datasets only).
@@ -133,8 +146,9 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
-    if name.startswith("folder:"):
-        return _load_folder(Path(name[len("folder:"):]), split)
+    folder = folder_path(name)
+    if folder is not None:
+        return _load_folder(folder, split, name)
     entry = DATASETS.get(name)
     base = data_root(root)
     try:
@@ -319,14 +333,19 @@ _FOLDER_SIZE = 32  # images of a user's folder are resized to this square size o
 _IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _folder_split_dir(path: Path, split: str) -> Path:
+def folder_split_dir(path: Path, split: str) -> Path:
+    """``PATH/train`` for the training split; ``PATH/test``, else ``PATH/val``, for the test split.
+
+    Raises:
+        DatasetError: the split's folder is missing.
+    """
     names = ["train"] if split == "train" else ["test", "val"]
     for n in names:
         if (path / n).is_dir():
             return path / n
     raise DatasetError(
         f"folder dataset {path} has no {' or '.join(n + '/' for n in names)} subfolder; "
-        f"lay it out as {path}/train/<class>/*.png and {path}/test/<class>/*.png"
+        f"lay it out as {path}/train/<class>/*.png and {path}/test/<class>/*.png (or val/)"
     )
 
 
@@ -337,10 +356,10 @@ def _folder_classes(split_dir: Path) -> list[str]:
     return classes
 
 
-def _folder_info(path: Path) -> DatasetInfo:
+def _folder_info(path: Path, name: str) -> DatasetInfo:
     if not path.is_dir():
         raise DatasetError(f"folder dataset {path} does not exist")
-    train_dir = _folder_split_dir(path, "train")
+    train_dir = folder_split_dir(path, "train")
     classes = _folder_classes(train_dir)
     first = next((p for c in classes for p in sorted((train_dir / c).iterdir())
                   if p.suffix.lower() in _IMAGE_EXTS), None)
@@ -349,7 +368,7 @@ def _folder_info(path: Path) -> DatasetInfo:
                            f"{', '.join(sorted(_IMAGE_EXTS))})")
     with _open_image(first) as im:
         channels = 1 if im.mode in ("L", "1", "I;16") else 3
-    return DatasetInfo(f"folder:{path}", tuple(classes), channels, _FOLDER_SIZE, channels == 1,
+    return DatasetInfo(name, tuple(classes), channels, _FOLDER_SIZE, channels == 1,
                        f"images under {path}, resized to {_FOLDER_SIZE}px")
 
 
@@ -363,11 +382,11 @@ def _open_image(path: Path):
                            f"remove or replace it") from None
 
 
-def _load_folder(path: Path, split: str) -> ImageArrays:
+def _load_folder(path: Path, split: str, name: str) -> ImageArrays:
     from PIL import Image
 
-    info = _folder_info(path)
-    split_dir = _folder_split_dir(path, split)
+    info = _folder_info(path, name)
+    split_dir = folder_split_dir(path, split)
     mode = "L" if info.channels == 1 else "RGB"
     images, labels = [], []
     for label, cls in enumerate(info.classes):

@@ -1,8 +1,10 @@
 """Streaming image folders for ImageNet-scale source training.
 
-``imagefolder:PATH`` reads ``PATH/train/<class>/*`` and ``PATH/val/<class>/*`` (or
-``test/``) from disk with worker processes, never holding the dataset in memory: the
-layout of ImageNet's ILSVRC folders. Training crops are RandomResizedCrop + flip + colour
+``folder:PATH`` (also spelled ``imagefolder:PATH``) reads ``PATH/train/<class>/*`` and
+``PATH/test/<class>/*`` (or ``val/``, ImageNet's name) from disk with worker processes,
+never holding the dataset in memory: source training (``pretrain``) streams every folder
+dataset this way; fine-tuning and influence read the same folder into memory
+(:func:`robust_transfer.data.datasets.load_dataset`). Training crops are RandomResizedCrop + flip + colour
 jitter 0.1 (the robustness library's ImageNet policy, without its PCA lighting); test
 images are resized to size/0.875 and centre-cropped. Tensors are pixels in [0, 1].
 """
@@ -10,19 +12,20 @@ images are resized to size/0.875 and centre-cropped. Tensors are pixels in [0, 1
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from robust_transfer.data.datasets import folder_path, folder_split_dir
 from robust_transfer.errors import DatasetError
 
-PREFIX = "imagefolder:"
+PREFIX = "imagefolder:"  # kept for callers; folder_path() accepts both spellings
 
 
 def is_streaming(name: str) -> bool:
-    return name.startswith(PREFIX)
+    """Whether source training streams ``name`` from disk: any folder dataset."""
+    return folder_path(name) is not None
 
 
 @dataclass
@@ -51,15 +54,6 @@ class StreamingSplit:
     seed_base: int = 0
 
 
-def _split_dir(root: Path, split: str) -> Path:
-    names = ["train"] if split == "train" else ["val", "test"]
-    for n in names:
-        if (root / n).is_dir():
-            return root / n
-    raise DatasetError(f"{root} has no {' or '.join(n + '/' for n in names)} folder; lay it out "
-                       f"as {root}/train/<class>/*.JPEG and {root}/val/<class>/*.JPEG")
-
-
 def _transform(size: int, train: bool, augment: bool):
     from torchvision import transforms as T
 
@@ -71,19 +65,19 @@ def _transform(size: int, train: bool, augment: bool):
 
 def streaming_split(name: str, split: str, size: int, batch_size: int, augment: bool = True,
                     seed: int = 0, workers: int = 4, distributed: bool | None = None) -> StreamingSplit:
-    """A shuffled (train) or ordered (test) loader over ``imagefolder:PATH``.
+    """A shuffled (train) or ordered (test) loader over ``folder:PATH``.
 
     Under ``torch.distributed`` the training split is sharded with a DistributedSampler;
     the test split is read whole by the rank that evaluates.
     """
     from torchvision.datasets import ImageFolder
 
-    root = Path(name[len(PREFIX):]).expanduser()
+    root = folder_path(name)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
     train = split == "train"
     try:
-        ds = ImageFolder(str(_split_dir(root, split)), transform=_transform(size, train, augment))
+        ds = ImageFolder(str(folder_split_dir(root, split)), transform=_transform(size, train, augment))
     except FileNotFoundError as err:
         raise DatasetError(f"{root}/{split}: {err}") from None
     if distributed is None:

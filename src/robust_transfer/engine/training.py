@@ -163,8 +163,15 @@ def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
              device: str | torch.device = "auto") -> tuple[float, float]:
     """Mean loss and accuracy of ``model`` on ``loader``; under ``attack`` if given.
 
-    The model is evaluated in eval mode and its mode restored after.
+    ``loader`` yields ``(inputs, labels)`` batches, or is an ImageArrays, a torch
+    ``Dataset`` or ``DataLoader`` of ``(image, label)`` (materialised and fitted to the
+    model by :func:`robust_transfer.data.torchdata.model_loader`). The model is evaluated
+    in eval mode and its mode restored after.
     """
+    from robust_transfer.data.torchdata import is_image_data, model_loader
+
+    if is_image_data(loader):
+        loader = model_loader(loader, model)
     device = resolve_device(device)
     was_training = model.training
     model.eval()

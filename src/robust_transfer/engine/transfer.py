@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
+from robust_transfer.data.torchdata import as_image_arrays_pair
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import TransferModel, prepare_finetune
 from robust_transfer.engine.training import (
@@ -133,7 +134,8 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
 
     Args:
         source: the source model (not modified).
-        train, test: target splits.
+        train, test: target splits: ImageArrays, or torch ``Dataset``/``DataLoader`` of
+            ``(image, label)`` (materialised by :func:`~robust_transfer.data.torchdata.as_image_arrays`).
         n: number of training images (class-balanced, nested, seeded); None = all.
         unfrozen: blocks trained besides the head (0 = head only, ``"all"``).
         epochs: training epochs.
@@ -147,6 +149,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     Raises:
         ConfigError: n too large, too many unfrozen blocks, bad recipe values.
     """
+    train, test = as_image_arrays_pair(train, test)  # torch Datasets/DataLoaders too
     recipe = recipe or Recipe()
     start = time.perf_counter()
     if train.info.num_classes != test.info.num_classes:

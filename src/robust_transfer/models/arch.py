@@ -19,6 +19,7 @@ from robust_transfer.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TIMM_PREFIX = "timm:"
 
 
 class Normalize(nn.Module):
@@ -105,10 +106,16 @@ _register(ArchSpec("small_resnet", lambda c: SmallResNet((16, 32, 64), (1, 1, 1)
 class TransferModel(nn.Module):
     """A backbone behind its normaliser, seen as stem, ordered blocks and head.
 
+    This class implements the view for the torchvision ResNet layout; other backbones
+    (timm's, see :mod:`robust_transfer.models.timm_backbone`) subclass it and override
+    :meth:`stem`, :meth:`blocks`, :meth:`block_names`, :meth:`neck`, :meth:`pool`,
+    :attr:`head` and :meth:`_set_head`. The state dict is always ``normalizer.*`` plus
+    ``net.*`` (the backbone's own keys).
+
     Attributes:
-        arch: registered architecture name.
+        arch: registered architecture name (``timm:<name>`` for timm backbones).
         normalizer: per-channel mean/std, applied first.
-        net: the backbone (torchvision ResNet layout).
+        net: the backbone (torchvision ResNet layout here).
         frozen_depth: number of leading stages (stem counts as one, then each block)
             whose parameters are frozen; they run in eval mode and, when the input needs
             no gradient, without autograd.
@@ -123,6 +130,7 @@ class TransferModel(nn.Module):
         self.input_size = input_size
         self.channels = channels
         self.frozen_depth = 0
+        self.arch_kwargs: dict = {}  # extra builder arguments (timm), saved with checkpoints
 
     # --- the blocks view ---------------------------------------------------------------
     def stem(self) -> nn.Module:
@@ -143,17 +151,28 @@ class TransferModel(nn.Module):
         """Stem, then every block: what ``frozen_depth`` counts."""
         return [self.stem(), *self.blocks()]
 
+    def neck(self) -> list[nn.Module]:
+        """Modules with parameters between the last block and the head (final norms).
+
+        They train with the last block and are frozen with it (``unfrozen=0``). A
+        ResNet has none: global average pooling has no parameters.
+        """
+        return []
+
     @property
     def head(self) -> nn.Linear:
         return self.net.fc
 
+    def _set_head(self, fc: nn.Linear) -> None:
+        self.net.fc = fc
+
     @property
     def feature_dim(self) -> int:
-        return self.net.fc.in_features
+        return self.head.in_features
 
     @property
     def num_classes(self) -> int:
-        return self.net.fc.out_features
+        return self.head.out_features
 
     def reset_classifier(self, num_classes: int, init: str = "normal",
                          generator: torch.Generator | None = None) -> None:
@@ -164,10 +183,10 @@ class TransferModel(nn.Module):
             init: see :func:`init_head`.
             generator: seeds the head's weights.
         """
-        old = self.net.fc
+        old = self.head
         fc = nn.Linear(self.feature_dim, num_classes).to(old.weight.device, old.weight.dtype)
         init_head(fc, init, generator)
-        self.net.fc = fc
+        self._set_head(fc)
 
     # --- forward -----------------------------------------------------------------------
     def forward_prefix(self, x: torch.Tensor, depth: int) -> torch.Tensor:
@@ -181,9 +200,10 @@ class TransferModel(nn.Module):
         """Run stages ``depth..`` then pool and head on a prefix output ``h``."""
         for stage in self.stages()[depth:]:
             h = stage(h)
-        return self.net.fc(self.pool(h))
+        return self.head(self.pool(h))
 
     def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """Last block's output -> the head's input ``[B, feature_dim]``."""
         return torch.flatten(self.net.avgpool(h), 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,8 +221,12 @@ class TransferModel(nn.Module):
     def train(self, mode: bool = True) -> TransferModel:
         super().train(mode)
         # frozen stages keep their BatchNorm statistics: always eval
-        for stage in self.stages()[: self.frozen_depth]:
+        stages = self.stages()
+        for stage in stages[: self.frozen_depth]:
             stage.eval()
+        if self.frozen_depth >= len(stages):  # the neck is frozen with the last block
+            for module in self.neck():
+                module.eval()
         return self
 
 
@@ -235,22 +259,36 @@ def init_head(fc: nn.Linear, init: str = "normal", generator: torch.Generator | 
             raise ConfigError(f"unknown head init '{init}'; valid: normal, paper, torch")
 
 
-def create_model(arch: str, num_classes: int = 1000, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, input_size: int | None = None) -> TransferModel:
+def create_model(arch: str, num_classes: int = 1000, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None, input_size: int | None = None,
+                 **arch_kwargs) -> TransferModel:
     """Build a registered architecture behind its normaliser.
 
     Args:
         arch: a name from :data:`ARCHS` (``resnet18``, ``resnet50``, ``wide_resnet50_2``,
-            ``small_resnet``).
+            ``small_resnet``), or ``timm:<name>`` for a timm architecture (random
+            weights; see :func:`robust_transfer.models.timm_backbone.create_timm_source`).
         num_classes: classes of the head.
-        mean, std: the normaliser (ImageNet's by default).
+        mean, std: the normaliser (default: ImageNet's; for timm, its pretrained config's).
         input_size: the square input size (default: the architecture's).
+        **arch_kwargs: timm architectures only: passed to ``timm.create_model``
+            (``depth=2``, ...); checkpoints record them.
 
     Example:
         >>> m = create_model("small_resnet", 10, mean=(0.5,)*3, std=(0.5,)*3)
         >>> m(torch.rand(2, 3, 28, 28)).shape
         torch.Size([2, 10])
     """
+    if arch.startswith(TIMM_PREFIX):
+        from robust_transfer.models.timm_backbone import create_timm_source
+
+        return create_timm_source(arch[len(TIMM_PREFIX):], num_classes=num_classes,
+                                  input_size=input_size, mean=mean, std=std, **arch_kwargs)
+    if arch_kwargs:
+        from robust_transfer.errors import ConfigError
+
+        raise ConfigError(f"architecture '{arch}' takes no extra arguments "
+                          f"({', '.join(arch_kwargs)}); those are for timm:<name> architectures")
     spec = ARCHS.get(arch)
-    return TransferModel(arch, spec.build(num_classes), mean, std,
+    return TransferModel(arch, spec.build(num_classes), mean or IMAGENET_MEAN, std or IMAGENET_STD,
                          input_size or spec.input_size, spec.channels)

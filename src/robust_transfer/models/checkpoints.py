@@ -116,9 +116,12 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
 
 
 def _model_fields(model: TransferModel) -> dict[str, Any]:
-    return {"arch": model.arch, "num_classes": model.num_classes, "input_size": model.input_size,
-            "channels": model.channels, "mean": model.normalizer.mean.flatten().tolist(),
-            "std": model.normalizer.std.flatten().tolist()}
+    fields = {"arch": model.arch, "num_classes": model.num_classes, "input_size": model.input_size,
+              "channels": model.channels, "mean": model.normalizer.mean.flatten().tolist(),
+              "std": model.normalizer.std.flatten().tolist()}
+    if getattr(model, "arch_kwargs", None):  # a timm architecture built with arguments
+        fields["arch_kwargs"] = dict(model.arch_kwargs)
+    return fields
 
 
 def _to_json(record: Mapping[str, Any]) -> str:
@@ -190,7 +193,7 @@ def _load_ours(weights: Path, meta_path: Path, arch: str | None,
     _verify_sha256(weights, meta_path, meta["sha256"])
     state = _read_safetensors(weights)
     model = create_model(meta["arch"], meta["num_classes"], tuple(meta["mean"]), tuple(meta["std"]),
-                         meta["input_size"])
+                         meta["input_size"], **meta.get("arch_kwargs", {}))
     model.channels = meta.get("channels", model.channels)
     _load_state(model, state, weights, f"{meta['arch']} with {meta['num_classes']} classes")
     return model, meta

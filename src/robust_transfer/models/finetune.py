@@ -48,8 +48,10 @@ def set_unfrozen_blocks(model: TransferModel, unfrozen: int | str) -> None:
         depth = 1 + n_blocks - unfrozen  # stem + frozen blocks
     for p in model.parameters():
         p.requires_grad_(False)
-    for stage in model.stages()[depth:]:
-        for p in stage.parameters():
+    stages = model.stages()
+    trainable = [*stages[depth:], *(model.neck() if depth < len(stages) else [])]
+    for module in trainable:  # the neck (final norms) trains with the last block
+        for p in module.parameters():
             p.requires_grad_(True)
     for p in model.head.parameters():
         p.requires_grad_(True)

@@ -21,10 +21,7 @@ instead of its preview page. No checksums are published for any of them, so ``sh
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,6 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "zoo"
 HF_REPO_PAGE = "https://huggingface.co/madrylab/robust-imagenet-models"
 HF_FILE_URL = HF_REPO_PAGE + "/resolve/main/{file}"
 ROBUSTNESS_PAGE = "https://github.com/MadryLab/robustness"
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -152,6 +148,7 @@ def _register_paper_models() -> None:
 
 _register_grid()
 _register_paper_models()
+from robust_transfer.models import zoo_timm  # noqa: E402,F401  ConvNeXt/Swin/ViT entries
 
 
 # --- where files are -------------------------------------------------------------------
@@ -232,49 +229,29 @@ def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: 
 
 
 def download(url: str, target: str | os.PathLike, sha256: str | None = None,
-             timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``target`` through a temporary file, checking ``sha256`` if given.
+             timeout: float = 60.0, progress: bool = False) -> Path:
+    """Download ``url`` to ``target``: resumable, checked against ``sha256`` if given.
+
+    See :func:`robust_transfer.hub.download` (Hugging Face hub URLs through
+    ``huggingface_hub``, others through a resumable HTTP download).
 
     Args:
         url: what to fetch.
         target: the final path; it appears only once the file is complete and verified.
         sha256: expected hex checksum, or ``None`` when none is known.
         timeout: seconds to wait for the server at each step.
+        progress: show a progress bar on stderr.
 
     Returns:
         ``target`` as a :class:`Path`.
 
     Raises:
-        CheckpointError: the server cannot be reached or the checksum differs.
+        CheckpointError: the server cannot be reached, the download was interrupted (run
+            again to resume) or the checksum differs.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.",
-                                       suffix=".part", delete=False)
-    try:
-        with part:
-            digest = _copy_url(url, part, timeout)
-        if sha256 is not None and digest != sha256.lower():
-            raise CheckpointError(f"{url} downloaded with sha256 {digest[:12]}..., expected "
-                                  f"{sha256[:12]}...: the download is corrupt or the file changed")
-        os.replace(part.name, target)
-    except OSError as err:  # URLError, HTTPError and timeouts are OSErrors
-        raise CheckpointError(f"cannot download {url}: {err}; put {target.name} into "
-                              f"{target.parent} by hand") from None
-    finally:
-        # whatever happened, no partial file stays behind
-        Path(part.name).unlink(missing_ok=True)
-    return target
+    from robust_transfer import hub
 
-
-def _copy_url(url: str, out: Any, timeout: float) -> str:
-    """Stream ``url`` into the open file ``out``; return the sha256 of what was written."""
-    digest = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        while chunk := response.read(_CHUNK):
-            out.write(chunk)
-            digest.update(chunk)
-    return digest.hexdigest()
+    return hub.download(url, target, sha256, timeout=timeout, progress=progress)
 
 
 # --- loading ---------------------------------------------------------------------------
@@ -297,6 +274,8 @@ def load_zoo_model(name: str, device: str | torch.device = "cpu") -> tuple[Trans
     if embedded is not None:
         return load_model(embedded["path"], device=device)
     entry = get_published(name)
+    if hasattr(entry, "load_checkpoint"):  # a file format of its own (models/zoo_timm.py)
+        return entry.load_checkpoint(fetch(name), device)
     model, meta = load_model(fetch(name), arch=entry.arch, num_classes=entry.num_classes,
                              device=device)
     return model, {**entry.to_dict(), **meta}

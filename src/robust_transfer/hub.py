@@ -1,0 +1,196 @@
+"""Downloads of published checkpoints: resumable, checked, never a half file.
+
+Two paths, chosen by the URL:
+
+* Hugging Face hub URLs (``https://huggingface.co/<repo>/resolve/<rev>/<file>``, where
+  MadryLab's robust ImageNet models live): ``huggingface_hub.hf_hub_download`` into the
+  target's folder (``local_dir``). The library resumes interrupted downloads (its
+  ``.incomplete`` file under ``<folder>/.cache/huggingface/``), checks the size, shows
+  progress bars and moves the file into place only when complete.
+* any other URL (Dropbox, Google Drive): a resumable HTTP download here. torch.hub's
+  ``download_url_to_file`` was the first choice, but it cannot resume and, measured with
+  a server that closes the connection early, it kept a truncated body under the final
+  name without an error. So: the body goes to ``.<name>.part`` beside the target, an
+  interrupted download continues from there with a ``Range`` request (or starts over if
+  the server ignores it), the size is checked against ``Content-Length`` /
+  ``Content-Range``, and only a complete, checksum-verified file is renamed to the target.
+  A file lock keeps two processes from writing the same ``.part``.
+
+Where files go is the caller's choice; the zoo uses its folder (``$ROBUST_TRANSFER_ZOO``,
+default ``~/.cache/robust_transfer/zoo``) as the cache: a file that is there is never
+fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from robust_transfer.errors import CheckpointError
+
+HF_URL = re.compile(r"^https://huggingface\.co/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+_CHUNK = 1 << 20
+_ATTEMPTS = 3  # connections per call, as long as each one brings new bytes
+
+
+def download(url: str, target: str | os.PathLike, sha256: str | None = None,
+             timeout: float = 60.0, progress: bool = False) -> Path:
+    """Download ``url`` to ``target``; the target appears only complete and verified.
+
+    Args:
+        url: what to fetch (a Hugging Face hub ``resolve`` URL or any HTTP(S) URL).
+        target: the final path.
+        sha256: expected hex checksum, or ``None`` when none is known.
+        timeout: seconds to wait for the server at each step.
+        progress: show a progress bar on stderr (for the CLI; off in the library).
+
+    Returns:
+        ``target`` as a :class:`Path`.
+
+    Raises:
+        CheckpointError: the server cannot be reached, the download was interrupted
+            (run again to resume), the server sent a web page instead of the file, or
+            the checksum differs.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    hf = HF_URL.match(url)
+    if hf:
+        _hf_download(hf["repo"], hf["file"], hf["rev"], target, timeout, progress)
+    else:
+        from filelock import FileLock  # a torch dependency
+
+        with FileLock(str(target.parent / f".{target.name}.lock")):
+            _http_download(url, target, sha256, timeout, progress)
+    if hf and sha256 is not None:
+        _verify(target, sha256, url, remove=True)
+    return target
+
+
+def part_path(target: Path) -> Path:
+    """Where an unfinished download of ``target`` is kept."""
+    return target.parent / f".{target.name}.part"
+
+
+# --- any URL ---------------------------------------------------------------------------
+def _http_download(url: str, target: Path, sha256: str | None, timeout: float,
+                   progress: bool) -> None:
+    part = part_path(target)
+    total = None
+    for _ in range(_ATTEMPTS):
+        before = _size(part)
+        try:
+            total = _fetch_into(url, part, timeout, progress)
+        except OSError as err:  # URLError, HTTPError, timeouts, reset connections
+            if _size(part) > before:
+                continue  # it got further: resume at once
+            raise CheckpointError(f"cannot download {url}: {_reason(err)}; when online, run "
+                                  f"again (it resumes), or put {target.name} into "
+                                  f"{target.parent} by hand") from None
+        if total is None or _size(part) >= total or _size(part) <= before:
+            break  # complete, of unknown size, or the server sent nothing new
+    size = _size(part)
+    if total is not None and size != total:
+        raise CheckpointError(f"download of {url} was interrupted at {size:,} of {total:,} "
+                              f"bytes; run again to resume ({part.name} is kept)")
+    if sha256 is not None:
+        _verify(part, sha256, url, remove=True)
+    os.replace(part, target)
+
+
+def _fetch_into(url: str, part: Path, timeout: float, progress: bool) -> int | None:
+    """One request appending to ``part`` from its current size; the file's total size."""
+    done = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": "robust-transfer", **({"Range": f"bytes={done}-"} if done else {})}
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
+                                          timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code != 416 or not done:  # 416: the range starts at or past the end
+            raise
+        part.unlink()  # what we hold cannot be continued: start over
+        return _fetch_into(url, part, timeout, progress)
+    with response:
+        if response.headers.get_content_type() == "text/html":
+            raise CheckpointError(f"{url} answered with a web page, not the file (a login, "
+                                  "quota or confirmation page); download it in a browser and "
+                                  "put it into the zoo folder")
+        resumed = response.status == 206
+        total = _total_size(response, done if resumed else 0)
+        start = done if resumed else 0  # a server that ignores Range sends it all again
+        with open(part, "ab" if resumed else "wb") as out, _bar(progress, total, start, url) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+    return total
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def _total_size(response, offset: int) -> int | None:
+    crange = response.headers.get("Content-Range")  # "bytes 100-299/300"
+    if crange and "/" in crange and not crange.endswith("/*"):
+        return int(crange.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length is not None else None
+
+
+def _bar(progress: bool, total: int | None, initial: int, url: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=url.rsplit("/", 1)[-1].split("?")[0][:40], disable=not progress)
+
+
+# --- the Hugging Face hub ----------------------------------------------------------------
+def _hf_download(repo: str, filename: str, revision: str, target: Path, timeout: float,
+                 progress: bool, endpoint: str | None = None) -> None:
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    except ImportError:  # not installed: the same resumable path as any other URL
+        url = f"https://huggingface.co/{repo}/resolve/{revision}/{filename}"
+        return _http_download(url, target, None, timeout, progress)
+    (enable_progress_bars if progress else disable_progress_bars)()
+    try:
+        path = hf_hub_download(repo, filename, revision=revision, local_dir=target.parent,
+                               etag_timeout=timeout, endpoint=endpoint)
+    except Exception as err:  # the hub client raises its own types (HTTP, offline, 404)
+        raise CheckpointError(f"cannot download {filename} from the Hugging Face hub "
+                              f"({repo}): {_reason(err)}; when online, run again (it "
+                              f"resumes), or put {target.name} into {target.parent} by hand") from None
+    finally:
+        enable_progress_bars()
+    if Path(path).resolve() != target.resolve():
+        os.replace(path, target)
+
+
+# --- checks ----------------------------------------------------------------------------
+def _verify(path: Path, sha256: str, url: str, remove: bool) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    actual = digest.hexdigest()
+    if actual != sha256.lower():
+        if remove:
+            path.unlink(missing_ok=True)
+        raise CheckpointError(f"{url} downloaded with sha256 {actual[:12]}..., expected "
+                              f"{sha256[:12]}...: the download is corrupt or the file changed")
+
+
+def _reason(err: BaseException) -> str:
+    """One line: the innermost reason (``Connection refused``) rather than a traceback."""
+    while err.__cause__ is not None or err.__context__ is not None:  # the root cause
+        err = err.__cause__ or err.__context__
+    inner = getattr(err, "reason", None)
+    text = str(inner if inner is not None else err)
+    first = " ".join(text.split())[:200]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
