@@ -122,3 +122,19 @@ def test_paper_grid_cost_counts_every_run_and_reports_the_ratio():
     assert est.cost.uncached.flops > est.cost.cached.flops > 0
     text = "\n".join(est.lines())
     assert "PFLOP with the prefix cache" in text and "not estimated" in text
+
+
+def test_calibration_measures_positive_rates_and_the_dry_run_prints_time(tmp_path, capsys):
+    from robust_transfer.cli import main
+    from robust_transfer.study.cost import calibrate
+
+    rate = calibrate("small_resnet", 16, "cpu", 1, image_size=8)
+    assert rate.forward > 1e6 and rate.train > 1e6 and rate.overhead >= 0
+    assert rate.prepare > 0 and rate.augment >= 0 and (rate.device, rate.threads) == ("cpu", 1)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("sources: [fmnist-natural]\ntargets: [digits]\ntrain_images: [50]\n"
+                    "unfrozen_blocks: [0, 1, all]\nepochs: 2\nrecipe: {resolution: 16}\n")
+    assert main(["study", "run", str(spec), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU-hours with caching" in out and "where the cached cost goes" in out
+    assert "measured for small_resnet at 16 px on cpu (1 thread(s))" in out
