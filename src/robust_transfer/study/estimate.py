@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from robust_transfer.data import dataset_info
+from robust_transfer.errors import RobustTransferError
 from robust_transfer.study.cost import RunShape, StudyCost, Throughput, calibrate, study_cost
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
@@ -206,7 +207,7 @@ def _target_facts(name: str) -> tuple[int, int]:
     try:
         info = dataset_info(name)
         return info.num_classes, info.size
-    except Exception:  # a folder: dataset missing here
+    except RobustTransferError:  # a folder: dataset missing here
         return 10, 32
 
 
@@ -218,7 +219,7 @@ def _augmented(run: RunConfig) -> bool:
     if run.recipe.augment == "auto":
         try:
             return not dataset_info(run.target).grayscale_like
-        except Exception:  # a folder: dataset that is missing here
+        except RobustTransferError:  # a folder: dataset that is missing here
             return True
     return bool(run.recipe.augment)
 
