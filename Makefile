@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU machines here install this pair from a local cache; override for other platforms.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint bench zoo clean gpu-check
+.PHONY: setup demo test lint typecheck check bench zoo clean gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
+
+# mypy on the public modules listed in pyproject.toml ([tool.mypy] files)
+typecheck: setup
+	$(BIN)/mypy
+
+# what CI runs first: style and types, then `make test`
+check: lint typecheck
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

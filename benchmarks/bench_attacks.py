@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 
 import robust_transfer
+from robust_transfer.data import InputPolicy, load_dataset
 from robust_transfer.engine import attacks as rt_attacks
 from robust_transfer.engine.attacks import pgd
-from robust_transfer.data import InputPolicy, load_dataset
-from robust_transfer.models import create_model
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
+from robust_transfer.models import create_model
 
 EPS = {"l2": 0.5, "linf": 8 / 255}
 EMBEDDED = Path(robust_transfer.__file__).parent / "zoo" / "fmnist-natural"

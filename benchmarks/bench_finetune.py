@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 import robust_transfer
-from robust_transfer.engine import transfer
 from robust_transfer.data import load_dataset
-from robust_transfer.models import create_model
+from robust_transfer.engine import transfer
 from robust_transfer.engine.transfer import Recipe, finetune
+from robust_transfer.models import create_model
 
 EMBEDDED = Path(robust_transfer.__file__).parent / "zoo" / "fmnist-natural"
 

@@ -26,7 +26,7 @@ from robust_transfer.models.zoo import embedded_models
 from robust_transfer.study import load_spec, run_study
 from robust_transfer.study.resolve import load_split
 from robust_transfer.study.store import RunOutcome
-from robust_transfer.study.worker import RunContext, RunTask, _load_source
+from robust_transfer.study.worker import RunContext, RunTask, cached_source
 
 SECONDS = 1.0
 
@@ -48,7 +48,7 @@ def spec_for(runs: int, source: str, epochs: int = 1):
 
 def direct_loop(spec, run_fn) -> float:
     """What a hand-written loop pays: load the source and the target once, then run."""
-    from robust_transfer.models.zoo import load_source
+    from robust_transfer.models.sources import load_source
 
     fresh_caches()
     start = time.perf_counter()
@@ -57,14 +57,14 @@ def direct_loop(spec, run_fn) -> float:
     load_split("digits", "test", str(data_root()))
     ctx = RunContext({}, "", "cpu")
     for run in spec.runs():
-        run_fn(RunTask(run.run_id, run.to_dict()), ctx)
+        run_fn(RunTask(run.run_id, run), ctx)
     return time.perf_counter() - start
 
 
 def fresh_caches() -> None:
     """Forget loaded datasets and sources, so each measurement pays for loading them."""
     load_split.cache_clear()
-    _load_source.cache_clear()
+    cached_source.cache_clear()
 
 
 def study_wall(spec, out: Path, **kwargs) -> tuple[float, float]:

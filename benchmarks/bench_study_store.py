@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from robust_transfer.engine.transfer import Recipe
 from robust_transfer.study import export_results, load_results, study_status
 from robust_transfer.study.spec import RunConfig
 from robust_transfer.study.store import RunOutcome, StudyStore, run_row
-from robust_transfer.engine.transfer import Recipe
 
 SOURCE = {"eps": 0.0, "norm": "none"}
 

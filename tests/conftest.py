@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from robust_transfer.data import InputPolicy, load_dataset
-from robust_transfer.models import create_model
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
+from robust_transfer.models import create_model
 
 DIGITS_SIZE = 16  # digits are 8x8; the small ResNet sees them upsampled to 16x16, 3 channels
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from robust_transfer.errors import UnknownNameError
@@ -46,9 +47,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; valid: {', '.join(self.names())}"
-            ) from None
+            raise unknown_name(self.kind, name, self.names()) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
@@ -58,3 +57,18 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x' or 'y'?)`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)"
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnknownNameError:
+    """The error for an unknown name: suggestions first, then every valid name."""
+    valid = list(valid)
+    return UnknownNameError(f"unknown {kind} '{name}'{did_you_mean(name, valid)}; "
+                            f"valid: {', '.join(valid)}")

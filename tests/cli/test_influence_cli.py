@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,3 +89,43 @@ def test_every_option_has_help():
     for name in ("influence", "saliency"):
         for action in sub.choices[name]._actions:
             assert action.help, f"{name} {action.option_strings} has no help"
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, checkpoints):
+    """A head fine-tuned by `finetune --out` on 60 digits images with seed 2."""
+    out = tmp_path_factory.mktemp("ft") / "ft"
+    code = main(["finetune", str(checkpoints["robust"]), "--target", "digits", "--n", "60",
+                 "--seed", "2", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                 "--out", str(out)])
+    assert code == 0
+    return out.with_suffix(".safetensors")
+
+
+def test_influence_takes_target_n_and_seed_from_the_checkpoint(tmp_path, finetuned, capsys):
+    out = tmp_path / "inf"
+    code, _, err = run(["influence", "-c", f"ft={finetuned}", "--test-n", "20", "--max-rank", "10",
+                        "--grid", "2", "2", "--out", out], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["dataset"], summary["n"], summary["seed"]) == ("digits", 60, 2)
+    from robust_transfer.data import balanced_subset, load_dataset
+
+    labels = load_dataset("digits", "train").labels.numpy()
+    saved = np.load(out / "ft" / "influence.npz")
+    assert np.array_equal(np.sort(saved["train_indices"]), np.sort(balanced_subset(labels, 60, 2, "digits")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--n", "all"], "--n all contradicts the checkpoints, fine-tuned with n 60"),
+    (["--seed", "0"], "--seed 0 contradicts the checkpoints, fine-tuned with seed 2"),
+    (["--dataset", "fmnist"], "--dataset fmnist contradicts the checkpoints"),
+])
+def test_options_contradicting_the_checkpoint_are_refused(tmp_path, finetuned, capsys, extra, message):
+    out = tmp_path / "bad"
+    code, _, err = run(["influence", "-c", finetuned, *extra, "--out", out], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+    if extra[0] != "--n":
+        code, _, err = run(["saliency", "-c", finetuned, *extra, "--out", out], capsys)
+        assert code == 2 and message in err

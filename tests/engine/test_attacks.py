@@ -14,9 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robust_transfer.engine.attacks import AttackConfig, fgsm_rs, pgd, project
+from robust_transfer.engine.training import TensorLoader, evaluate
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import set_unfrozen_blocks
-from robust_transfer.engine.training import TensorLoader, evaluate
 
 TOL = 1e-5
 EPS = {"l2": 1.0, "linf": 8 / 255}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from robust_transfer.engine.features import DiskFeatureStore, key_digest
-from robust_transfer.models import create_model
 from robust_transfer.engine.transfer import MemoryFeatureStore, Recipe, finetune
+from robust_transfer.models import create_model
 
 KEY = {"source": "abc", "dataset": "digits", "split": "train", "resolution": 16, "depth": 4,
        "pooled": True}

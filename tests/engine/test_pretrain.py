@@ -11,11 +11,12 @@ import textwrap
 import pytest
 import torch
 
-from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.data import datasets as ds
-from robust_transfer.errors import ConfigError, OutputExistsError
-from robust_transfer.engine.pretrain import PretrainConfig, check_output, dataset_stats, pretrain
+from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.pretrain import PretrainConfig, dataset_stats, pretrain
 from robust_transfer.engine.training import OptimConfig
+from robust_transfer.errors import ConfigError, OutputExistsError
+from robust_transfer.models.checkpoints import refuse_existing
 
 TINY = {"dataset": "digits", "input_size": 12, "epochs": 1, "batch_size": 64,
         "train_images": 300, "eval_images": 100, "optim": OptimConfig(lr=0.05)}
@@ -61,8 +62,8 @@ def test_pretrain_errors(tmp_path):
         pretrain(PretrainConfig(**{**TINY, "train_images": 5000}), device="cpu")
     (tmp_path / "m.json").write_text("{}")
     with pytest.raises(OutputExistsError, match="overwrite"):
-        check_output(tmp_path / "m", overwrite=False)
-    assert check_output(tmp_path / "m", overwrite=True) == tmp_path / "m"
+        refuse_existing(tmp_path / "m", overwrite=False)
+    refuse_existing(tmp_path / "m", overwrite=True)
 
 
 def test_dataset_stats():

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.data import InputPolicy
+from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, evaluate, fit
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import create_model, set_unfrozen_blocks
-from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, evaluate, fit
 
 
 def features_data(n: int = 96, d: int = 6, classes: int = 3, seed: int = 0):

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from robust_transfer.engine import transfer
 from robust_transfer.data import balanced_subset
+from robust_transfer.engine import transfer
+from robust_transfer.engine.transfer import Recipe, finetune
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import create_model
-from robust_transfer.engine.transfer import Recipe, finetune
 
 RECIPE = Recipe(batch_size=64, lr=0.05)
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
 from robust_transfer.errors import ConfigError, UnknownNameError
 from robust_transfer.models import ARCHS, create_model, prepare_finetune, set_unfrozen_blocks
-from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
 
 TINY = {"small_resnet": 16, "resnet18": 32}  # input sizes that keep these fast on a CPU
 

@@ -187,7 +187,8 @@ def test_zoo_lists_the_robustbench_models():
 def test_singh_convstem_file_loads_through_the_zoo(tmp_path, monkeypatch):
     """Full-size ConvNeXt-T + ConvStem, random weights saved as DataParallel would
     (``module.`` keys under ``state_dict``), loaded by zoo name with weights_only."""
-    from robust_transfer.models.zoo import get_published, load_zoo_model
+    from robust_transfer.models.sources import load_source
+    from robust_transfer.models.zoo import get_published
 
     entry = get_published("singh2023-convnext-t-convstem-linf-eps4")
     torch.manual_seed(0)
@@ -196,7 +197,8 @@ def test_singh_convstem_file_loads_through_the_zoo(tmp_path, monkeypatch):
     state = {f"module.{k}": v for k, v in reference.net.state_dict().items()}
     torch.save({"state_dict": state, "epoch": 300}, tmp_path / entry.file)
     monkeypatch.setenv("ROBUST_TRANSFER_ZOO", str(tmp_path))
-    model, meta = load_zoo_model(entry.name)
+    model = load_source(entry.name)
+    meta = model.source_record.metadata
     x = torch.rand(1, 3, 224, 224)
     assert torch.equal(model(x), reference(x))
     assert meta["mean"] == [0.0] * 3 and meta["std"] == [1.0] * 3  # no normaliser (RobustBench)

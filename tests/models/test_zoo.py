@@ -17,6 +17,7 @@ from robust_transfer.cli import build_parser, main
 from robust_transfer.errors import CheckpointError, UnknownNameError
 from robust_transfer.models import create_model, zoo
 from robust_transfer.models.checkpoints import save_model
+from robust_transfer.models.sources import load_source, resolve_source
 from robust_transfer.registry import Registry
 
 
@@ -146,23 +147,27 @@ def test_embedded_models_are_listed_and_load(tmp_path):
     model = _embed()
     (info,) = zoo.embedded_models()
     assert (info["name"], info["arch"], info["eps"]) == ("tiny-l2-eps0.5", "small_resnet", 0.5)
-    loaded, meta = zoo.load_zoo_model("tiny-l2-eps0.5")
+    loaded = load_source("tiny-l2-eps0.5")
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
-    assert meta["source_dataset"] == "fmnist"
+    assert loaded.source_record.metadata["source_dataset"] == "fmnist"
     row = zoo.zoo_listing()[0]
     assert row["name"] == "tiny-l2-eps0.5" and row["kind"] == "embedded" and row["local"]
 
 
 def test_resolve_source_accepts_names_and_paths(tmp_path):
     _embed()
-    path = zoo.resolve_source("tiny-l2-eps0.5")
-    assert path == zoo.EMBEDDED_DIR / "tiny-l2-eps0.5.safetensors"
-    assert zoo.resolve_source(zoo.EMBEDDED_DIR / "tiny-l2-eps0.5") == zoo.EMBEDDED_DIR / "tiny-l2-eps0.5"
-    assert zoo.load_source(path)[0].arch == "small_resnet"
-    with pytest.raises(CheckpointError, match="neither a zoo model nor a checkpoint file"):
-        zoo.resolve_source(tmp_path / "nothing-here")
+    record = resolve_source("tiny-l2-eps0.5")
+    assert record.path == zoo.EMBEDDED_DIR / "tiny-l2-eps0.5.safetensors"
+    assert (record.kind, record.arch, record.norm, record.eps) == ("embedded", "small_resnet", "l2", 0.5)
+    by_path = resolve_source(zoo.EMBEDDED_DIR / "tiny-l2-eps0.5")
+    assert (by_path.kind, by_path.path, by_path.sha256) == ("checkpoint", record.path, record.sha256)
+    assert load_source(record.path).arch == "small_resnet"
+    with pytest.raises(CheckpointError, match="nothing-here does not exist"):
+        resolve_source(tmp_path / "nothing-here")
+    with pytest.raises(UnknownNameError, match="did you mean 'tiny-l2-eps0.5'"):
+        resolve_source("tiny-l2-eps05")
 
 
 def test_published_model_loads_once_its_file_is_local():
@@ -173,9 +178,11 @@ def test_published_model_loads_once_its_file_is_local():
     state["module.normalizer.new_std"] = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     zoo.zoo_dir().mkdir(parents=True)
     torch.save({"model": state, "epoch": 90}, zoo.zoo_dir() / "resnet18_l2_eps3.ckpt")
-    model, meta = zoo.load_source("resnet18-l2-eps3")
+    model = load_source("resnet18-l2-eps3")
+    record = model.source_record
     assert model.arch == "resnet18" and model.num_classes == 1000
-    assert (meta["format"], meta["norm"], meta["eps"], meta["epoch"]) == ("robustness", "l2", 3.0, 90)
+    assert (record.kind, record.norm, record.eps, record.arch) == ("published", "l2", 3.0, "resnet18")
+    assert record.sha256 == hashlib.sha256(record.path.read_bytes()).hexdigest()
     row = next(r for r in zoo.zoo_listing() if r["name"] == "resnet18-l2-eps3")
     assert row["local"]
 

@@ -238,7 +238,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, monkeypatch, ca
                     "targets: [digits]\ntrain_images: [20]\n")
     for extra in ([], ["--dry-run"]):
         err = _one_line_refusal(capsys, "study", "run", spec, "--out", tmp_path / "out", *extra)
-        assert "is a resnet50" in err and "holds a resnet18" in err
+        assert "source 'l2-eps3'" in err and "does not fit resnet50" in err
     assert not (tmp_path / "out").exists()
 
 

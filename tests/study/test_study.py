@@ -121,13 +121,38 @@ def _resolve_error(tmp_path, text: str) -> str:
 def test_bad_names_and_sizes_are_refused_before_any_run(tmp_path, sources):
     nat = sources["natural"]
     msg = _resolve_error(tmp_path, f"sources: [{nat}]\ntargets: [digitz]\n")
-    assert "unknown dataset 'digitz'; valid:" in msg and "digits" in msg
+    assert "unknown dataset 'digitz' (did you mean 'digits'?); valid:" in msg
     msg = _resolve_error(tmp_path, "sources: [no-such-model]\ntargets: [digits]\n")
     assert "unknown zoo model 'no-such-model'; valid:" in msg
     msg = _resolve_error(tmp_path, f"sources: [{nat}]\ntargets: [digits]\ntrain_images: [5000]\n")
     assert "line 3: train_images 5000 is larger than digits's training set (1348 images)" in msg
     msg = _resolve_error(tmp_path, f"sources: [{nat}]\ntargets: [digits]\nunfrozen_blocks: [4]\n")
     assert "line 3: unfrozen_blocks 4 is more than source" in msg and "has 3 blocks" in msg
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_preflight_refuses_a_damaged_source_before_creating_the_study(tmp_path, sources, damage, capsys):
+    import shutil
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for f in sources["robust"].parent.glob("robust.*"):
+        shutil.copy(f, folder / f.name)
+    weights = folder / "robust.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    else:
+        data[-50] ^= 0xFF  # one flipped byte in a tensor: still a readable file
+    weights.write_bytes(bytes(data))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"sources: [{{model: {weights}, label: r}}]\ntargets: [digits]\n")
+    out = tmp_path / "study"
+    assert main(["study", "run", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "source 'r'" in err and "does not match the sha256" in err
+    assert not out.exists()
 
 
 def test_missing_checkpoints_and_datasets_are_all_listed(tmp_path, sources, monkeypatch):
@@ -144,7 +169,7 @@ def test_missing_checkpoints_and_datasets_are_all_listed(tmp_path, sources, monk
     fixes = [str(m) for m in info.value.items]
     assert len(fixes) == 3
     assert any("gone.safetensors does not exist" in f for f in fixes)
-    assert any(f"put imagenet_l2_3_0.pt into {tmp_path / 'zoo'}" in f for f in fixes)
+    assert any(f"imagenet_l2_3_0.pt is not in {tmp_path / 'zoo'}" in f for f in fixes)
     assert any("dataset cifar10" in f and "cifar-10-batches-py" in f for f in fixes)
     plan = plan_study(path, measure=False)  # a dry run reports them instead of refusing
     assert plan.total_runs == 4 and len(plan.missing) == 3 and plan.estimate.flops > 0
@@ -195,7 +220,7 @@ def test_different_spec_is_refused_unless_extended(tmp_path, sources, spec_path)
 
 
 def test_failed_runs_are_isolated_recorded_and_retried(tmp_path, spec_path, monkeypatch):
-    import robust_transfer.engine.transfer as transfer
+    import robust_transfer.study.worker as transfer  # the worker's own name for finetune
 
     real = transfer.finetune
 
@@ -318,6 +343,6 @@ def test_paper_preset_expands_to_the_paper_grid():
     spec = load_spec(REPO / "studies" / "paper.yaml")
     runs = spec.runs()
     assert {r.target for r in runs} == {"cifar10", "cifar100", "svhn", "fmnist", "kmnist", "mnist"}
-    assert {r.unfrozen_blocks for r in runs} == {"0", "1", "3", "9"}
+    assert {r.unfrozen_blocks for r in runs} == {0, 1, 3, 9}
     assert {r.n for r in runs} == {100 * 2 ** k for k in range(9)} | {None}
     assert len(runs) == 4 * 6 * 4 * (5 * 10 + 2 * 10 + 2 * 5 + 1)

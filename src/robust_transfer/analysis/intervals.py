@@ -104,3 +104,15 @@ def _percentiles(means: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarra
     frac = pos - below
     bounds = part[:, below] * (1 - frac) + part[:, above] * frac
     return bounds[:, 0], bounds[:, 1]
+
+
+def mean_t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, lo, hi)`` of one sample: Student t over its values (NaN bounds for one value)."""
+    from scipy import stats as sps
+
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean()) if len(v) else float("nan")
+    if len(v) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(sps.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half

@@ -1,57 +1,85 @@
 """The ``robust-transfer`` command: a thin layer over the Python API.
 
-Each command group lives in its own module with ``register(subparsers)``, which adds its
-parser(s) and sets ``func`` to a handler ``handler(args) -> int``. Handlers call the
-library and print; the library never prints. A :class:`RobustTransferError` becomes one
-line on stderr and exit status 2.
+Each command lives in the module :data:`~robust_transfer.cli.common.COMMANDS` names, with
+``register(subparsers)``, which adds its parser(s) and sets ``func`` to a handler
+``handler(args) -> int``. Handlers call the library and print; the library never prints.
+A :class:`RobustTransferError` becomes one line on stderr and exit status 2.
+
+Only the module of the command being run is imported (the others appear in ``--help``
+by name and help line), so ``--help``, ``--version``, ``zoo list`` and ``study status``
+answer without importing torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from robust_transfer import __version__
+from robust_transfer.cli.common import COMMANDS
 from robust_transfer.errors import RobustTransferError
+from robust_transfer.registry import did_you_mean
 
-# command modules, in the order their commands appear in --help
-COMMAND_MODULES = [
-    "robust_transfer.cli.demo",
-    "robust_transfer.cli.train",
-    "robust_transfer.cli.zoo",
-    "robust_transfer.cli.data",
-    "robust_transfer.cli.study",
-    "robust_transfer.cli.analyze",
-    "robust_transfer.cli.explain",
-]
+PACKAGE = "robust_transfer.cli"
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (``error: ...``, exit 2), like every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:  # argparse lists the choices; suggest the closest first
+            choices = re.findall(r"'?([\w.-]+)'?", found.group(2))
+            message = message.replace(f"'{found.group(1)}'", f"'{found.group(1)}'"
+                                      f"{did_you_mean(found.group(1), choices)}", 1)
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="robust-transfer",
-        description="Adversarially trained source models and how well they transfer "
-        "(arXiv 2007.05869).",
-    )
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser.
+
+    Args:
+        argv: the arguments about to be parsed: only the module of the command they name
+            is imported. ``None`` builds every command's parser (completion, tests).
+
+    Returns:
+        The parser.
+    """
+    parser = _Parser(prog="robust-transfer", description="Adversarially trained source models "
+                     "and how well they transfer (arXiv 2007.05869).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    wanted = _modules_for(argv)
+    registered: set[str] = set()
+    for name, command in COMMANDS.items():
+        if name in registered:
+            continue
+        if command.module in wanted:
+            before = set(sub.choices)
+            importlib.import_module(f"{PACKAGE}.{command.module}").register(sub)
+            registered |= set(sub.choices) - before
+            wanted.discard(command.module)
+        else:  # listed by name and help; its module is not imported
+            sub.add_parser(name, help=command.help, add_help=False)
+            registered.add(name)
     return parser
 
 
+def _modules_for(argv: list[str] | None) -> set[str]:
+    if argv is None:
+        return {c.module for c in COMMANDS.values()}
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return {COMMANDS[first].module} if first in COMMANDS else set()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_in)
+    args = parser.parse_args(args_in)
     # what the user typed, for provenance (checkpoint metadata records it)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.argv = args_in
     if not getattr(args, "func", None):
         parser.print_help()
         return 1

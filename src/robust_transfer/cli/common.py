@@ -1,10 +1,48 @@
-"""Helpers shared by the command modules: parsing values, progress bars."""
+"""Helpers shared by the command modules: the command table, parsing values, progress bars.
+
+This module is imported to build every parser, so it imports nothing heavy.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from fractions import Fraction
+from typing import NamedTuple
+
+from robust_transfer.errors import ConfigError
+from robust_transfer.models.finetune import UnfrozenBlocks, parse_n, parse_unfrozen
+
+
+class Command(NamedTuple):
+    """A top-level command: the module that registers it and its one-line help."""
+
+    module: str
+    help: str
+
+
+# in the order --help lists them; a module is imported only when its command runs
+COMMANDS: dict[str, Command] = {
+    "demo": Command("demo", "the embedded study end to end: fine-tune, analyse, report"),
+    "pretrain": Command("train", "train a source model (natural, PGD or FGSM-RS adversarial)"),
+    "finetune": Command("train", "fine-tune a source model on a target dataset"),
+    "evaluate": Command("train", "clean and PGD robust accuracy of a model"),
+    "zoo": Command("zoo", "list the model zoo and fetch published checkpoints"),
+    "data": Command("data", "list datasets and where their files are expected"),
+    "study": Command("study", "run a grid of fine-tuning runs (a study) and read its results"),
+    "analyze": Command("analyze", "tables, figures and an HTML/Markdown report of finished runs"),
+    "influence": Command("influence", "last-layer influence functions: top-k images, "
+                         "class-match curves"),
+    "saliency": Command("saliency", "input-gradient maps, models side by side"),
+    "recommend": Command("recommend", "rank source models for a target by head-only probes "
+                         "on a held-out validation set (never the test set)"),
+    "completion": Command("completion", "print a shell completion script (bash or zsh)"),
+}
+
+
+def command_help(name: str) -> str:
+    """The one-line help of a top-level command (what ``--help`` lists)."""
+    return COMMANDS[name].help
 
 
 def parse_eps(text: str) -> float:
@@ -29,8 +67,19 @@ def positive_int(text: str) -> int:
 
 
 def n_images(text: str) -> int | None:
-    """A positive number of images, or ``all`` (None)."""
-    return None if text == "all" else positive_int(text)
+    """A positive number of images, or ``all`` (None): :func:`~robust_transfer.models.finetune.parse_n`."""
+    try:
+        return parse_n(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def unfrozen_blocks(text: str) -> UnfrozenBlocks:
+    """``0``, ``k`` or ``all``: :func:`~robust_transfer.models.finetune.parse_unfrozen`."""
+    try:
+        return parse_unfrozen(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,8 @@
-"""``study run``, ``study status`` and ``study export``."""
+"""``study run``, ``status``, ``runs``, ``show`` and ``export``.
+
+Reading a study (``status``, ``runs``, ``show``) needs only the store, so those answer
+without importing torch; ``run`` and ``export`` import the runner and pandas when called.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,30 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
-from robust_transfer.cli.common import positive_int
+from robust_transfer.cli.common import command_help, positive_int
+from robust_transfer.study.lock import driver_alive
+from robust_transfer.study.query import LISTED, find_runs, parse_where, show_run
+from robust_transfer.study.store import StudyStore, export_results
+
+EXECUTOR_NAMES = ("local", "ray")  # checked by study.executors.get_executor when run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="run a grid of fine-tuning runs (a study) and read its results",
+    p = sub.add_parser("study", help=command_help("study"),
                        description="Studies: a YAML spec expanded into runs, executed resumably "
                        "into a SQLite results store (see studies/*.yaml).")
     commands = p.add_subparsers(dest="study_command", metavar="SUBCOMMAND")
     _register_run(commands)
     _register_status(commands)
+    _register_runs(commands)
+    _register_show(commands)
     _register_export(commands)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
 def _register_run(sub) -> None:
-    from robust_transfer.study.executors import EXECUTORS
-
     p = sub.add_parser("run", help="run the unfinished runs of a study spec",
                        description="Expand SPEC into runs and execute those not finished in "
                        "--out. Safe to interrupt and rerun: finished runs are kept and skipped. "
@@ -31,7 +41,7 @@ def _register_run(sub) -> None:
                        "--retry-failed reruns them), 2 for bad input (nothing is run).")
     p.add_argument("spec", help="study spec (YAML), e.g. studies/embedded.yaml")
     p.add_argument("--out", required=True, help="study directory (results store, feature cache)")
-    p.add_argument("--executor", choices=EXECUTORS.names(), default="local",
+    p.add_argument("--executor", choices=EXECUTOR_NAMES, default="local",
                    help="local: this process or a process pool; ray: a Ray cluster")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="runs at a time (local default 1 = in this process; ray default: "
@@ -64,6 +74,29 @@ def _register_status(sub) -> None:
     p.set_defaults(func=_status)
 
 
+def _register_runs(sub) -> None:
+    p = sub.add_parser("runs", help="list runs, filtered by what produced them",
+                       description="One line per run of a study directory: id, status, source, "
+                       "target, n, unfrozen blocks, epochs, seed, test accuracy, seconds. "
+                       "Example: study runs DIR --where source=natural n=200 status=finished")
+    p.add_argument("dir", help="study directory")
+    p.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="keep runs whose KEY equals VALUE (source, target, n, unfrozen_blocks, "
+                   "epochs, seed, status, eps, norm, a recipe field such as lr, or a run_id prefix)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_runs)
+
+
+def _register_show(sub) -> None:
+    p = sub.add_parser("show", help="everything stored about one run",
+                       description="The run's config, its results, its pinned source, its "
+                       "per-epoch metrics and, for a failed run, its error.")
+    p.add_argument("dir", help="study directory")
+    p.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=_show)
+
+
 def _register_export(sub) -> None:
     p = sub.add_parser("export", help="write a study's results as CSV or Parquet",
                        description="Writes runs.<fmt> (one row per finished run) and "
@@ -76,6 +109,7 @@ def _register_export(sub) -> None:
 
 # --- handlers ------------------------------------------------------------------------
 def _run(args) -> int:
+    # imported here: they import torch, which the reading subcommands do without
     from robust_transfer.study import MissingInputsError, load_spec
 
     spec = load_spec(args.spec)
@@ -136,24 +170,69 @@ def _print_missing(items) -> None:
 
 
 def _status(args) -> int:
-    from robust_transfer.study.runner import study_dir_summary
-
-    info = study_dir_summary(args.dir)
-    status = info["status"]
+    with StudyStore(args.dir, readonly=True) as store:
+        status = store.status(live=driver_alive(args.dir))
+        failures = store.failures(5)
     if args.json:
         print(json.dumps(status.to_dict()))
         return 0
     print(f"{args.dir}: {status.total} runs: {status.finished} finished, {status.failed} failed, "
           f"{status.running} running, {status.pending} pending ({status.missing} missing); "
           f"{_duration(status.seconds)} of run time; {status.specs} spec(s) stored")
-    for run_id, error in info["failures"]:
+    for run_id, error in failures:
         print(f"  failed {run_id}: {error.splitlines()[0] if error else '?'}")
     return 0
 
 
-def _export(args) -> int:
-    from robust_transfer.study import export_results
+def _runs(args) -> int:
+    rows = find_runs(args.dir, parse_where(args.where))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    header = ["RUN_ID", "STATUS", "SOURCE", "TARGET", "N", "UNFROZEN", "EPOCHS", "SEED",
+              "TEST_ACC", "SECONDS"]
+    cells = [[_cell(row[k]) for k in LISTED] for row in rows]
+    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
+    for line in (header, *cells):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    print(f"{len(rows)} run(s)", file=sys.stderr)
+    return 0
 
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if value <= 1 else f"{value:.1f}"
+    return str(value)
+
+
+def _show(args) -> int:
+    info = show_run(args.dir, args.run_id)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    run = info["run"]
+    print(f"run {run['run_id']}: {run['status']}")
+    print("config: " + json.dumps(run["config"], sort_keys=True))
+    if info["source"]:
+        src = info["source"]
+        print(f"source {src['label']}: {src['model']} ({src['arch']}, {src['norm']} eps "
+              f"{src['eps']}), sha256 {str(src['sha256'])[:16]}..., {src['path']}")
+    results = {k: run[k] for k in ("n", "test_acc", "test_loss", "train_acc", "train_loss",
+                                   "seconds", "device", "host", "cached_prefix") if run.get(k) is not None}
+    if results:
+        print("results: " + ", ".join(f"{k} {_cell(v)}" for k, v in results.items()))
+    for e in info["epochs"]:
+        print(f"  epoch {e['epoch']}: lr {e['lr']:.4g} train loss {_cell(e['train_loss'])} "
+              f"acc {_cell(e['train_acc'])} | test acc {_cell(e['test_acc'])}")
+    if run.get("error"):
+        print("error:\n" + run["error"])
+    return 0
+
+
+def _export(args) -> int:
     for path in export_results(args.dir, args.format, args.out):
         print(path)
     return 0

@@ -7,17 +7,29 @@ import json
 import os
 import shlex
 
+import torch.distributed as dist
+
 from robust_transfer.cli.common import (
     Progress,
     add_data_root,
     add_device,
+    command_help,
     n_images,
     parse_eps,
     positive_int,
+    unfrozen_blocks,
 )
+from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
+from robust_transfer.data.streaming import is_streaming
+from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.pretrain import PretrainConfig, pretrain
+from robust_transfer.engine.training import SCHEDULES, OptimConfig, TensorLoader, evaluate
+from robust_transfer.engine.transfer import Recipe, finetune
+from robust_transfer.errors import ConfigError
 from robust_transfer.models.arch import ARCHS
-from robust_transfer.models.zoo import load_source
-from robust_transfer.engine.training import SCHEDULES
+from robust_transfer.models.checkpoints import refuse_existing, save_model
+from robust_transfer.models.finetune import n_label
+from robust_transfer.models.sources import load_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,7 +62,7 @@ def _add_attack(p: argparse.ArgumentParser) -> None:
 
 
 def _register_pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="train a source model (natural, PGD or FGSM-RS adversarial)",
+    p = sub.add_parser("pretrain", help=command_help("pretrain"),
                        description="Train a source model and save it as safetensors + JSON "
                        "metadata. Runs under torchrun for DistributedDataParallel.")
     p.add_argument("--arch", choices=ARCHS.names(), default="small_resnet", help="architecture")
@@ -77,9 +89,7 @@ def _register_pretrain(sub) -> None:
     p.set_defaults(func=_pretrain)
 
 
-def _attack_from(args):
-    from robust_transfer.engine.attacks import AttackConfig
-
+def _attack_from(args: argparse.Namespace) -> AttackConfig | None:
     if args.attack == "none":
         return None
     steps = 1 if args.attack == "fgsm_rs" else args.attack_steps
@@ -87,21 +97,19 @@ def _attack_from(args):
                         method=args.attack)
 
 
-def _pretrain(args) -> int:
-    import torch.distributed as dist
-
-    from robust_transfer.models.checkpoints import save_model
-    from robust_transfer.engine.pretrain import PretrainConfig, check_output, pretrain
-    from robust_transfer.engine.training import OptimConfig
-
-    check_output(args.out, args.overwrite)
+def _pretrain(args: argparse.Namespace) -> int:
+    refuse_existing(args.out, args.overwrite)
     cfg = PretrainConfig(args.arch, args.dataset, args.epochs, args.batch_size,
                          OptimConfig(args.lr, args.momentum, args.weight_decay, args.schedule),
                          _attack_from(args), None, args.augment, args.input_size,
                          args.train_images, args.eval_images, args.seed, args.workers)
     # under torchrun every rank trains; only rank 0 reports (its own shard's train metrics)
     progress = Progress("pretrain") if os.environ.get("RANK", "0") == "0" else None
-    model, history, meta = pretrain(cfg, args.data_root, args.device, progress)
+    splits = {}
+    if args.download and not is_streaming(args.dataset):  # fetched first, then trained on
+        splits = {split: load_dataset(args.dataset, split, args.data_root, download=True)
+                  for split in ("train", "test")}
+    model, history, meta = pretrain(cfg, args.data_root, args.device, progress, **splits)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
         meta["command"] = "robust-transfer " + shlex.join(args.argv)
@@ -115,13 +123,13 @@ def _pretrain(args) -> int:
 
 
 def _register_finetune(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a source model on a target dataset",
+    p = sub.add_parser("finetune", help=command_help("finetune"),
                        description="New head, the last k blocks unfrozen, n training images.")
     p.add_argument("source", help="zoo name (see `robust-transfer zoo list`) or checkpoint path")
     p.add_argument("--target", default="digits", help="target dataset (default digits)")
     add_data_root(p)
     p.add_argument("--n", type=n_images, default=None, help="training images, or 'all' (default)")
-    p.add_argument("--unfrozen-blocks", default="0",
+    p.add_argument("--unfrozen-blocks", type=unfrozen_blocks, default=0,
                    help="blocks trained besides the head: 0 (head only), k, or 'all'")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
     _add_optim(p)
@@ -139,32 +147,30 @@ def _register_finetune(sub) -> None:
     p.set_defaults(func=_finetune)
 
 
-def _finetune(args) -> int:
-    from robust_transfer.data import load_dataset
-    from robust_transfer.models.checkpoints import save_model
-    from robust_transfer.models.finetune import parse_unfrozen
-    from robust_transfer.engine.pretrain import check_output
-    from robust_transfer.engine.transfer import Recipe, finetune
-
-    unfrozen = parse_unfrozen(args.unfrozen_blocks)
+def _finetune(args: argparse.Namespace) -> int:
+    unfrozen = args.unfrozen_blocks
     if args.out:
-        check_output(args.out, args.overwrite)
+        refuse_existing(args.out, args.overwrite)
     recipe = Recipe(args.lr, args.momentum, args.weight_decay, args.schedule, args.batch_size,
                     {"auto": "auto", "on": True, "off": False}[args.augment], args.resolution,
                     args.head_init)
-    model, meta = load_source(args.source)
+    model = load_source(args.source)
+    record = model.source_record
     train = load_dataset(args.target, "train", args.data_root, args.download)
     test = load_dataset(args.target, "test", args.data_root, args.download)
     result = finetune(model, train, test, n=args.n, unfrozen=unfrozen, epochs=args.epochs,
                       seed=args.seed, recipe=recipe, device=args.device,
-                      source_id=str(meta.get("sha256", "")), callback=Progress("finetune"))
+                      source_id=record.sha256 or "", callback=Progress("finetune"))
     summary = {"source": args.source, "target": args.target, "n": result.n_train,
                "unfrozen_blocks": str(unfrozen), "epochs": args.epochs, "seed": args.seed,
                "test_acc": result.test_acc, "seconds": round(result.seconds, 2),
                "cached_prefix": result.cached_prefix}
     if args.out:
+        # target, n and seed let influence and saliency pick the images this head saw
         save_model(result.model, args.out, {**summary, "training": "finetune",
-                                            "recipe": recipe.to_dict(), "source_metadata": meta},
+                                            "n_requested": n_label(args.n),
+                                            "recipe": recipe.to_dict(),
+                                            "source_metadata": record.to_dict()},
                    overwrite=args.overwrite)
     print(json.dumps(summary) if args.json else
           f"{args.source} -> {args.target}: n={result.n_train} unfrozen={unfrozen} "
@@ -173,7 +179,7 @@ def _finetune(args) -> int:
 
 
 def _register_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="clean and PGD robust accuracy of a model",
+    p = sub.add_parser("evaluate", help=command_help("evaluate"),
                        description="Clean accuracy and robust accuracy under PGD (default 20 "
                        "steps, step 2.5*eps/steps) on a dataset's test split.")
     p.add_argument("model", help="zoo name or checkpoint path")
@@ -191,14 +197,9 @@ def _register_evaluate(sub) -> None:
     p.set_defaults(func=_evaluate)
 
 
-def _evaluate(args) -> int:
-    from robust_transfer.engine.attacks import AttackConfig
-    from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
-    from robust_transfer.errors import ConfigError
-    from robust_transfer.engine.training import TensorLoader, evaluate
-
-    model, meta = load_source(args.model)
-    name = args.dataset or meta.get("source_dataset")
+def _evaluate(args: argparse.Namespace) -> int:
+    model = load_source(args.model)
+    name = args.dataset or model.source_record.metadata.get("source_dataset")
     if not name:
         raise ConfigError("the checkpoint does not name its dataset; pass --dataset")
     data = load_dataset(name, "test", args.data_root, args.download)

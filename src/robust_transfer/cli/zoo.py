@@ -1,10 +1,11 @@
-"""``robust-transfer zoo``: list the model zoo and fetch published checkpoints."""
+"""``robust-transfer zoo``: list the model zoo and fetch published checkpoints (no torch needed)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from robust_transfer.cli.common import command_help
 from robust_transfer.models import zoo
 
 _COLUMNS = (("NAME", "name"), ("ARCH", "arch"), ("NORM", "norm"), ("EPS", "eps"),
@@ -15,9 +16,10 @@ _COLUMNS = (("NAME", "name"), ("ARCH", "arch"), ("NORM", "norm"), ("EPS", "eps")
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``zoo list`` and ``zoo fetch`` to the top-level parser."""
     parser = subparsers.add_parser(
-        "zoo", help="list the model zoo and fetch published checkpoints",
+        "zoo", help=command_help("zoo"),
         description="Embedded small source models and the published robust ImageNet "
-        f"checkpoints. Published files live in ${zoo.ZOO_ENV} (default ~/.cache/robust_transfer/zoo).")
+        f"checkpoints and torchvision's ImageNet weights. Published files live in ${zoo.ZOO_ENV} "
+        "(default ~/.cache/robust_transfer/zoo), torchvision's in torch hub's cache ($TORCH_HOME).")
     actions = parser.add_subparsers(dest="zoo_action", metavar="ACTION")
     parser.set_defaults(func=lambda args: _print_help(parser))
 
@@ -25,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 description="Embedded models first, then the published ones.")
     lister.add_argument("--local", action="store_true",
                         help="show only models whose files are on this machine")
-    lister.add_argument("--kind", choices=("all", "embedded", "published"), default="all",
+    lister.add_argument("--kind", choices=("all", "embedded", "published", "torchvision"),
+                        default="all",
                         help="which models to show (default: all)")
     lister.set_defaults(func=_list)
 

@@ -71,9 +71,6 @@ class ImageArrays:
         return ImageArrays(self.images[idx], self.labels[idx], self.info, self.split, self.source)
 
 
-Loader = Callable[[str, Path, bool], ImageArrays]
-
-
 @dataclass(frozen=True)
 class DatasetEntry:
     info: DatasetInfo

@@ -69,3 +69,37 @@ def _quotas(n: int, class_order: np.ndarray, available: dict) -> dict:
             left -= take
         open_classes = [c for c in open_classes if quota[c] < available[c]]
     return quota
+
+
+def split_validation(labels: np.ndarray, val_size: int, dataset: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a class-balanced validation set from a training split.
+
+    The validation images depend only on (dataset, ``val_size``) and the labels, so they
+    are the same for every source and seed; training subsets are then drawn from the
+    rest (``pool``), so they never overlap the validation images.
+
+    Args:
+        labels: int labels of the full training split.
+        val_size: validation images (0 for none).
+        dataset: the dataset's name, mixed into the seed.
+
+    Returns:
+        ``(pool, val)``: sorted int64 indices into ``labels``, disjoint, covering it.
+
+    Raises:
+        ConfigError: ``val_size`` is negative, leaves no training images, or is smaller
+            than the number of classes (a validation set needs one image per class).
+    """
+    labels = np.asarray(labels)
+    total = len(labels)
+    n_classes = len(np.unique(labels))
+    if val_size == 0:
+        return np.arange(total, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if val_size < n_classes or val_size >= total:
+        raise ConfigError(f"a validation set of {val_size} images does not fit {dataset or 'the dataset'} "
+                          f"({total} training images, {n_classes} classes): use between "
+                          f"{n_classes} and {total - 1}")
+    # a seed no training subset uses, so validation is independent of every run's images
+    val = balanced_subset(labels, val_size, seed=2**32 - 1, dataset=f"{dataset}/validation")
+    pool = np.setdiff1d(np.arange(total, dtype=np.int64), val)
+    return pool, val

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, load_dataset
 from robust_transfer.data.streaming import is_streaming, streaming_split
-from robust_transfer.errors import ConfigError
-from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
@@ -26,6 +23,8 @@ from robust_transfer.engine.training import (
     fit,
     resolve_device,
 )
+from robust_transfer.errors import ConfigError
+from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
             cfg, data_root, train, test)
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.arch, classes, mean, std, size).to(dev)
-    net = model
+    net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -210,10 +209,3 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
         "history": [h.to_dict() for h in history],
     }
 
-
-def check_output(path: str | Path, overwrite: bool) -> Path:
-    """Refuse to train into an existing checkpoint unless asked (before any work)."""
-    from robust_transfer.models.checkpoints import refuse_existing
-
-    refuse_existing(path, overwrite)
-    return Path(path)

@@ -50,9 +50,11 @@ class OptimConfig:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
 
-    def build(self, params: list[nn.Parameter], epochs: int) -> tuple[torch.optim.Optimizer, object]:
+    def build(self, params: list[nn.Parameter],
+              epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
                               weight_decay=self.weight_decay)
+        sched: torch.optim.lr_scheduler.LRScheduler
         if self.schedule == "step":
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3), gamma=0.1)
         elif self.schedule == "cosine":
@@ -74,6 +76,8 @@ class EpochMetrics:
     test_acc: float = math.nan
     robust_acc: float = math.nan
     seconds: float = 0.0
+    val_loss: float = math.nan
+    val_acc: float = math.nan
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,7 +228,7 @@ Callback = Callable[[str, dict], None]
 
 def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         options: FitOptions | None = None, callback: Callback | None = None,
-        attack_model: nn.Module | None = None) -> list[EpochMetrics]:
+        attack_model: nn.Module | None = None, val_loader=None) -> list[EpochMetrics]:
     """Train ``model`` and return per-epoch metrics.
 
     Args:
@@ -236,6 +240,7 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
             the CLI uses it for progress bars. The library itself never prints.
         attack_model: the unwrapped model under DDP: attacks and evaluation run on it
             (a DDP forward on one rank alone would wait for the others' buffer broadcast).
+        val_loader: a validation set evaluated whenever the test loader is.
     """
     opts = options or FitOptions()
     device = resolve_device(opts.device)
@@ -256,6 +261,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         metrics = EpochMetrics(epoch, lr, loss, acc)
         if test_loader is not None and (epoch % opts.eval_every == 0 or epoch == opts.epochs):
             metrics.test_loss, metrics.test_acc = evaluate(attack_model, test_loader, None, device)
+            if val_loader is not None:
+                metrics.val_loss, metrics.val_acc = evaluate(attack_model, val_loader, None, device)
             if opts.eval_attack is not None:
                 _, metrics.robust_acc = evaluate(attack_model, test_loader, opts.eval_attack, device)
         metrics.seconds = time.perf_counter() - start

@@ -18,17 +18,20 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
+from robust_transfer.data.subsets import split_validation
 from robust_transfer.data.torchdata import as_image_arrays_pair
-from robust_transfer.errors import ConfigError
-from robust_transfer.models import TransferModel, prepare_finetune
+from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
     OptimConfig,
     TensorLoader,
+    evaluate,
     fit,
     resolve_device,
 )
+from robust_transfer.errors import ConfigError
+from robust_transfer.models import TransferModel, prepare_finetune
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3
@@ -46,6 +49,19 @@ class Recipe:
         resolution: input size; default the source model's (the paper resized to 224).
         head_init: ``"normal"`` (N(0, 0.01^2)), ``"paper"`` (N(0, 1)) or ``"torch"``.
         eval_every: test every this many epochs (and at the last).
+        val_images: hold out this many class-balanced images of the training pool as a
+            validation set (same for every source and seed, disjoint from every run's
+            training images, which are then drawn from the rest); evaluated with the test
+            set, so epochs and learning rates can be chosen without looking at test. 0: none.
+        robust_eps: after training, measure robust accuracy of the fine-tuned model under
+            PGD at this radius (pixels in [0, 1]) on ``robust_images`` class-balanced test
+            images; ``None``: not measured.
+        robust_norm, robust_steps: the attack (step size 2.5 * eps / steps, no random
+            start, the robustness library's evaluation convention).
+        robust_images: test images attacked (a fixed class-balanced subset).
+
+    The last five fields are left out of :meth:`to_dict` at their defaults, so adding them
+    changed no existing run id.
     """
 
     lr: float = 0.1
@@ -57,6 +73,11 @@ class Recipe:
     resolution: int | None = None
     head_init: str = "normal"
     eval_every: int = 1
+    val_images: int = 0
+    robust_eps: float | None = None
+    robust_norm: str = "linf"
+    robust_steps: int = 20
+    robust_images: int = 500
 
     def __post_init__(self) -> None:
         self.optim()  # validates lr, momentum, schedule
@@ -66,12 +87,33 @@ class Recipe:
             raise ConfigError(f"augment must be true, false or 'auto', got {self.augment!r}")
         if self.resolution is not None and self.resolution < 8:
             raise ConfigError(f"resolution must be at least 8 pixels, got {self.resolution}")
+        if self.val_images < 0:
+            raise ConfigError(f"val_images must be 0 (no validation set) or positive, got {self.val_images}")
+        if self.robust_eps is not None:
+            if not self.robust_eps > 0 or self.robust_eps == float("inf"):
+                raise ConfigError(f"robust_eps must be a positive finite radius, got {self.robust_eps} "
+                                  "(leave it out to skip robust evaluation)")
+            self.robust_attack()  # validates norm and steps
+            if self.robust_images < 1:
+                raise ConfigError(f"robust_images must be positive, got {self.robust_images}")
+
+    def robust_attack(self) -> AttackConfig:
+        """The PGD evaluation attack (``robust_eps`` must be set)."""
+        return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
 
     def optim(self) -> OptimConfig:
         return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for name, default in _OPTIONAL_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]  # run ids hash this dict: fields added later must not change them
+        return d
+
+
+_OPTIONAL_DEFAULTS = {"val_images": 0, "robust_eps": None, "robust_norm": "linf",
+                      "robust_steps": 20, "robust_images": 500}
 
 
 class FeatureStore(Protocol):
@@ -154,7 +196,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     start = time.perf_counter()
     if train.info.num_classes != test.info.num_classes:
         raise ConfigError("train and test splits have different classes")
-    indices = balanced_subset(train.labels.numpy(), n, seed, train.info.name)
+    indices, val_indices = training_indices(train, n, seed, recipe.val_images)
     dev = resolve_device(device)
     model = prepare_finetune(copy.deepcopy(source), train.info.num_classes, unfrozen,
                              recipe.head_init, seed).to(dev)
@@ -176,10 +218,46 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
                                     shuffle=True, transform=policy.train_batch, seed=seed)
         test_loader = TensorLoader(test.images, test.labels, max(256, recipe.batch_size),
                                    transform=policy.prepare)
-    history = fit(trainer, train_loader, test_loader, options, callback)
+    val_loader = None
+    if len(val_indices):
+        val_split = train.subset(val_indices)
+        val_loader = (_cached_eval_loader(model, val_split, val_indices, policy, recipe.batch_size,
+                                          dev, feature_store or MemoryFeatureStore(), key)
+                      if cache else TensorLoader(val_split.images, val_split.labels,
+                                                 max(256, recipe.batch_size), transform=policy.prepare))
+    history = fit(trainer, train_loader, test_loader, options, callback, val_loader=val_loader)
     model.eval()
+    info = {"policy": asdict(policy), "frozen_depth": model.frozen_depth}
+    if recipe.robust_eps is not None:
+        robust_idx = balanced_subset(test.labels.numpy(), min(recipe.robust_images, len(test)),
+                                     0, f"{test.info.name}/robust")
+        loader = TensorLoader(test.images[torch.as_tensor(robust_idx)],
+                              test.labels[torch.as_tensor(robust_idx)], max(128, recipe.batch_size),
+                              transform=policy.prepare)
+        t0 = time.perf_counter()
+        _, history[-1].robust_acc = evaluate(model, loader, recipe.robust_attack(), dev)
+        info["robust_seconds"] = time.perf_counter() - t0
+        info["robust_images"] = len(robust_idx)
     return FinetuneResult(model, history, len(indices), indices, time.perf_counter() - start,
-                          cache, {"policy": asdict(policy), "frozen_depth": model.frozen_depth})
+                          cache, info)
+
+
+def training_indices(train: ImageArrays, n: int | None, seed: int,
+                     val_images: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The run's training images and the held-out validation images (indices into ``train``).
+
+    Without a validation set, the subset is drawn from the whole split (as the paper
+    did); with one, from the rest of the split, so the two never overlap.
+    """
+    labels = train.labels.numpy()
+    if not val_images:
+        return balanced_subset(labels, n, seed, train.info.name), np.zeros(0, dtype=np.int64)
+    pool, val = split_validation(labels, val_images, train.info.name)
+    if n is not None and n > len(pool):
+        raise ConfigError(f"n={n} does not fit beside {val_images} validation images: "
+                          f"{train.info.name} has {len(labels)} training images; use n <= "
+                          f"{len(pool)} or fewer val_images")
+    return pool[balanced_subset(labels[pool], n, seed, train.info.name)], val
 
 
 def _use_prefix_cache(model: TransferModel, policy: InputPolicy, n_images: int) -> bool:
@@ -247,3 +325,23 @@ def prefix_outputs(model: TransferModel, images: torch.Tensor, policy: InputPoli
     if not out:
         return torch.empty(0)
     return torch.cat(out)
+
+
+def _cached_eval_loader(model, split: ImageArrays, split_indices: np.ndarray, policy, batch_size,
+                        dev, store, key) -> TensorLoader:
+    """Validation images through the cached prefix (they are never augmented).
+
+    ``split`` holds the images ``split_indices`` of the training split; their prefix
+    outputs share the training split's cache key.
+    """
+    depth = model.frozen_depth
+    pooled = depth >= len(model.stages())
+    position = {int(i): k for k, i in enumerate(split_indices)}
+
+    def run(idx: np.ndarray) -> torch.Tensor:
+        rows = torch.as_tensor([position[int(i)] for i in idx])
+        return prefix_outputs(model, split.images[rows], policy, depth, pooled, dev)
+
+    h = store.get_or_compute({**key, "depth": depth, "pooled": pooled, "split": "train"},
+                             split_indices, run)
+    return TensorLoader(h, split.labels, max(256, batch_size))

@@ -1,25 +1,59 @@
-"""Architectures, the blocks view, checkpoints and the model zoo."""
+"""Architectures, the blocks view, checkpoints, the model zoo and the source resolver.
 
-from robust_transfer.models.arch import (
-    ARCHS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Normalize,
-    SmallResNet,
-    TransferModel,
-    create_model,
-)
-from robust_transfer.models.checkpoints import load_model, save_model
-from robust_transfer.models.modes import eval_mode
-from robust_transfer.models.finetune import (
-    ALL,
-    parse_unfrozen,
-    prepare_finetune,
-    set_unfrozen_blocks,
-)
+The names below are loaded on first use (PEP 562), so ``robust_transfer.models.zoo`` and
+``robust_transfer.models.metadata`` can be imported without torch (``zoo list`` answers at
+once); everything else imports torch as usual.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ARCHS": "arch", "IMAGENET_MEAN": "arch", "IMAGENET_STD": "arch", "Normalize": "arch",
+    "SmallResNet": "arch", "TransferModel": "arch", "create_model": "arch",
+    "load_model": "checkpoints", "save_model": "checkpoints",
+    "eval_mode": "modes",
+    "ALL": "finetune", "parse_unfrozen": "finetune", "prepare_finetune": "finetune",
+    "set_unfrozen_blocks": "finetune",
+    "SourceRecord": "sources", "resolve_source": "sources", "load_source": "sources",
+}
+
+if TYPE_CHECKING:
+    from robust_transfer.models.arch import (
+        ARCHS,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        Normalize,
+        SmallResNet,
+        TransferModel,
+        create_model,
+    )
+    from robust_transfer.models.checkpoints import load_model, save_model
+    from robust_transfer.models.finetune import (
+        ALL,
+        parse_unfrozen,
+        prepare_finetune,
+        set_unfrozen_blocks,
+    )
+    from robust_transfer.models.modes import eval_mode
+    from robust_transfer.models.sources import SourceRecord, load_source, resolve_source
 
 __all__ = [
-    "ALL", "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallResNet", "TransferModel",
-    "create_model", "eval_mode", "load_model", "parse_unfrozen", "prepare_finetune", "save_model",
-    "set_unfrozen_blocks",
+    "ALL", "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallResNet", "SourceRecord",
+    "TransferModel", "create_model", "eval_mode", "load_model", "load_source", "parse_unfrozen",
+    "prepare_finetune", "resolve_source", "save_model", "set_unfrozen_blocks",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'robust_transfer.models' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"robust_transfer.models.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,6 +25,9 @@ TIMM_PREFIX = "timm:"
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel; buffers so they travel with the state dict."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -120,6 +124,9 @@ class TransferModel(nn.Module):
             whose parameters are frozen; they run in eval mode and, when the input needs
             no gradient, without autograd.
     """
+
+    # the SourceRecord a model was loaded from (robust_transfer.models.sources), if any
+    source_record: Any = None
 
     def __init__(self, arch: str, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
                  input_size: int, channels: int = 3) -> None:

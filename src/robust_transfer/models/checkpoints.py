@@ -21,7 +21,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,40 +28,28 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from robust_transfer.errors import CheckpointError, ConfigError, OutputExistsError
+from robust_transfer.io import atomic_write, atomic_write_text
 from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
-
-FORMAT_NAME = "robust_transfer"
-FORMAT_VERSION = 1
-WEIGHTS_SUFFIX = ".safetensors"
-METADATA_SUFFIX = ".json"
+from robust_transfer.models.metadata import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_SUFFIX,
+    checkpoint_paths,
+    is_ours,
+    read_metadata,
+    sha256_file,
+)
 
 # written by save_model from the model itself; a caller's values for these are replaced
 MODEL_FIELDS = ("arch", "num_classes", "input_size", "channels", "mean", "std")
-_REQUIRED_FIELDS = ("format", "format_version", "sha256", "arch", "num_classes", "input_size",
-                    "mean", "std")
 # ResNet-50-style bottlenecks: width of layer1's first 1x1 conv -> architecture
 _BOTTLENECK_WIDTH = {64: "resnet50", 128: "wide_resnet50_2"}
-_CHUNK = 1 << 20
 
 
 # --- our format: save ------------------------------------------------------------------
-def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """The weights and metadata files of our format for ``path``.
-
-    Args:
-        path: ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``.
-
-    Returns:
-        ``(<stem>.safetensors, <stem>.json)``.
-    """
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX) else p
-    return Path(f"{stem}{WEIGHTS_SUFFIX}"), Path(f"{stem}{METADATA_SUFFIX}")
-
-
 def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[str, Any],
                overwrite: bool = False) -> Path:
     """Write ``model`` as ``<path>.safetensors`` plus ``<path>.json``, each whole or not at all.
@@ -89,18 +76,15 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
     refuse_existing(path, overwrite)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = _temp_beside(weights)
-    try:
-        save_file(state, str(tmp), metadata={"format": FORMAT_NAME})
-        record = {**metadata, **_model_fields(model), "format": FORMAT_NAME,
-                  "format_version": FORMAT_VERSION, "sha256": sha256_file(tmp)}
-        text = _to_json(record)
-        # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
-        # missing .json, both refused on load, never a silently wrong model
-        os.replace(tmp, weights)
-        _write_text_atomic(meta_path, text)
-    finally:
-        tmp.unlink(missing_ok=True)
+    data = save(state, metadata={"format": FORMAT_NAME})
+    record = {**metadata, **_model_fields(model), "format": FORMAT_NAME,
+              "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(data).hexdigest()}
+    text = _to_json(record)
+    # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
+    # missing .json, both refused on load, never a silently wrong model
+    with atomic_write(weights, "wb") as f:
+        f.write(data)
+    atomic_write_text(meta_path, text)
     return weights
 
 
@@ -131,31 +115,6 @@ def _to_json(record: Mapping[str, Any]) -> str:
         raise ConfigError(f"checkpoint metadata must be JSON-serialisable: {err}") from None
 
 
-def _temp_beside(path: Path) -> Path:
-    """A fresh temporary file in ``path``'s folder, so ``os.replace`` is atomic."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _temp_beside(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- loading: dispatch -----------------------------------------------------------------
 def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: int | None = None,
                device: str | torch.device = "cpu") -> tuple[TransferModel, dict[str, Any]]:
@@ -177,8 +136,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: in
     """
     p = Path(path)
     weights, meta_path = checkpoint_paths(p)
-    ours = p.suffix in (WEIGHTS_SUFFIX, METADATA_SUFFIX) or (not p.is_file() and weights.is_file())
-    if ours:
+    if is_ours(p):
         model, meta = _load_ours(weights, meta_path, arch, num_classes)
     else:
         model, meta = _load_torch_file(p, arch, num_classes)
@@ -188,7 +146,7 @@ def load_model(path: str | os.PathLike, arch: str | None = None, num_classes: in
 # --- our format: load ------------------------------------------------------------------
 def _load_ours(weights: Path, meta_path: Path, arch: str | None,
                num_classes: int | None) -> tuple[TransferModel, dict[str, Any]]:
-    meta = _read_metadata(weights, meta_path)
+    meta = read_metadata(weights)
     _check_requested(weights, meta, arch, num_classes)
     _verify_sha256(weights, meta_path, meta["sha256"])
     state = _read_safetensors(weights)
@@ -197,43 +155,6 @@ def _load_ours(weights: Path, meta_path: Path, arch: str | None,
     model.channels = meta.get("channels", model.channels)
     _load_state(model, state, weights, f"{meta['arch']} with {meta['num_classes']} classes")
     return model, meta
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The metadata of one of our checkpoints, checked but without reading the weights.
-
-    Args:
-        path: ``<stem>``, ``<stem>.safetensors`` or ``<stem>.json``.
-
-    Returns:
-        The JSON sidecar's contents.
-
-    Raises:
-        CheckpointError: either file is missing, or the JSON is unreadable or incomplete.
-    """
-    return _read_metadata(*checkpoint_paths(path))
-
-
-def _read_metadata(weights: Path, meta_path: Path) -> dict[str, Any]:
-    if not weights.is_file():
-        raise CheckpointError(f"no checkpoint weights at {weights}")
-    if not meta_path.is_file():
-        raise CheckpointError(f"{meta_path} is missing: a robust-transfer checkpoint is {weights.name} "
-                              f"plus its metadata {meta_path.name}; save the model again")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read metadata {meta_path}: {_summary(err)}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{meta_path} is not robust-transfer checkpoint metadata "
-                              f"(no \"format\": \"{FORMAT_NAME}\")")
-    missing = [k for k in _REQUIRED_FIELDS if k not in meta]
-    if missing:
-        raise CheckpointError(f"metadata {meta_path} lacks {', '.join(missing)}; save the model again")
-    if meta["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{meta_path} has format version {meta['format_version']}; this "
-                              f"robust-transfer reads up to {FORMAT_VERSION}: upgrade it")
-    return meta
 
 
 def _check_requested(weights: Path, meta: Mapping[str, Any], arch: str | None,
@@ -271,26 +192,6 @@ def _load_torch_file(path: Path, arch: str | None,
     _load_state(model.net, net_state, path, f"{arch_name} with {classes} classes{hint}")
     meta = {"format": fmt, "source": str(path), **_model_fields(model), **_training_info(obj)}
     return model, meta
-
-
-def checkpoint_arch(path: str | os.PathLike) -> str:
-    """The architecture of a robustness-library or torchvision file, without reading its weights.
-
-    The file is memory-mapped (``torch.load(mmap=True)``), so a 200 MB ResNet-50 is
-    looked at in milliseconds; files in torch's legacy format are read whole.
-
-    Raises:
-        CheckpointError: the file is missing, unreadable or fits no registered architecture.
-    """
-    p = Path(path)
-    try:
-        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # legacy (non-zip) format, or a bad file: the full reader explains
-        obj = _torch_load(p)
-    net_state, _, _, _ = split_state_dict(_state_dict_of(obj, p))
-    return infer_arch(net_state, p)
 
 
 def _torch_load(path: Path) -> Any:

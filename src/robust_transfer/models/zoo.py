@@ -1,6 +1,9 @@
 """The model zoo: published robust ImageNet checkpoints and the small models shipped inside.
 
-Two kinds of source models are known by name:
+This module is the zoo's catalogue and its files; it does not import torch, so listing
+the zoo is instant. Turning a name into a model is :mod:`robust_transfer.models.sources`.
+
+Three kinds of source models are known by name:
 
 * published: the robust ImageNet ResNets of the robustness library (MadryLab) and of
   robust-models-transfer (Salman et al. 2020). They are large and never fetched
@@ -8,6 +11,10 @@ Two kinds of source models are known by name:
   ``~/.cache/robust_transfer/zoo``) and downloads only with ``allow_download=True``.
 * embedded: small models trained by ``robust-transfer pretrain``, committed under
   ``robust_transfer/zoo/`` as ``<name>.safetensors`` + ``<name>.json``.
+* torchvision: torchvision's naturally trained ImageNet weights (``torchvision-resnet50``
+  is ``ResNet50_Weights.IMAGENET1K_V1``), kept where torchvision keeps them (torch hub's
+  ``checkpoints`` folder under ``$TORCH_HOME``) and fetched through torchvision's weights
+  API, again only when asked.
 
 Where the files live. robust-models-transfer's README linked an Azure blob
 (``robustnessws4285631339.blob.core.windows.net/public-models/robust_imagenet/<file>``
@@ -26,12 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from robust_transfer.errors import CheckpointError, UnknownNameError
-from robust_transfer.models.arch import TransferModel
-from robust_transfer.models.checkpoints import checkpoint_paths, load_model, read_metadata
-from robust_transfer.registry import Registry
+from robust_transfer.models.metadata import checkpoint_paths, read_metadata
+from robust_transfer.registry import Registry, unknown_name
 
 ZOO_ENV = "ROBUST_TRANSFER_ZOO"
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "zoo"
@@ -151,6 +155,43 @@ _register_paper_models()
 from robust_transfer.models import zoo_timm  # noqa: E402,F401  ConvNeXt/Swin/ViT entries
 
 
+@dataclass(frozen=True)
+class TorchvisionModel:
+    """A torchvision ImageNet model whose weights torchvision's weights API fetches.
+
+    Attributes:
+        name: zoo name, e.g. ``torchvision-resnet50``.
+        arch: registered architecture.
+        weights: the torchvision weights enum member, e.g. ``ResNet50_Weights.IMAGENET1K_V1``.
+        file: the file name torch hub stores it under (``<name>-<sha256 prefix>.pth``).
+        url: where torchvision downloads it from.
+        clean_acc: torchvision's published ImageNet top-1 accuracy (fraction).
+    """
+
+    name: str
+    arch: str
+    weights: str
+    file: str
+    url: str
+    clean_acc: float
+    norm: str = "none"
+    eps: float = 0.0
+    source_dataset: str = "imagenet"
+    num_classes: int = 1000
+    input_size: int = 224
+
+    @property
+    def hash_prefix(self) -> str:
+        """The sha256 prefix in the file name, which torch hub checks on download."""
+        return self.file.rsplit("-", 1)[-1].split(".")[0]
+
+
+TORCHVISION: Registry[TorchvisionModel] = Registry("torchvision zoo model")
+TORCHVISION.register("torchvision-resnet50", TorchvisionModel(
+    "torchvision-resnet50", "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "resnet50-0676ba61.pth",
+    "https://download.pytorch.org/models/resnet50-0676ba61.pth", 0.7613))
+
+
 # --- where files are -------------------------------------------------------------------
 def zoo_dir() -> Path:
     """The folder of downloaded published checkpoints: ``$ROBUST_TRANSFER_ZOO`` or the cache."""
@@ -177,9 +218,26 @@ def embedded_models() -> list[dict[str, Any]]:
     return models
 
 
+def torch_hub_checkpoints() -> Path:
+    """Where torch hub (and so torchvision's weights API) keeps downloaded weights.
+
+    The same folder as ``torch.hub.get_dir() / "checkpoints"`` (``$TORCH_HOME/hub``, else
+    ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub``), computed without torch.
+    """
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
 def zoo_names() -> list[str]:
-    """Every zoo name: embedded models first, then the published ones."""
-    return [m["name"] for m in embedded_models()] + PUBLISHED.names()
+    """Every zoo name: embedded models first, then the published and torchvision ones."""
+    return [m["name"] for m in embedded_models()] + PUBLISHED.names() + TORCHVISION.names()
+
+
+def unknown_zoo_name(name: str, hint: str = "") -> UnknownNameError:
+    """The error for a name not in the zoo: close names first, then the whole zoo."""
+    err = unknown_name("zoo model", name, zoo_names())
+    return UnknownNameError(f"{err}{hint}") if hint else err
 
 
 def get_published(name: str) -> PublishedModel:
@@ -189,12 +247,22 @@ def get_published(name: str) -> PublishedModel:
         UnknownNameError: ``name`` is not a published model (the message lists the zoo).
     """
     if name not in PUBLISHED:
-        raise UnknownNameError(f"unknown zoo model '{name}'; valid: {', '.join(zoo_names())}")
+        raise unknown_zoo_name(name)
     return PUBLISHED.get(name)
 
 
-def _embedded(name: str) -> dict[str, Any] | None:
+def get_embedded(name: str) -> dict[str, Any] | None:
+    """The shipped model called ``name`` (see :func:`embedded_models`), or ``None``."""
     return next((m for m in embedded_models() if m["name"] == name), None)
+
+
+def zoo_kind(name: str) -> str | None:
+    """``embedded``, ``published`` or ``torchvision`` for a zoo name; ``None`` otherwise."""
+    if name in PUBLISHED:
+        return "published"
+    if name in TORCHVISION:
+        return "torchvision"
+    return "embedded" if get_embedded(name) is not None else None
 
 
 # --- fetching --------------------------------------------------------------------------
@@ -202,9 +270,10 @@ def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: 
     """The local file of a zoo model, downloading a published one only when allowed.
 
     Args:
-        name: a zoo name (embedded or published).
-        dest_dir: folder of published checkpoints (default: :func:`zoo_dir`).
-        allow_download: download a missing published file.
+        name: a zoo name (embedded, published or torchvision).
+        dest_dir: folder of published checkpoints (default: :func:`zoo_dir`; torchvision
+            weights always go to torch hub's folder, :func:`torch_hub_checkpoints`).
+        allow_download: download a missing published or torchvision file.
 
     Returns:
         The checkpoint's path.
@@ -214,18 +283,51 @@ def fetch(name: str, dest_dir: str | os.PathLike | None = None, allow_download: 
         CheckpointError: the file is absent and downloading was not allowed or failed, or
             its checksum does not match.
     """
-    embedded = _embedded(name)
+    embedded = get_embedded(name)
     if embedded is not None:
         return Path(embedded["path"])
+    if name in TORCHVISION:
+        return _fetch_torchvision(TORCHVISION.get(name), allow_download)
     entry = get_published(name)
     folder = Path(dest_dir) if dest_dir is not None else zoo_dir()
     target = folder / entry.file
     if target.is_file():
         return target
     if not allow_download:
-        raise CheckpointError(f"{entry.file} is not in {folder}: download it from {entry.url} "
-                              f"into that folder, or run 'robust-transfer zoo fetch {name} --download'")
+        raise CheckpointError(missing_message(name, folder))
     return download(entry.url, target, entry.sha256)
+
+
+def missing_message(name: str, folder: str | os.PathLike | None = None) -> str:
+    """What to do about a published or torchvision file that is not on this machine."""
+    if name in TORCHVISION:
+        entry = TORCHVISION.get(name)
+        return (f"{entry.file} is not in {torch_hub_checkpoints()} (torch hub's cache, "
+                f"$TORCH_HOME): run 'robust-transfer zoo fetch {name} --download' (torchvision's "
+                f"{entry.weights}), or put the file from {entry.url} there")
+    published = get_published(name)
+    where = Path(folder) if folder is not None else zoo_dir()
+    return (f"{published.file} is not in {where}: download it from {published.url} into that "
+            f"folder, or run 'robust-transfer zoo fetch {name} --download'")
+
+
+def _fetch_torchvision(entry: TorchvisionModel, allow_download: bool) -> Path:
+    target = torch_hub_checkpoints() / entry.file
+    if target.is_file():
+        return target
+    if not allow_download:
+        raise CheckpointError(missing_message(entry.name))
+    # torchvision's weights API downloads through torch hub: a temporary file renamed
+    # once complete, the sha256 prefix in the file name checked
+    from torchvision.models import get_weight
+
+    try:
+        get_weight(entry.weights).get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except Exception as err:  # URLError, hash mismatch, unpickling: all one message
+        words = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"cannot download {entry.url} ({type(err).__name__}: {words}); "
+                              f"put {entry.file} into {target.parent} by hand") from None
+    return target
 
 
 def download(url: str, target: str | os.PathLike, sha256: str | None = None,
@@ -254,65 +356,6 @@ def download(url: str, target: str | os.PathLike, sha256: str | None = None,
     return hub.download(url, target, sha256, timeout=timeout, progress=progress)
 
 
-# --- loading ---------------------------------------------------------------------------
-def load_zoo_model(name: str, device: str | torch.device = "cpu") -> tuple[TransferModel, dict[str, Any]]:
-    """Load a zoo model that is available locally (embedded, or published and fetched).
-
-    Args:
-        name: a zoo name.
-        device: where the model goes.
-
-    Returns:
-        The model in eval mode and its metadata; for a published model, the zoo entry's
-        facts (norm, eps, accuracies, URL) joined with what the file holds.
-
-    Raises:
-        UnknownNameError: ``name`` is not in the zoo.
-        CheckpointError: the file is not available locally or does not load.
-    """
-    embedded = _embedded(name)
-    if embedded is not None:
-        return load_model(embedded["path"], device=device)
-    entry = get_published(name)
-    if hasattr(entry, "load_checkpoint"):  # a file format of its own (models/zoo_timm.py)
-        return entry.load_checkpoint(fetch(name), device)
-    model, meta = load_model(fetch(name), arch=entry.arch, num_classes=entry.num_classes,
-                             device=device)
-    return model, {**entry.to_dict(), **meta}
-
-
-def resolve_source(name_or_path: str | os.PathLike) -> Path:
-    """The checkpoint file behind a zoo name or a path.
-
-    Args:
-        name_or_path: a zoo name, or a checkpoint path (ours with or without suffix,
-            robustness library, torchvision).
-
-    Returns:
-        The local path to load.
-
-    Raises:
-        CheckpointError: neither a zoo name nor an existing file, or a zoo file is absent.
-    """
-    text = str(name_or_path)
-    if text in PUBLISHED or _embedded(text) is not None:
-        return fetch(text)
-    path = Path(text).expanduser()
-    if path.is_file() or checkpoint_paths(path)[0].is_file():
-        return path
-    raise CheckpointError(f"'{text}' is neither a zoo model nor a checkpoint file; zoo models: "
-                          f"{', '.join(zoo_names())}")
-
-
-def load_source(name_or_path: str | os.PathLike,
-                device: str | torch.device = "cpu") -> tuple[TransferModel, dict[str, Any]]:
-    """Load a source model from a zoo name or a checkpoint path (see :func:`resolve_source`)."""
-    text = str(name_or_path)
-    if text in PUBLISHED or _embedded(text) is not None:
-        return load_zoo_model(text, device)
-    return load_model(resolve_source(name_or_path), device=device)
-
-
 # --- listing ---------------------------------------------------------------------------
 def eps_label(norm: str | None, eps: float | None) -> str:
     """A radius as people write it: ``3`` for L2, ``4/255`` for Linf, ``-`` when unknown."""
@@ -322,10 +365,10 @@ def eps_label(norm: str | None, eps: float | None) -> str:
 
 
 def zoo_listing() -> list[dict[str, Any]]:
-    """One row per zoo model for tables: embedded first, then published.
+    """One row per zoo model for tables: embedded first, then published, then torchvision.
 
     Returns:
-        Dicts with ``name``, ``kind`` (``embedded``/``published``), ``arch``, ``norm``,
+        Dicts with ``name``, ``kind`` (``embedded``/``published``/``torchvision``), ``arch``, ``norm``,
         ``eps`` (label), ``source_dataset``, ``clean_acc``, ``robust_acc`` and ``local``
         (whether the file is on this machine).
     """
@@ -339,4 +382,10 @@ def zoo_listing() -> list[dict[str, Any]]:
         rows.append({"name": name, "kind": "published", "arch": e.arch, "norm": e.norm,
                      "eps": e.eps_label, "source_dataset": e.source_dataset, "clean_acc": e.clean_acc,
                      "robust_acc": e.robust_acc, "local": (folder / e.file).is_file()})
+    hub = torch_hub_checkpoints()
+    for name in TORCHVISION.names():
+        t = TORCHVISION.get(name)
+        rows.append({"name": name, "kind": "torchvision", "arch": t.arch, "norm": "-", "eps": "0",
+                     "source_dataset": t.source_dataset, "clean_acc": t.clean_acc,
+                     "robust_acc": None, "local": (hub / t.file).is_file()})
     return rows

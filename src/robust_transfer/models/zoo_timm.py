@@ -46,13 +46,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from robust_transfer.errors import CheckpointError
-from robust_transfer.models.arch import TIMM_PREFIX, TransferModel
+from robust_transfer.models.metadata import TIMM_PREFIX
 from robust_transfer.models.zoo import PUBLISHED, PublishedModel
+
+if TYPE_CHECKING:  # the catalogue is read without torch (zoo list); loading imports it
+    import torch
+
+    from robust_transfer.models.arch import TransferModel
 
 DRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
 DRIVE_PAGE = "https://drive.google.com/file/d/{id}/view"
@@ -121,6 +124,8 @@ def robustbench_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointError: no dict of tensors is found.
     """
+    import torch
+
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):

@@ -7,21 +7,40 @@ Entry points:
 * :func:`plan_study` is the dry run: run counts, what is missing, estimated cost.
 * :func:`load_results`, :func:`study_status`, :func:`spec_text`, :func:`export_results`
   read a study directory (the analysis starts here).
+
+The names load on first use (PEP 562): reading a store (``study status``) imports
+neither torch nor the runner.
 """
 
-from robust_transfer.study.estimate import CostEstimate, StudyPlan, plan_study
-from robust_transfer.study.resolve import Missing, MissingInputsError, resolve_study
-from robust_transfer.study.runner import Progress, StudySummary, run_study
-from robust_transfer.study.spec import RunConfig, StudySpec, load_spec
-from robust_transfer.study.store import (
-    RunOutcome,
-    StudyStatus,
-    StudyStore,
-    export_results,
-    load_results,
-    spec_text,
-    study_status,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "CostEstimate": "estimate", "StudyPlan": "estimate", "plan_study": "estimate",
+    "Missing": "resolve", "MissingInputsError": "resolve", "resolve_study": "resolve",
+    "Progress": "runner", "StudySummary": "runner", "run_study": "runner",
+    "RunConfig": "spec", "StudySpec": "spec", "load_spec": "spec",
+    "RunOutcome": "store", "StudyStatus": "store", "StudyStore": "store",
+    "export_results": "store", "load_results": "store", "spec_text": "store",
+    "study_status": "store",
+}
+
+if TYPE_CHECKING:
+    from robust_transfer.study.estimate import CostEstimate, StudyPlan, plan_study
+    from robust_transfer.study.resolve import Missing, MissingInputsError, resolve_study
+    from robust_transfer.study.runner import Progress, StudySummary, run_study
+    from robust_transfer.study.spec import RunConfig, StudySpec, load_spec
+    from robust_transfer.study.store import (
+        RunOutcome,
+        StudyStatus,
+        StudyStore,
+        export_results,
+        load_results,
+        spec_text,
+        study_status,
+    )
 
 __all__ = [
     "CostEstimate", "Missing", "MissingInputsError", "Progress", "RunConfig", "RunOutcome",
@@ -29,3 +48,15 @@ __all__ = [
     "load_results", "load_spec", "plan_study", "resolve_study", "run_study", "spec_text",
     "study_status",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'robust_transfer.study' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"robust_transfer.study.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -9,6 +9,7 @@ is returned beside the stored one so the caller can check.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,13 @@ from typing import Any
 import torch
 
 from robust_transfer.data import ImageArrays
-from robust_transfer.errors import ConfigError
 from robust_transfer.engine.transfer import FinetuneResult
+from robust_transfer.errors import CheckpointError, ConfigError
+from robust_transfer.models.sources import load_source, resolve_source
+from robust_transfer.study.resolve import load_split
+from robust_transfer.study.spec import RunConfig
+from robust_transfer.study.store import StudyStore
+from robust_transfer.study.worker import finetune_config
 
 
 @dataclass
@@ -35,7 +41,7 @@ class ReplayedRun:
     """
 
     run_id: str
-    config: dict[str, Any]
+    config: RunConfig
     result: FinetuneResult
     train: ImageArrays
     test: ImageArrays
@@ -47,18 +53,14 @@ class ReplayedRun:
         return abs(self.result.test_acc - self.stored_test_acc)
 
 
-def find_run(study_dir: str | Path, run_id: str) -> tuple[str, dict[str, Any], dict[str, Any], float]:
-    """The full run id, config, source record and stored accuracy of a finished run.
+def find_run(study_dir: str | Path, run_id: str) -> tuple[str, RunConfig, dict[str, Any], float]:
+    """The full run id, config, pinned source and stored accuracy of a finished run.
 
     ``run_id`` may be a unique prefix.
 
     Raises:
         ConfigError: no such run, an ambiguous prefix, or a run that has not finished.
     """
-    import json
-
-    from robust_transfer.study.store import StudyStore
-
     with StudyStore(study_dir, readonly=True) as store:
         rows = store.conn.execute(
             "SELECT run_id, config, status, test_acc, source FROM runs WHERE run_id LIKE ?",
@@ -72,7 +74,7 @@ def find_run(study_dir: str | Path, run_id: str) -> tuple[str, dict[str, Any], d
     rid, config, status, acc, source = rows[0]
     if status != "finished":
         raise ConfigError(f"run {rid} is {status}, not finished; finish the study first")
-    return rid, json.loads(config), sources[source], float(acc)
+    return rid, RunConfig.from_dict(json.loads(config)), sources[source], float(acc)
 
 
 def replay_run(study_dir: str | Path, run_id: str, data_root: str | None = None,
@@ -83,28 +85,25 @@ def replay_run(study_dir: str | Path, run_id: str, data_root: str | None = None,
         ConfigError: see :func:`find_run`.
         CheckpointError: the source checkpoint is gone or changed since the study ran.
     """
-    from robust_transfer.models.checkpoints import load_model
-    from robust_transfer.study.resolve import load_split
-    from robust_transfer.study.worker import finetune_config
-
     rid, config, source, stored = find_run(study_dir, run_id)
-    model, meta = load_model(source["path"])
-    _check_sha(meta, source)
+    model = load_source(_pinned_record(source))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         result = finetune_config(config, model, source["sha256"], data_root, device)
     finally:
         torch.set_num_threads(threads)
-    train = load_split(config["target"], "train", data_root)
-    test = load_split(config["target"], "test", data_root)
+    train = load_split(config.target, "train", data_root)
+    test = load_split(config.target, "test", data_root)
     return ReplayedRun(rid, config, result, train, test, stored if not math.isnan(stored) else 0.0)
 
 
-def _check_sha(meta: dict[str, Any], source: dict[str, Any]) -> None:
-    from robust_transfer.errors import CheckpointError
-
-    sha = meta.get("sha256")
-    if sha and source.get("sha256") and sha != source["sha256"]:
-        raise CheckpointError(f"source checkpoint {source['path']} changed since the study ran "
-                              f"(sha256 {sha[:12]}... != {source['sha256'][:12]}...); restore it")
+def _pinned_record(source: dict[str, Any]):
+    """The source as the study pinned it: the same file with the same sha256, or an error."""
+    record = resolve_source(source["path"] or source["model"])
+    pinned = source.get("sha256")
+    if pinned and record.sha256 != pinned:
+        raise CheckpointError(f"source checkpoint {record.path or record.name} changed since the "
+                              f"study ran (sha256 {str(record.sha256)[:12]}... != {pinned[:12]}...); "
+                              "restore it")
+    return record

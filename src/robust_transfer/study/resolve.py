@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from robust_transfer.data import dataset_info, load_dataset
@@ -23,7 +22,14 @@ from robust_transfer.errors import (
     RobustTransferError,
     UnknownNameError,
 )
-from robust_transfer.study.spec import RunConfig, SourceSpec, StudySpec, looks_like_path
+from robust_transfer.models.finetune import ALL
+from robust_transfer.models.sources import (
+    SourceMissingError,
+    SourceRecord,
+    load_source,
+    resolve_source,
+)
+from robust_transfer.study.spec import RunConfig, SourceSpec, StudySpec
 
 # training / test split sizes of the registered datasets, for checks and cost estimates
 # when the files are not on this machine
@@ -92,25 +98,34 @@ class TargetInfo:
 
 @dataclass
 class ResolvedStudy:
-    """A spec plus what this machine has for it."""
+    """A spec plus what this machine has for it.
+
+    Attributes:
+        records: each available source's :class:`SourceRecord` by label (what workers
+            load, through :func:`~robust_transfer.models.sources.load_source`).
+    """
 
     spec: StudySpec
     sources: dict[str, SourceInfo]
     targets: dict[str, TargetInfo]
     missing: list[Missing] = field(default_factory=list)
     data_root: str | None = None
+    records: dict[str, SourceRecord] = field(default_factory=dict)
 
     def require_complete(self) -> None:
         if self.missing:
             raise MissingInputsError(self.missing)
 
 
-def resolve_study(spec: StudySpec, data_root: str | os.PathLike | None = None) -> ResolvedStudy:
+def resolve_study(spec: StudySpec, data_root: str | os.PathLike | None = None,
+                  verify: bool = True) -> ResolvedStudy:
     """Find every source and target of ``spec`` and check every run against them.
 
     Args:
         spec: the study.
         data_root: dataset folder (default: the spec's ``data_root``, else the usual one).
+        verify: load each source's weights whole and check their sha256 (the pre-flight
+            of a real run); off, only metadata is read (a dry run's estimate).
 
     Returns:
         The resolved study; ``missing`` lists what is absent (call ``require_complete``).
@@ -119,13 +134,15 @@ def resolve_study(spec: StudySpec, data_root: str | os.PathLike | None = None) -
         UnknownNameError: a target or zoo name that does not exist (valid ones listed).
         ConfigError: n larger than a target's training set, more unfrozen blocks than a
             source has, a source whose eps/norm is unknown.
-        CheckpointError: a checkpoint exists but cannot be read.
+        CheckpointError: a checkpoint exists but cannot be read, is truncated, or does
+            not match the sha256 its metadata records.
     """
     root = str(data_root or spec.data_root or default_data_root())
     missing: list[Missing] = []
-    sources = {s.label: _resolve_source(s, spec, missing) for s in spec.sources}
+    records: dict[str, SourceRecord] = {}
+    sources = {s.label: _resolve_source(s, spec, missing, verify, records) for s in spec.sources}
     targets = {t: _resolve_target(t, spec, root, missing) for t in _targets(spec)}
-    resolved = ResolvedStudy(spec, sources, targets, missing, root)
+    resolved = ResolvedStudy(spec, sources, targets, missing, root, records)
     check_runs(resolved, spec.runs())
     return resolved
 
@@ -135,100 +152,51 @@ def _targets(spec: StudySpec) -> list[str]:
 
 
 # --- sources -------------------------------------------------------------------------
-def _resolve_source(src: SourceSpec, spec: StudySpec, missing: list[Missing]) -> SourceInfo:
-    from robust_transfer.models import zoo
-
+def _resolve_source(src: SourceSpec, spec: StudySpec, missing: list[Missing],
+                    verify: bool, records: dict[str, SourceRecord]) -> SourceInfo:
+    """The source's record; with ``verify``, its weights checked and loaded whole."""
+    where = f"{spec.where()} line {src.line}: source '{src.label}'"
     try:
-        if src.location in zoo.PUBLISHED:
-            facts = _published(src, missing)
-        elif looks_like_path(src.location):
-            facts = _checkpoint_file(src, missing)
-        else:
-            facts = _embedded(src, zoo)
+        record = resolve_source(src.location)
+    except SourceMissingError as err:
+        missing.append(Missing("checkpoint", f"'{src.label}'" + (
+            f" ({src.model})" if err.record else ""), _missing_fix(src, err)))
+        if err.record is None:  # a path that does not exist: nothing is known of it
+            eps = src.eps if src.eps is not None else float("nan")
+            return SourceInfo(src.label, src.model, None, None, "unknown", 0, 0, eps,
+                              src.norm or "unknown")
+        record = err.record
+        n_blocks = arch_blocks(record.arch)
     except UnknownNameError as err:
-        raise ConfigError(f"{spec.where()} line {src.line}: source '{src.label}': {err}") from None
-    eps, norm = _threat(src, facts, spec)
-    return SourceInfo(src.label, src.model, facts.get("path"), facts.get("sha256"), facts["arch"],
-                      arch_blocks(facts["arch"]), int(facts["input_size"]), eps, norm)
+        raise ConfigError(f"{where}: {err}") from None
+    else:
+        n_blocks = _verified_blocks(record, where) if verify else arch_blocks(record.arch)
+        records[src.label] = record
+    eps, norm = _threat(src, record, spec)
+    return SourceInfo(src.label, src.model, str(record.path) if record.path else None,
+                      record.sha256, record.arch, n_blocks, record.input_size, eps, norm)
 
 
-def _published(src: SourceSpec, missing: list[Missing]) -> dict[str, Any]:
-    from robust_transfer.models import zoo
-    from robust_transfer.models.arch import ARCHS
-    from robust_transfer.models.checkpoints import sha256_file
-
-    entry = zoo.PUBLISHED.get(src.model)
-    target = zoo.zoo_dir() / entry.file
-    facts = {"arch": entry.arch, "input_size": ARCHS.get(entry.arch).input_size,
-             "eps": entry.eps, "norm": entry.norm if entry.eps else "none"}
-    if target.is_file():
-        _check_arch(target, entry.arch, src)
-        return {**facts, "path": str(target), "sha256": _cached_sha256(str(target), sha256_file)}
-    missing.append(Missing("checkpoint", f"'{src.label}' ({src.model})",
-                           f"put {entry.file} into {zoo.zoo_dir()} (download {entry.url}; "
-                           f"or set ROBUST_TRANSFER_ZOO to the folder holding it)"))
-    return facts
+def _missing_fix(src: SourceSpec, err: SourceMissingError) -> str:
+    if err.record is None:
+        return (f"{src.location} does not exist; put the checkpoint there or fix 'model:' "
+                "in the spec")
+    return f"{err.fix} (or set ROBUST_TRANSFER_ZOO to the folder holding it)" \
+        if err.record.kind == "published" else err.fix
 
 
-def _check_arch(path: Path, expected: str, src: SourceSpec) -> None:
-    """A published name promises an architecture: refuse a file that holds another."""
-    from robust_transfer.models.checkpoints import checkpoint_arch
-
-    found = checkpoint_arch(path)
-    if found != expected:
-        raise CheckpointError(f"source '{src.label}' ({src.model}) is a {expected}, but {path} "
-                              f"holds a {found} (told from its keys and shapes); replace the "
-                              f"file with the published one or name the right model")
+def _verified_blocks(record: SourceRecord, where: str) -> int:
+    """Load the weights whole (sha256 checked): a damaged source stops the study here."""
+    try:
+        model = load_source(record)
+    except CheckpointError as err:
+        raise CheckpointError(f"{where}: {err}") from None
+    return len(model.blocks())
 
 
-def _embedded(src: SourceSpec, zoo) -> dict[str, Any]:
-    names = [m["name"] for m in zoo.embedded_models()]
-    if src.model not in names:
-        raise UnknownNameError(f"unknown zoo model '{src.model}'; valid: {', '.join(zoo.zoo_names())} "
-                               "(or give a checkpoint path)")
-    meta = next(m for m in zoo.embedded_models() if m["name"] == src.model)
-    return _from_metadata(meta, meta["path"])
-
-
-def _checkpoint_file(src: SourceSpec, missing: list[Missing]) -> dict[str, Any]:
-    from robust_transfer.models.checkpoints import checkpoint_paths, read_metadata
-
-    path = Path(src.location)
-    weights, meta_path = checkpoint_paths(path)
-    if meta_path.is_file() and weights.is_file():
-        return _from_metadata(read_metadata(meta_path), str(weights))
-    if path.is_file():
-        return _torch_file(path)
-    missing.append(Missing("checkpoint", f"'{src.label}'", f"{path} does not exist; put the "
-                           "checkpoint there or fix 'model:' in the spec"))
-    return {"arch": "unknown", "input_size": 0}
-
-
-def _from_metadata(meta: dict[str, Any], path: str) -> dict[str, Any]:
-    natural = meta.get("training") == "natural" or meta.get("eps") == 0
-    return {"path": str(path), "sha256": meta["sha256"], "arch": meta["arch"],
-            "input_size": meta["input_size"], "eps": 0.0 if natural else meta.get("eps"),
-            "norm": "none" if natural else meta.get("norm")}
-
-
-def _torch_file(path: Path) -> dict[str, Any]:
-    from robust_transfer.models.checkpoints import load_model, sha256_file
-
-    model, meta = load_model(path)  # reads robustness-library and torchvision files
-    return {"path": str(path), "sha256": _cached_sha256(str(path), sha256_file),
-            "arch": model.arch, "input_size": model.input_size}
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_sha256(path: str, hasher) -> str:
-    return hasher(path)
-
-
-def _threat(src: SourceSpec, facts: dict[str, Any], spec: StudySpec) -> tuple[float, str]:
-    eps = src.eps if src.eps is not None else facts.get("eps")
-    norm = src.norm if src.norm is not None else facts.get("norm")
-    if facts["arch"] == "unknown":  # a missing file: reported as missing, told apart later
-        return (float("nan") if eps is None else float(eps)), str(norm or "unknown")
+def _threat(src: SourceSpec, record: SourceRecord, spec: StudySpec) -> tuple[float, str]:
+    eps = src.eps if src.eps is not None else record.eps
+    norm = src.norm if src.norm is not None else record.norm
     if eps == 0 and norm is None:
         norm = "none"
     if eps is None or norm is None:
@@ -245,9 +213,12 @@ def arch_blocks(arch: str) -> int:
         return 0
     import torch
 
-    from robust_transfer.models import create_model
+    from robust_transfer.models.arch import create_model
+    from robust_transfer.models.sources import TIMM_PREFIX, timm_source
 
     with torch.device("meta"):  # no memory, no init cost: only the structure is needed
+        if arch.startswith(TIMM_PREFIX):
+            return len(timm_source(arch, pretrained=False).blocks())
         return len(create_model(arch, 10).blocks())
 
 
@@ -292,7 +263,7 @@ def check_runs(resolved: ResolvedStudy, runs: list[RunConfig]) -> None:
                               f"train_images {run.n} is larger than {run.target}'s training set "
                               f"({target.train_size} images); use at most {target.train_size} or 'all'")
         source = resolved.sources[run.source]
-        if run.unfrozen_blocks != "all" and source.n_blocks and int(run.unfrozen_blocks) > source.n_blocks:
+        if run.unfrozen_blocks is not ALL and source.n_blocks and run.unfrozen_blocks > source.n_blocks:
             raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'unfrozen_blocks', run.unfrozen_blocks)}: "
                               f"unfrozen_blocks {run.unfrozen_blocks} is more than source "
                               f"'{source.label}' ({source.arch}) has: it has {source.n_blocks} blocks; "
@@ -303,8 +274,3 @@ def _axis_line(spec: StudySpec, axis: str, value: Any) -> int:
     """The line of the first grid whose ``axis`` holds ``value``."""
     return next((g.lines.get(axis, 0) for g in spec.grids if value in getattr(g, axis)), 0)
 
-
-def require_checkpoint(info: SourceInfo) -> str:
-    if info.path is None:
-        raise CheckpointError(f"source '{info.label}' has no checkpoint on this machine")
-    return info.path

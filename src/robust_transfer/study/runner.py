@@ -8,7 +8,6 @@ unfinished ones to an executor, recording each outcome in one transaction as it 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from robust_transfer.errors import ConfigError, RobustTransferError
+from robust_transfer.io import atomic_write_text
 from robust_transfer.study.executors import ExecutorOptions, get_executor
 from robust_transfer.study.lock import DriverLock
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
@@ -170,7 +170,7 @@ def _prepare(store: StudyStore, resolved: ResolvedStudy, extend: bool,
     _write_spec_copy(store.dir, spec)
     statuses = store.statuses(r.run_id for r in runs)
     redo = {"pending", "running"} | ({"failed"} if retry_failed else set())
-    todo = [RunTask(r.run_id, r.to_dict()) for r in runs if statuses.get(r.run_id) in redo]
+    todo = [RunTask(r.run_id, r) for r in runs if statuses.get(r.run_id) in redo]
     return runs, todo, len(runs) - len(todo)
 
 
@@ -201,16 +201,14 @@ def _write_spec_copy(study_dir: Path, spec: StudySpec) -> None:
     """The first spec also sits beside the store as ``spec.yaml``, for people and tools."""
     copy = study_dir / SPEC_COPY
     if not copy.exists():
-        tmp = copy.with_name(f".{SPEC_COPY}.tmp")
-        tmp.write_text(spec.text, encoding="utf-8")
-        os.replace(tmp, copy)
+        atomic_write_text(copy, spec.text)
 
 
 def _context(resolved: ResolvedStudy, out: Path) -> RunContext:
     spec = resolved.spec
-    sources = {label: {"path": s.path, "sha256": s.sha256} for label, s in resolved.sources.items()}
     cache = str(out / FEATURE_CACHE_DIR) if spec.feature_cache else None
-    return RunContext(sources, str(resolved.data_root), spec.device, spec.resources.threads, cache)
+    return RunContext(dict(resolved.records), str(resolved.data_root), spec.device,
+                      spec.resources.threads, cache)
 
 
 def _execute(store: StudyStore, runner, todo: list[RunTask], ctx: RunContext,
@@ -260,13 +258,4 @@ class _Tracker:
         eta = elapsed / ended * (remaining + self.running / 2) if ended else None
         self.callback(Progress(self.done, self.failed, self.running, remaining, self.total,
                                elapsed, eta, last))
-
-
-def study_dir_summary(study_dir: str | Path) -> dict[str, Any]:
-    """Status counts plus the first failures, for ``study status``."""
-    from robust_transfer.study.lock import driver_alive
-
-    with StudyStore(study_dir, readonly=True) as store:
-        status = store.status(live=driver_alive(study_dir))
-        return {"status": status, "failures": store.failures(5), "specs": store.specs()}
 

@@ -41,9 +41,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from robust_transfer.errors import ConfigError
-from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 from robust_transfer.engine.transfer import Recipe
+from robust_transfer.errors import ConfigError
+from robust_transfer.models.finetune import UnfrozenBlocks, n_label, parse_n, parse_unfrozen
+from robust_transfer.models.sources import looks_like_path
+from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
@@ -55,7 +57,7 @@ RESOURCE_KEYS = ("num_cpus", "num_gpus")
 NORMS = ("l2", "linf", "none")
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 _FLOAT_FIELDS = ("lr", "momentum", "weight_decay")
-_INT_FIELDS = ("batch_size", "eval_every")
+_INT_FIELDS = ("batch_size", "eval_every", "val_images", "robust_steps", "robust_images")
 
 
 @dataclass(frozen=True)
@@ -95,25 +97,40 @@ class Resources:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """One fine-tuning run, fully resolved. Its :attr:`run_id` hashes :meth:`to_dict`."""
+    """One fine-tuning run, fully resolved. Its :attr:`run_id` hashes :meth:`to_dict`.
+
+    Attributes:
+        source, source_model: the source's label and its zoo name or path.
+        target: the target dataset.
+        n: training images, ``None`` for the whole split.
+        unfrozen_blocks: blocks trained besides the head, an int or ``ALL``.
+        epochs, seed, recipe: the rest of the run.
+    """
 
     source: str
     source_model: str
     target: str
     n: int | None
-    unfrozen_blocks: str
+    unfrozen_blocks: UnfrozenBlocks
     epochs: int
     seed: int
     recipe: Recipe
 
+    def __post_init__(self) -> None:
+        # the typed values, whatever spelling came in ("3", "all", 3, ALL)
+        object.__setattr__(self, "n", parse_n(self.n))
+        object.__setattr__(self, "unfrozen_blocks", parse_unfrozen(self.unfrozen_blocks))
+
     @property
     def n_label(self) -> str:
-        return "all" if self.n is None else str(self.n)
+        return n_label(self.n)
 
     def to_dict(self) -> dict[str, Any]:
+        """The canonical form run ids hash: never change it for existing settings."""
         return {"kind": RUN_KIND, "source": self.source, "source_model": self.source_model,
-                "target": self.target, "n": self.n_label, "unfrozen_blocks": self.unfrozen_blocks,
-                "epochs": self.epochs, "seed": self.seed, "recipe": self.recipe.to_dict()}
+                "target": self.target, "n": self.n_label,
+                "unfrozen_blocks": str(self.unfrozen_blocks), "epochs": self.epochs,
+                "seed": self.seed, "recipe": self.recipe.to_dict()}
 
     @property
     def run_id(self) -> str:
@@ -121,9 +138,10 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        n = None if d["n"] == "all" else int(d["n"])
-        return cls(d["source"], d["source_model"], d["target"], n, str(d["unfrozen_blocks"]),
-                   int(d["epochs"]), int(d["seed"]), Recipe(**d["recipe"]))
+        """A config as :meth:`to_dict` (and so the store) writes it."""
+        return cls(d["source"], d["source_model"], d["target"], parse_n(d["n"]),
+                   parse_unfrozen(d["unfrozen_blocks"]), int(d["epochs"]), int(d["seed"]),
+                   Recipe(**d["recipe"]))
 
 
 def config_id(config: dict[str, Any]) -> str:
@@ -141,7 +159,7 @@ class Grid:
 
     targets: tuple[str, ...]
     train_images: tuple[int | None, ...]
-    unfrozen_blocks: tuple[str, ...]
+    unfrozen_blocks: tuple[UnfrozenBlocks, ...]
     epochs: tuple[int, ...]
     seeds: tuple[int, ...]
     recipes: tuple[Recipe, ...]
@@ -297,8 +315,8 @@ class _Parser:
                   **self.recipe_dict(sub.get("recipe"), (*path, "recipe"))}
         lines = {k: self._line(p) or 0 for k, (_, p) in values.items()}
         return Grid(self.axis(*values["targets"], _target),
-                    self.axis(*values["train_images"], _n_images),
-                    self.axis(*values["unfrozen_blocks"], _unfrozen),
+                    self.axis(*values["train_images"], parse_n),
+                    self.axis(*values["unfrozen_blocks"], parse_unfrozen),
                     self.axis(*values["epochs"], _positive),
                     self.axis(*values["seeds"], _seed),
                     self.recipes(recipe, path), lines)
@@ -311,9 +329,9 @@ class _Parser:
         for i, item in enumerate(items):
             try:
                 out.append(convert(item))
-            except (ValueError, TypeError) as err:
+            except (ValueError, TypeError) as err:  # ConfigError is a ValueError
                 raise self.fail((*path, i) if isinstance(value, list) else path,
-                                f"{path[-1]}: {err}") from None
+                                f"{path[-1]}: {_reason(err)}") from None
         return tuple(dict.fromkeys(out))  # drop repeats, keep order
 
     # --- recipe ----------------------------------------------------------------------
@@ -368,30 +386,16 @@ def _normalise_model(model: str, base: Path) -> str:
     return model
 
 
-def looks_like_path(model: str) -> bool:
-    return "/" in model or model.endswith((".pt", ".pth", ".ckpt", ".safetensors", ".json"))
-
-
 def _target(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"a target is a dataset name, got {value!r}")
     return value
 
 
-def _n_images(value: Any) -> int | None:
-    if value == "all" or value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"must be a positive integer or 'all', got {value!r}")
-    return value
-
-
-def _unfrozen(value: Any) -> str:
-    if value == "all":
-        return "all"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"must be a non-negative integer or 'all', got {value!r}")
-    return str(value)
+def _reason(err: Exception) -> str:
+    """The parser's message without its own subject ("unfrozen blocks must be" -> "must be")."""
+    text = str(err)
+    return text[text.index("must be"):] if "must be" in text else text
 
 
 def _positive(value: Any) -> int:
@@ -408,7 +412,9 @@ def _seed(value: Any) -> int:
 
 def _coerce_recipe(name: str, value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string and ``1`` as an int: make types canonical."""
-    if name in _FLOAT_FIELDS:
+    if name == "robust_eps" and value is None:
+        return None
+    if name in _FLOAT_FIELDS or name == "robust_eps":
         if isinstance(value, bool):
             raise TypeError(name)
         return float(value)

@@ -49,14 +49,18 @@ from typing import Any
 
 from robust_transfer.errors import ConfigError, RobustTransferError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: validation and robust accuracy columns (added to version-1 stores on open)
 DB_NAME = "study.db"
-STATUSES = ("pending", "running", "finished", "failed")
 RECIPE_COLUMNS = ("lr", "momentum", "weight_decay", "schedule", "batch_size", "augment",
                   "resolution", "head_init", "eval_every")
 RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
-                  "started_at", "finished_at", "device", "host", "worker", "cached_prefix", "error")
-EPOCH_COLUMNS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds")
+                  "started_at", "finished_at", "device", "host", "worker", "cached_prefix", "error",
+                  "val_acc", "robust_acc")
+EPOCH_COLUMNS = ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
+                 "val_loss", "val_acc", "robust_acc")
+# columns added by schema version 2: (table, column), appended to older stores on open
+_V2_COLUMNS = (("runs", "val_acc"), ("runs", "robust_acc"), ("epochs", "val_loss"),
+               ("epochs", "val_acc"), ("epochs", "robust_acc"))
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
@@ -73,10 +77,11 @@ CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, spec_id INTEGER, confi
         CHECK (status IN ('pending', 'running', 'finished', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0, test_acc REAL, test_loss REAL, train_acc REAL,
     train_loss REAL, seconds REAL, started_at REAL, finished_at REAL, device TEXT, host TEXT,
-    worker TEXT, cached_prefix INTEGER, error TEXT);
+    worker TEXT, cached_prefix INTEGER, error TEXT, val_acc REAL, robust_acc REAL);
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 CREATE TABLE IF NOT EXISTS epochs (run_id TEXT NOT NULL REFERENCES runs (run_id), epoch INTEGER NOT NULL,
     lr REAL, train_loss REAL, train_acc REAL, test_loss REAL, test_acc REAL, seconds REAL,
+    val_loss REAL, val_acc REAL, robust_acc REAL,
     PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
 """
 
@@ -177,6 +182,12 @@ class StudyStore:
                 c.execute(statement)
             c.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             c.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+            for table, column in _V2_COLUMNS:  # a version-1 store gains the new columns
+                have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+            c.execute("UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
+                      (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
     def _check_version(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -282,7 +293,8 @@ class StudyStore:
                   "train_loss": _num(final.get("train_loss")), "seconds": outcome.seconds,
                   "started_at": outcome.started_at, "finished_at": outcome.finished_at,
                   "device": outcome.device, "host": outcome.host, "worker": outcome.worker,
-                  "cached_prefix": int(outcome.cached_prefix), "error": outcome.error}
+                  "cached_prefix": int(outcome.cached_prefix), "error": outcome.error,
+                  "val_acc": _num(final.get("val_acc")), "robust_acc": _num(final.get("robust_acc"))}
         sets = ", ".join(f"{k}=?" for k in RESULT_COLUMNS)
         with self.transaction() as c:
             cur = c.execute(f"UPDATE runs SET {sets} WHERE run_id=?",
@@ -290,7 +302,8 @@ class StudyStore:
             if cur.rowcount != 1:
                 raise RobustTransferError(f"run {outcome.run_id} is not part of this study")
             c.execute("DELETE FROM epochs WHERE run_id=?", (outcome.run_id,))
-            c.executemany("INSERT INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            c.executemany(f"INSERT INTO epochs (run_id, epoch, {', '.join(EPOCH_COLUMNS)}) "
+                          f"VALUES ({', '.join('?' * (len(EPOCH_COLUMNS) + 2))})",
                           [(outcome.run_id, int(h["epoch"]), *(_num(h.get(k)) for k in EPOCH_COLUMNS))
                            for h in outcome.history])
 
@@ -362,7 +375,7 @@ def load_results(study_dir: str | Path) -> tuple[Any, Any]:
     import pandas as pd
 
     with StudyStore(study_dir, readonly=True) as store:
-        runs = pd.read_sql_query(_RUNS_QUERY, store.conn)
+        runs = pd.read_sql_query(_RUNS_QUERY.format(v2=_v2_select(store.conn)), store.conn)
         epochs = pd.read_sql_query(
             "SELECT e.* FROM epochs e JOIN runs r USING (run_id) WHERE r.status='finished' "
             "ORDER BY e.run_id, e.epoch", store.conn)
@@ -372,13 +385,19 @@ def load_results(study_dir: str | Path) -> tuple[Any, Any]:
 _RUNS_QUERY = (
     "SELECT run_id, source, source_eps, source_norm, target, n, n_label, unfrozen_blocks, epochs, "
     f"seed, test_acc, {', '.join(RECIPE_COLUMNS)}, status, test_loss, train_acc, train_loss, "
-    "seconds, device, cached_prefix FROM runs WHERE status='finished' ORDER BY run_id")
+    "seconds, device, cached_prefix, {v2} FROM runs WHERE status='finished' ORDER BY run_id")
+
+
+def _v2_select(conn: sqlite3.Connection) -> str:
+    """The version-2 result columns, as NULL where a read-only version-1 store lacks them."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    return ", ".join(c if c in have else f"NULL AS {c}" for t, c in _V2_COLUMNS if t == "runs")
 
 
 def _typed_runs(runs):
     for col in ("n", "epochs", "seed", "batch_size", "eval_every"):
         runs[col] = runs[col].astype("int64")
-    for col in ("source_eps", "test_acc", "lr", "momentum", "weight_decay"):
+    for col in ("source_eps", "test_acc", "lr", "momentum", "weight_decay", "val_acc", "robust_acc"):
         runs[col] = runs[col].astype("float64")
     for col in ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks"):
         runs[col] = runs[col].astype(str)
@@ -389,6 +408,8 @@ def _typed_runs(runs):
 def _typed_epochs(epochs):
     epochs["epoch"] = epochs["epoch"].astype("int64")
     for col in EPOCH_COLUMNS:
+        if col not in epochs:  # a read-only version-1 store
+            epochs[col] = math.nan
         epochs[col] = epochs[col].astype("float64")  # NULL -> NaN
     return epochs
 

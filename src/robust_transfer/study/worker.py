@@ -13,10 +13,16 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from robust_transfer.engine.features import DiskFeatureStore
+from robust_transfer.engine.training import resolve_device
+from robust_transfer.engine.transfer import FeatureStore, FinetuneResult, finetune
+from robust_transfer.models.arch import TransferModel
+from robust_transfer.models.sources import SourceRecord, load_source
+from robust_transfer.study.resolve import load_split
+from robust_transfer.study.spec import RunConfig
 from robust_transfer.study.store import RunOutcome
 
 MAX_ERROR_CHARS = 4000
@@ -27,14 +33,16 @@ class RunContext:
     """What every run of a study shares (sent to each worker once).
 
     Attributes:
-        sources: ``label -> {"path": ..., "sha256": ...}`` of each source checkpoint.
+        sources: each source's record by label, as the driver resolved and verified it
+            (workers load it through :func:`~robust_transfer.models.sources.load_source`,
+            which refuses weights whose sha256 has changed since).
         data_root: dataset folder.
         device: torch device for runs (``auto``: CUDA when visible).
         threads: torch CPU threads per run (fixed, so results do not depend on the executor).
         feature_cache: folder of the on-disk feature cache, or ``None`` for none.
     """
 
-    sources: dict[str, dict[str, Any]]
+    sources: dict[str, SourceRecord]
     data_root: str
     device: str = "auto"
     threads: int = 1
@@ -43,10 +51,10 @@ class RunContext:
 
 @dataclass(frozen=True)
 class RunTask:
-    """A run to execute: its id and resolved config (see :class:`~.spec.RunConfig`)."""
+    """A run to execute: its id and resolved config."""
 
     run_id: str
-    config: dict[str, Any] = field(hash=False)
+    config: RunConfig = field(hash=False)
 
 
 def execute_run(task: RunTask, ctx: RunContext) -> RunOutcome:
@@ -71,50 +79,49 @@ def execute_run(task: RunTask, ctx: RunContext) -> RunOutcome:
         torch.set_num_threads(previous_threads)
 
 
-def finetune_config(config: dict[str, Any], model, source_sha256: str, data_root: str | None,
-                    device: str = "auto", feature_store=None):
-    """Fine-tune ``model`` as the run ``config`` says (what a study run and a replay do).
+def finetune_config(run: RunConfig, model: TransferModel, source_sha256: str | None,
+                    data_root: str | None, device: str = "auto",
+                    feature_store: FeatureStore | None = None) -> FinetuneResult:
+    """Fine-tune ``model`` as the run says (what a study run and a replay do).
+
+    Args:
+        run: the run's config.
+        model: its source model (not modified).
+        source_sha256: identifies the source's weights for the feature store.
+        data_root: dataset folder.
+        device: torch device.
+        feature_store: shares frozen-prefix outputs between runs.
 
     Returns:
         The :class:`~robust_transfer.engine.transfer.FinetuneResult`.
     """
-    from robust_transfer.study.resolve import load_split
-    from robust_transfer.study.spec import RunConfig
-    from robust_transfer.engine.transfer import finetune
-
-    run = RunConfig.from_dict(config)
     train = load_split(run.target, "train", data_root)
     test = load_split(run.target, "test", data_root)
-    unfrozen = run.unfrozen_blocks if run.unfrozen_blocks == "all" else int(run.unfrozen_blocks)
-    return finetune(model, train, test, n=run.n, unfrozen=unfrozen, epochs=run.epochs,
-                    seed=run.seed, recipe=run.recipe, device=device, source_id=source_sha256,
-                    feature_store=feature_store)
+    return finetune(model, train, test, n=run.n, unfrozen=run.unfrozen_blocks, epochs=run.epochs,
+                    seed=run.seed, recipe=run.recipe, device=device,
+                    source_id=source_sha256 or "", feature_store=feature_store)
 
 
 def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
-    from robust_transfer.engine.features import DiskFeatureStore
-
-    source = ctx.sources[task.config["source"]]
+    record = ctx.sources[task.config.source]
     store = DiskFeatureStore(ctx.feature_cache) if ctx.feature_cache else None
-    result = finetune_config(task.config, _load_source(source["path"]), source["sha256"],
-                             ctx.data_root, ctx.device, store)
+    result = finetune_config(task.config, cached_source(record), record.sha256, ctx.data_root,
+                             ctx.device, store)
     history = tuple(m.to_dict() for m in result.history)
     return RunOutcome(task.run_id, "finished", started, time.time(), *_where(ctx),
                       n=result.n_train, cached_prefix=result.cached_prefix, history=history)
 
 
 @functools.lru_cache(maxsize=4)
-def _load_source(path: str):
-    """Each source is read (and its sha256 checked) once per worker process."""
-    from robust_transfer.models.checkpoints import load_model
+def cached_source(record: SourceRecord) -> TransferModel:
+    """The source model, read (and its sha256 checked) once per worker process.
 
-    model, _ = load_model(path)
-    return model
+    Records hash by kind, name, path, sha256 and the facts, not by their metadata.
+    """
+    return load_source(record)
 
 
 def _where(ctx: RunContext) -> tuple[str, str, str]:
-    from robust_transfer.engine.training import resolve_device
-
     return socket.gethostname(), str(os.getpid()), str(resolve_device(ctx.device))
 
 

@@ -1,0 +1,89 @@
+"""``robust-transfer influence``: which training images drive each test prediction, and why.
+
+Takes fine-tuned checkpoints (``robust=PATH natural=PATH``) or study runs, scores every
+training image's influence on every test image through the last layer, and prints where
+the results went. The training images are those the checkpoints were fine-tuned on.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from robust_transfer.cli.common import command_help, n_images
+from robust_transfer.cli.inputs import add_inputs, explain_inputs
+from robust_transfer.data import balanced_subset, load_dataset
+from robust_transfer.influence import SOLVERS, InfluenceConfig, explain_influence
+
+_DEFAULT_TEST_N = 500
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``influence`` command."""
+    d = InfluenceConfig()
+    p = subparsers.add_parser(
+        "influence", help=command_help("influence"),
+        description="Influence of every training image on every test image through the "
+        "checkpoints' last layer (Koh & Liang; the paper's Figs. 5 and 6). Writes "
+        "summary.json, class_match.png, influence_grid.png and <name>/influence.npz.")
+    add_inputs(p, with_n=True)
+    p.add_argument("--test-n", type=n_images, default=_DEFAULT_TEST_N, metavar="N|all",
+                   help=f"test images, a class-balanced subset (default: {_DEFAULT_TEST_N}, "
+                   f"or all when the test split is smaller)")
+    p.add_argument("--damping", type=float, default=d.damping,
+                   help=f"lambda added to the Hessian's diagonal (default: {d.damping:g})")
+    p.add_argument("--solver", choices=SOLVERS.names(), default=d.solver,
+                   help="; ".join(f"{n}: {SOLVERS.get(n).description}" for n in SOLVERS.names()))
+    p.add_argument("--rcond", type=float, default=d.rcond,
+                   help=f"pinv only: drop eigenvalues below rcond*max (default: {d.rcond:g}, the paper's)")
+    p.add_argument("--no-train-targets", action="store_true",
+                   help="skip training images as targets (no self-influence, no train curve)")
+    p.add_argument("--top-k", type=int, default=10, help="helpful/harmful images saved per test image")
+    p.add_argument("--max-rank", type=int, default=100, help="largest rank of the class-match curve")
+    p.add_argument("--grid", type=int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
+                   help="test images and influential images per test image in the grid figure")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--cg-tol", type=float, default=d.cg_tol, help="cg only: relative residual")
+    p.add_argument("--cg-max-iter", type=int, default=d.cg_max_iter, help="cg only: iterations at most")
+    p.add_argument("--cg-batch", type=int, default=d.cg_batch, help="cg only: right-hand sides at once")
+    p.add_argument("--memory-limit-gb", type=float, default=None,
+                   help="refuse problems estimated above this (default: the available memory)")
+    p.set_defaults(func=_influence)
+
+
+def _influence(args: argparse.Namespace) -> int:
+    limit = None if args.memory_limit_gb is None else int(args.memory_limit_gb * 2**30)
+    cfg = InfluenceConfig(damping=args.damping, solver=args.solver, rcond=args.rcond,
+                          train_targets=not args.no_train_targets, cg_tol=args.cg_tol,
+                          cg_max_iter=args.cg_max_iter, cg_batch=args.cg_batch,
+                          memory_limit=limit)
+    inputs = explain_inputs(args)
+    train = load_dataset(inputs.dataset, "train", root=args.data_root)
+    test = load_dataset(inputs.dataset, "test", root=args.data_root)
+    # the training images the heads saw: a run's own subset, or the checkpoints' n and seed
+    train_idx = inputs.train_indices if inputs.train_indices is not None else balanced_subset(
+        train.labels.numpy(), inputs.n, inputs.seed, inputs.dataset)
+    test_n = None if args.test_n == _DEFAULT_TEST_N and len(test) <= _DEFAULT_TEST_N else args.test_n
+    test_idx = balanced_subset(test.labels.numpy(), test_n, inputs.seed, f"{inputs.dataset}:test")
+    extra = {"dataset": inputs.dataset, "seed": inputs.seed, "n": len(train_idx),
+             "test_n": args.test_n, **inputs.provenance}
+    summary = explain_influence(
+        inputs.models, train.subset(train_idx), test.subset(test_idx), args.out, cfg,
+        overwrite=args.overwrite, batch_size=args.batch_size, top=args.top_k,
+        max_rank=args.max_rank, grid_size=tuple(args.grid), train_indices=train_idx,
+        test_indices=test_idx, extra=extra)
+    for name, rec in summary["models"].items():
+        print(_influence_line(name, rec))
+    print(f"wrote {args.out}/summary.json, class_match.png, influence_grid.png, <name>/influence.npz")
+    return 0
+
+
+def _influence_line(name: str, rec: dict[str, Any]) -> str:
+    parts = [f"{name}: solver {rec['solver']}, damping {rec['damping']:g}"]
+    for kind in ("test", "train"):
+        m = rec.get(f"top1_class_match_{kind}")
+        if m:
+            parts.append(f"top-1 class match ({kind} targets) {m['share']:.1%} "
+                         f"[{m['low']:.1%}, {m['high']:.1%}]")
+    parts.append(f"{rec['timings_s']['total_s'] + rec['timings_s'].get('features_s', 0):.1f} s")
+    return "; ".join(parts)
