@@ -301,8 +301,8 @@ def calibrate(arch: str, resolution: int, device: str = "cpu", threads: int | No
               batch: int | None = None, image_size: int = 32) -> Throughput:
     """Measure this machine's throughput for ``arch`` at ``resolution`` (a few seconds).
 
-    One warm-up and one timed batch each of a no-grad forward pass and a training step of
-    the whole model, at ``threads`` torch threads (and bf16 autocast with channels_last
+    One warm-up and the best of two timed batches each of a no-grad forward pass and a
+    training step of the whole model, at ``threads`` torch threads (and bf16 autocast with channels_last
     inputs on CUDA, as the training loop). Results are kept for the process.
 
     Args:
@@ -372,16 +372,19 @@ def _measure(arch, resolution, device, threads, batch, image_size) -> Throughput
                       max(t_aug, 0.0), overhead, str(device), threads)
 
 
-def _timed(fn, cuda: bool, reps: int = 1) -> float:
+def _timed(fn, cuda: bool, reps: int = 2) -> float:
+    """Seconds of one call: the best of ``reps`` after a warm-up (other load only adds)."""
     fn()  # warm-up: allocations, kernel selection
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(reps):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         fn()
-    if cuda:
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 # --- a whole study -----------------------------------------------------------------------
