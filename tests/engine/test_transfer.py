@@ -71,9 +71,11 @@ def test_zero_unfrozen_without_cache_runs_backbone_without_autograd(
     source = copy.deepcopy(digits_model)
     calls = []
     _hook_backbone(source, calls)
-    recipe = Recipe(batch_size=64, lr=0.05, augment=True)  # augmentation: no cache possible
+    recipe = Recipe(batch_size=64, lr=0.05, augment=True)  # augmented training images: not cached
     result = run(source, digits_train, digits_test, n=128, epochs=2, recipe=recipe)
-    assert not result.cached_prefix and len(calls) >= 4
+    assert result.info["cache"] == {"depth": 4, "pooled": True, "train": False, "test": True}
+    # 2 epochs x 2 training batches through the backbone, plus the test images' prefix once
+    assert len(calls) == 2 * 2 + math.ceil(len(digits_test) / 256)
     assert not any(needs_grad for _, needs_grad in calls)
     assert result.history[-1].train_loss < result.history[0].train_loss + 1.0
 
@@ -155,3 +157,113 @@ def test_finetune_errors(digits_model, digits_train, digits_test):
         Recipe(augment="sometimes")
     with pytest.raises(ConfigError):
         Recipe(lr=-0.1)
+
+
+# --- what is cached, and that caching changes nothing ------------------------------------
+RESNET50_BYTES = {0: 8 * 1024, 1: 2048 * 7 * 7 * 4, 3: 1024 * 14 * 14 * 4, 9: 512 * 28 * 28 * 4,
+                  "all": 0}  # DESIGN.md: 8 KiB, 392 KiB, 784 KiB, 1.5 MiB
+
+
+@pytest.mark.parametrize("unfrozen", sorted(RESNET50_BYTES, key=str))
+def test_prefix_bytes_per_image_of_resnet50(unfrozen):
+    with torch.device("meta"):
+        model = create_model("resnet50")
+    assert transfer.prefix_bytes_per_image(model, unfrozen, 224) == RESNET50_BYTES[unfrozen]
+    assert transfer.prefix_bytes_per_image(model, unfrozen, 224, "float16") == RESNET50_BYTES[unfrozen] // 2
+
+
+def test_prefix_bytes_per_image_matches_a_real_forward(digits_model):
+    before = {k: v.clone() for k, v in digits_model.state_dict().items()}
+    for unfrozen in (0, 1, 2):
+        depth = transfer.frozen_depth_for(len(digits_model.blocks()), unfrozen)
+        with torch.no_grad():
+            h = digits_model.forward_prefix(torch.rand(1, 3, 20, 20), depth)
+        expected = (digits_model.feature_dim if unfrozen == 0 else h.numel()) * 4
+        assert transfer.prefix_bytes_per_image(digits_model, unfrozen, 20) == expected
+    assert all(torch.equal(v, before[k]) for k, v in digits_model.state_dict().items())
+
+
+def test_cache_plan():
+    plan = transfer.cache_plan
+    assert plan(16, 0, False) == transfer.CachePlan(17, True, True, True)
+    assert plan(16, 3, True) == transfer.CachePlan(14, False, False, True)  # augmented: test only
+    assert plan(16, "all", False) == transfer.CachePlan(0, False, False, False)
+    # in-memory limit: the test outputs are kept first, then the training ones if they fit
+    assert plan(16, 3, False, bytes_per_image=10, n_train=50, n_test=50, memory_limit=600) == \
+        transfer.CachePlan(14, False, False, True)
+    assert plan(16, 3, False, bytes_per_image=10, n_train=5, n_test=61, memory_limit=600) == \
+        transfer.CachePlan(14, False, True, False)
+    assert not plan(16, 3, False, bytes_per_image=10, n_train=61, n_test=61, memory_limit=600).any
+    # a disk store maps the test outputs instead of holding them: any size is cached
+    assert plan(16, 3, False, bytes_per_image=10, n_train=50, n_test=10**6, memory_limit=600,
+                test_on_disk=True) == transfer.CachePlan(14, False, True, True)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+@pytest.mark.parametrize("unfrozen", [0, 1, "all"])
+def test_cached_and_uncached_accuracies_are_equal(digits_model, digits_train, digits_test,
+                                                  monkeypatch, unfrozen, augment):
+    recipe = Recipe(batch_size=64, lr=0.05, augment=augment)
+    kwargs = dict(n=128, unfrozen=unfrozen, epochs=2, recipe=recipe)
+    cached = run(digits_model, digits_train, digits_test, **kwargs)
+    monkeypatch.setattr(transfer, "PREFIX_MEMORY_LIMIT", 0)  # nothing fits: the whole model
+    whole = run(digits_model, digits_train, digits_test, **kwargs)
+    assert cached.cached_prefix == (unfrozen != "all") and not whole.cached_prefix
+    assert cached.info["cache"]["train"] == (not augment and unfrozen != "all")
+    assert [m.test_acc for m in cached.history] == [m.test_acc for m in whole.history]
+    for a, b in zip(cached.history, whole.history, strict=True):
+        assert a.test_loss == pytest.approx(b.test_loss, rel=1e-5)
+        if augment:  # the same computation on the training side: bit for bit
+            assert a.train_loss == b.train_loss
+
+
+def test_float16_storage_changes_accuracy_by_at_most_one_point(digits_model, digits_train, digits_test):
+    # The stated bound (module docstring): measured on digits and Fashion-MNIST; here on digits
+    # at head-only and one unfrozen block.
+    for unfrozen in (0, 1):
+        full = run(digits_model, digits_train, digits_test, unfrozen=unfrozen)
+        half = run(digits_model, digits_train, digits_test, unfrozen=unfrozen,
+                   recipe=Recipe(batch_size=64, lr=0.05, feature_dtype="float16"))
+        assert half.info["feature_dtype"] == "float16" and half.cached_prefix
+        assert abs(half.test_acc - full.test_acc) <= 0.01
+
+
+def test_float16_rounding_stays_within_its_elementwise_bound(digits_model, digits_test):
+    from robust_transfer.data import InputPolicy
+
+    h = transfer.prefix_outputs(digits_model, digits_test.images, InputPolicy(3, 16), 3, False)
+    stored = transfer.to_storage(h, "float16").float()
+    bound = torch.maximum(h.abs() * 2.0**-11, torch.full_like(h, 2.0**-25))
+    assert (stored - h).abs().le(bound).all() and h.abs().max() > 1.0
+
+
+def test_float16_storage_of_an_out_of_range_prefix_is_refused(digits_model, digits_train, digits_test):
+    loud = copy.deepcopy(digits_model)
+    with torch.no_grad():
+        loud.normalizer.std.mul_(1e-6)  # prefix outputs around 1e6: beyond float16
+    half = Recipe(batch_size=64, lr=0.05, feature_dtype="float16")
+    with pytest.raises(transfer.HalfPrecisionError, match="65504.*float32"):
+        run(loud, digits_train, digits_test, n=50, epochs=1, recipe=half)
+    assert math.isfinite(run(loud, digits_train, digits_test, n=50, epochs=1).history[0].train_loss)
+
+
+def test_feature_dtype_enters_the_config_only_when_not_float32():
+    assert "feature_dtype" not in Recipe().to_dict()
+    assert Recipe(feature_dtype="float16").to_dict()["feature_dtype"] == "float16"
+    assert Recipe(**Recipe(feature_dtype="float16").to_dict()) == Recipe(feature_dtype="float16")
+    with pytest.raises(ConfigError, match="feature_dtype"):
+        Recipe(feature_dtype="bfloat16")
+
+
+def test_influence_features_are_prefix_outputs_and_the_mode_is_restored_on_errors(digits_model, digits_test):
+    from robust_transfer.data import InputPolicy
+    from robust_transfer.influence import extract_features
+
+    policy = InputPolicy(3, 16)
+    model = copy.deepcopy(digits_model).train()
+    feats = extract_features(model, digits_test.images[:20], policy, batch_size=8)
+    same = transfer.prefix_outputs(model, digits_test.images[:20], policy, len(model.stages()), True)
+    assert feats.dtype == torch.float64 and torch.equal(feats, same.double()) and model.training
+    with pytest.raises(RuntimeError):
+        transfer.prefix_outputs(model, torch.zeros(2, 5, 16, 16, dtype=torch.uint8), policy, 2, False)
+    assert model.training, "the mode is restored even when the forward fails"

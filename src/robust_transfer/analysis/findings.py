@@ -202,6 +202,22 @@ def headlines(images: Factors, epochs: Factors, sources: pd.DataFrame, targets: 
     return lines
 
 
+def check_reference(runs: pd.DataFrame, reference: Reference | None) -> None:
+    """Refuse a reference setting that no finished run has (it would quote nothing).
+
+    Raises:
+        ConfigError: ``reference.unfrozen_blocks`` or ``reference.epochs`` matches no run.
+    """
+    from robust_transfer.errors import ConfigError
+
+    for field in ("unfrozen_blocks", "epochs"):
+        wanted = getattr(reference, field, None) if reference is not None else None
+        present = sorted(runs[field].astype(str).unique(), key=lambda v: (len(v), v))
+        if wanted is not None and str(wanted) not in present:
+            raise ConfigError(f"{field} {wanted} matches no finished run; the runs have "
+                              f"{field} {', '.join(present)}")
+
+
 def _caveats(coverage: Coverage, recipe: dict[str, list[str]] | None) -> list[str]:
     lines = []
     if coverage.missing:

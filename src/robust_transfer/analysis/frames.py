@@ -104,7 +104,12 @@ def _coerce_runs(frame: pd.DataFrame) -> pd.DataFrame:
     for col in _STR_COLUMNS:
         frame[col] = frame[col].astype(str)
     frame["source_eps"] = pd.to_numeric(frame["source_eps"], errors="coerce").astype(float)
-    frame["test_acc"] = pd.to_numeric(frame["test_acc"], errors="coerce").astype(float)
+    acc = pd.to_numeric(frame["test_acc"], errors="coerce").astype(float)
+    text = acc.isna() & frame["test_acc"].notna()
+    if text.any():  # a word where a number belongs: refuse, do not read it as missing
+        raise ConfigError(f"column 'test_acc' must hold numbers, found "
+                          f"'{frame.loc[text, 'test_acc'].iloc[0]}'")
+    frame["test_acc"] = acc
     return frame
 
 
@@ -180,9 +185,22 @@ def read_runs_csv(path: str | Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path} as CSV: {err}") from None
+        raise ConfigError(f"cannot read {path} as CSV: {' '.join(str(err).split())}") from None
+    _refuse_duplicate_columns(path)
     require_columns(frame, CSV_COLUMNS, f"CSV {path.name}")
     return _csv_to_runs(frame, path.stem)
+
+
+def _refuse_duplicate_columns(path: Path) -> None:
+    """pandas renames a repeated column to ``name.1`` silently: which one is meant?"""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        header = [h.strip() for h in next(csv.reader(f), [])]
+    repeated = sorted({h for h in header if header.count(h) > 1})
+    if repeated:
+        raise ConfigError(f"{path} has the column(s) {', '.join(repeated)} more than once; "
+                          "keep one of each")
 
 
 def _csv_to_runs(frame: pd.DataFrame, stem: str) -> pd.DataFrame:

@@ -156,6 +156,7 @@ def compute(runs: pd.DataFrame, epochs: pd.DataFrame | None, baseline: str | Non
         raise RobustTransferError(f"no finished runs to analyse ({coverage.sentence()}); "
                                   "run the study or wait for runs to finish")
     baseline = resolve_baseline(runs, baseline)
+    findings.check_reference(runs, reference)
     sources = source_table(runs, baseline)
     curves = stats.epoch_curves(runs, prepare_epochs(epochs, runs))
     frames = _frames(runs, curves, baseline, options)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from robust_transfer.analysis.intervals import CI_METHODS, CIOptions
+from robust_transfer.cli import validate as v
 from robust_transfer.errors import ConfigError
 
 
@@ -21,18 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--csv", type=Path, metavar="FILE",
                         help="analyse a CSV with columns source, target, n, unfrozen_blocks, "
                         "epochs, seed, test_acc (optional eps, norm) instead of a study")
-    parser.add_argument("--out", type=Path, metavar="DIR",
+    parser.add_argument("--out", type=v.out_dir, metavar="DIR",
                         help="report directory (default: DIR/analysis, or FILE-analysis/)")
     parser.add_argument("--baseline", metavar="LABEL",
                         help="source label to compare with (default: the eps-0 'natural' one)")
     parser.add_argument("--ci", choices=CI_METHODS.names(), default="t",
                         help="interval across seeds (default: t)")
-    parser.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    parser.add_argument("--level", type=v.open_unit, default=0.95, help="interval level (0.95)")
     parser.add_argument("--spec", type=Path, metavar="FILE",
                         help="study specification to include in the report")
-    parser.add_argument("--unfrozen", metavar="K", help="unfrozen-blocks setting the headlines "
+    parser.add_argument("--unfrozen", metavar="K", type=v.unfrozen, help="unfrozen-blocks setting the headlines "
                         "quote (default: the fewest)")
-    parser.add_argument("--epochs", type=int, metavar="E", help="epoch budget the headlines "
+    parser.add_argument("--epochs", type=v.positive_int, metavar="E", help="epoch budget the headlines "
                         "quote (default: the largest)")
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="skip the figures (faster)")

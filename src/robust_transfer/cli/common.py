@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from fractions import Fraction
 from typing import NamedTuple
 
+from robust_transfer.cli import validate
 from robust_transfer.errors import ConfigError
 from robust_transfer.models.finetune import UnfrozenBlocks, parse_n, parse_unfrozen
 
@@ -46,14 +46,8 @@ def command_help(name: str) -> str:
 
 
 def parse_eps(text: str) -> float:
-    """``0.5``, ``8/255`` -> float pixels; negative values are refused."""
-    try:
-        value = float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number or fraction: '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text}")
-    return value
+    """``0.5``, ``8/255`` -> float pixels; negative, NaN and infinite values are refused."""
+    return validate.eps(text)
 
 
 def positive_int(text: str) -> int:
@@ -83,7 +77,7 @@ def unfrozen_blocks(text: str) -> UnfrozenBlocks:
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--device", default="auto", type=validate.device,
                         help="torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1")
 
 

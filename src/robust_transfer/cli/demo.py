@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from robust_transfer.cli import validate as v
+
 # the preset lives in the repository's studies/ folder
 _EMBEDDED = Path(__file__).resolve().parents[3] / "studies" / "embedded.yaml"
 
@@ -18,10 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "confidence intervals and write an HTML + Markdown report. Rerunning "
                        "resumes: finished runs are kept.")
     p.add_argument("--spec", default=str(_EMBEDDED), help="study spec (default studies/embedded.yaml)")
-    p.add_argument("--out", default="runs/demo", help="study directory (default runs/demo)")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--out", default="runs/demo", type=v.out_dir, help="study directory (default runs/demo)")
+    p.add_argument("--workers", type=v.positive_int, default=1,
                    help="runs at a time in separate processes (default 1: in this process)")
-    p.add_argument("--device", default=None, help="override the spec's device (auto, cpu, cuda)")
+    p.add_argument("--device", default=None, type=v.device, help="override the spec's device (auto, cpu, cuda)")
     p.set_defaults(func=_demo)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import command_help, n_images
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
 from robust_transfer.data import balanced_subset, load_dataset
@@ -30,23 +31,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-n", type=n_images, default=_DEFAULT_TEST_N, metavar="N|all",
                    help=f"test images, a class-balanced subset (default: {_DEFAULT_TEST_N}, "
                    f"or all when the test split is smaller)")
-    p.add_argument("--damping", type=float, default=d.damping,
+    p.add_argument("--damping", type=v.nonneg_float, default=d.damping,
                    help=f"lambda added to the Hessian's diagonal (default: {d.damping:g})")
     p.add_argument("--solver", choices=SOLVERS.names(), default=d.solver,
                    help="; ".join(f"{n}: {SOLVERS.get(n).description}" for n in SOLVERS.names()))
-    p.add_argument("--rcond", type=float, default=d.rcond,
+    p.add_argument("--rcond", type=v.finite_float, default=d.rcond,
                    help=f"pinv only: drop eigenvalues below rcond*max (default: {d.rcond:g}, the paper's)")
     p.add_argument("--no-train-targets", action="store_true",
                    help="skip training images as targets (no self-influence, no train curve)")
-    p.add_argument("--top-k", type=int, default=10, help="helpful/harmful images saved per test image")
-    p.add_argument("--max-rank", type=int, default=100, help="largest rank of the class-match curve")
-    p.add_argument("--grid", type=int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
+    p.add_argument("--top-k", type=v.positive_int, default=10, help="helpful/harmful images saved per test image")
+    p.add_argument("--max-rank", type=v.positive_int, default=100, help="largest rank of the class-match curve")
+    p.add_argument("--grid", type=v.positive_int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
                    help="test images and influential images per test image in the grid figure")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
-    p.add_argument("--cg-tol", type=float, default=d.cg_tol, help="cg only: relative residual")
-    p.add_argument("--cg-max-iter", type=int, default=d.cg_max_iter, help="cg only: iterations at most")
-    p.add_argument("--cg-batch", type=int, default=d.cg_batch, help="cg only: right-hand sides at once")
-    p.add_argument("--memory-limit-gb", type=float, default=None,
+    p.add_argument("--batch-size", type=v.positive_int, default=256, help="images per forward pass")
+    p.add_argument("--cg-tol", type=v.positive_float, default=d.cg_tol, help="cg only: relative residual")
+    p.add_argument("--cg-max-iter", type=v.positive_int, default=d.cg_max_iter, help="cg only: iterations at most")
+    p.add_argument("--cg-batch", type=v.positive_int, default=d.cg_batch, help="cg only: right-hand sides at once")
+    p.add_argument("--memory-limit-gb", type=v.positive_float, default=None,
                    help="refuse problems estimated above this (default: the available memory)")
     p.set_defaults(func=_influence)
 

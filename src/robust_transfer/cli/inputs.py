@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import n_images
 from robust_transfer.errors import ConfigError
 from robust_transfer.models.arch import TransferModel
@@ -61,7 +62,7 @@ def add_inputs(parser: argparse.ArgumentParser, with_n: bool) -> None:
                         "runs' target); needed for checkpoints that record none")
     parser.add_argument("--data-root", default=None, metavar="DIR",
                         help="dataset folder (default: $ROBUST_TRANSFER_DATA or the user cache)")
-    parser.add_argument("--seed", type=int, default=UNSET,
+    parser.add_argument("--seed", type=v.seed, default=UNSET,
                         help="seed of the image subsets (default: the checkpoints' fine-tuning "
                         "seed, else 0); a seed contradicting the checkpoints is refused")
     if with_n:
@@ -69,7 +70,7 @@ def add_inputs(parser: argparse.ArgumentParser, with_n: bool) -> None:
                             help="training images: the class-balanced subset the head was fine-tuned "
                             "on (default: as the checkpoints record, else all); a value "
                             "contradicting the checkpoints is refused")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("--out", required=True, type=v.out_dir, metavar="DIR",
                         help="output folder; must not exist unless --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an existing output folder")

@@ -11,6 +11,7 @@ import argparse
 
 import numpy as np
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import command_help
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
 from robust_transfer.data import balanced_subset, load_dataset
@@ -28,13 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_inputs(p, with_n=False)
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="split the images come from (default: test)")
-    p.add_argument("--count", type=int, default=8,
+    p.add_argument("--count", type=v.positive_int, default=8,
                    help="number of images, class-balanced and seeded (default: 8)")
     p.add_argument("--indices", default=None, metavar="I,J,...",
                    help="explicit image indices in the split (overrides --count)")
-    p.add_argument("--smoothgrad", type=int, default=0, metavar="SAMPLES",
+    p.add_argument("--smoothgrad", type=v.nonneg_int, default=0, metavar="SAMPLES",
                    help="SmoothGrad noisy copies per image; 0: plain gradient (default: 0)")
-    p.add_argument("--sigma", type=float, default=0.1,
+    p.add_argument("--sigma", type=v.nonneg_float, default=0.1,
                    help="SmoothGrad noise std in pixel units [0, 1] (default: 0.1)")
     p.set_defaults(func=_saliency)
 

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import command_help, positive_int
 from robust_transfer.study.lock import driver_alive
 from robust_transfer.study.query import LISTED, find_runs, parse_where, show_run
@@ -30,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_runs(commands)
     _register_show(commands)
     _register_export(commands)
+    _register_repair(commands)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
 
 
@@ -40,7 +42,7 @@ def _register_run(sub) -> None:
                        "Exit status 1 when runs failed (recorded with their errors; "
                        "--retry-failed reruns them), 2 for bad input (nothing is run).")
     p.add_argument("spec", help="study spec (YAML), e.g. studies/embedded.yaml")
-    p.add_argument("--out", required=True, help="study directory (results store, feature cache)")
+    p.add_argument("--out", required=True, type=v.out_dir, help="study directory (results store, feature cache)")
     p.add_argument("--executor", choices=EXECUTOR_NAMES, default="local",
                    help="local: this process or a process pool; ray: a Ray cluster")
     p.add_argument("--workers", type=positive_int, default=None,
@@ -48,11 +50,11 @@ def _register_run(sub) -> None:
                         "as many as the cluster's CPUs/GPUs allow)")
     p.add_argument("--ray-address", default=None,
                    help="join this Ray cluster (host:port or auto) instead of starting one")
-    p.add_argument("--cpus-per-run", type=float, default=None,
+    p.add_argument("--cpus-per-run", type=v.positive_float, default=None,
                    help="CPUs (torch threads) per run (default: the spec's resources.num_cpus)")
-    p.add_argument("--gpus-per-run", type=float, default=None,
+    p.add_argument("--gpus-per-run", type=v.nonneg_float, default=None,
                    help="GPUs per run for Ray, fractions allowed, e.g. 0.25 (default: the spec's)")
-    p.add_argument("--device", default=None, help="torch device for runs (default: the spec's, auto)")
+    p.add_argument("--device", default=None, type=v.device_name, help="torch device for runs (default: the spec's, auto)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the spec's or "
                    "$ROBUST_TRANSFER_DATA or ~/.cache/robust_transfer/data)")
     p.add_argument("--no-feature-cache", action="store_true",
@@ -103,7 +105,7 @@ def _register_export(sub) -> None:
                        "epochs.<fmt> (one row per run and epoch).")
     p.add_argument("dir", help="study directory")
     p.add_argument("--format", choices=["csv", "parquet"], default="csv", help="file format")
-    p.add_argument("--out", default=None, help="output folder (default: DIR/export)")
+    p.add_argument("--out", default=None, type=v.out_dir, help="output folder (default: DIR/export)")
     p.set_defaults(func=_export)
 
 
@@ -115,6 +117,7 @@ def _run(args) -> int:
     spec = load_spec(args.spec)
     if args.dry_run:
         return _dry_run(spec, args)
+    _check_device(args.device or spec.device, args.executor)
     display = None if args.quiet else ProgressDisplay()
     try:
         summary = _call_run(spec, args, display)
@@ -130,7 +133,45 @@ def _run(args) -> int:
           f"{summary.store_failed} failed")
     for run_id, error in summary.failures[:5]:
         print(f"  failed {run_id}: {error}")
-    return 1 if summary.failed else 0
+    if summary.store_failed:  # failed now or before: the study is not complete
+        print(f"{summary.store_failed} run(s) failed (errors: robust-transfer study status "
+              f"{summary.study_dir}); --retry-failed reruns them", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_device(device: str, executor: str) -> None:
+    """A local study runs here: its device must exist here (a Ray cluster's may not)."""
+    from robust_transfer.errors import ConfigError
+
+    try:
+        v.device_name(device)
+        if executor == "local":
+            v.require_device(device)
+    except argparse.ArgumentTypeError as err:
+        raise ConfigError(f"study device: {err}") from None
+
+
+def _register_repair(sub) -> None:
+    p = sub.add_parser("repair", help="salvage the finished runs of a damaged study into a new one",
+                       description="Copy every finished run that can still be read from DIR's "
+                       "study.db (with its epochs, specs and sources) into a new study directory "
+                       "--out. DIR is only read. Rerun the spec into --out to redo the rest.")
+    p.add_argument("dir", help="the damaged study directory")
+    p.add_argument("--out", required=True, type=v.out_dir,
+                   help="a new study directory (must not exist, or be empty)")
+    p.set_defaults(func=_repair)
+
+
+def _repair(args) -> int:
+    from robust_transfer.study.store import repair_store
+
+    report = repair_store(args.dir, args.out)
+    print(f"{report.out_dir}: salvaged {report.finished} finished run(s), {report.specs} spec(s), "
+          f"{report.sources} source(s); {report.dropped} finished run(s) with unreadable epochs "
+          f"and {report.unreadable_rows} unreadable row(s) left out. Rerun the spec with "
+          f"--out {report.out_dir} to redo everything not salvaged.")
+    return 0
 
 
 def _call_run(spec, args, display):

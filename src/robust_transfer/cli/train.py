@@ -9,6 +9,7 @@ import shlex
 
 import torch.distributed as dist
 
+from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import (
     Progress,
     add_data_root,
@@ -40,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_optim(p: argparse.ArgumentParser, lr: float = 0.1) -> None:
     g = p.add_argument_group("optimiser")
-    g.add_argument("--lr", type=float, default=lr, help=f"initial learning rate (default {lr})")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    g.add_argument("--lr", type=v.positive_float, default=lr, help=f"initial learning rate (default {lr})")
+    g.add_argument("--momentum", type=v.nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=v.nonneg_float, default=5e-4, help="weight decay (default 5e-4)")
     g.add_argument("--schedule", choices=SCHEDULES, default="step",
                    help="step: lr/10 every epochs//3 (the paper's); cosine; constant")
     g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
@@ -56,7 +57,7 @@ def _add_attack(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eps", type=parse_eps, default=0.5,
                    help="radius in pixel units in [0,1] images; fractions allowed (8/255)")
     g.add_argument("--attack-steps", type=positive_int, default=7, help="PGD steps (default 7)")
-    g.add_argument("--attack-step-size", type=parse_eps, default=None,
+    g.add_argument("--attack-step-size", type=v.positive_eps, default=None,
                    help="PGD step size (default 2.5*eps/steps; FGSM-RS: 1.25*eps)")
     g.add_argument("--random-start", action="store_true", help="start PGD at a random point")
 
@@ -74,17 +75,17 @@ def _register_pretrain(sub) -> None:
     _add_optim(p)
     _add_attack(p)
     p.add_argument("--augment", action="store_true", help="random crop/flip/jitter/rotation")
-    p.add_argument("--input-size", type=positive_int, default=None,
+    p.add_argument("--input-size", type=v.resolution, default=None,
                    help="model input size (default: the dataset's native size)")
     p.add_argument("--train-images", type=n_images, default=None,
                    help="train on this many images of a seeded shuffle (default all)")
     p.add_argument("--eval-images", type=n_images, default=None,
                    help="clean and PGD-20 robust accuracy on this many test images (default all)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--workers", type=int, default=4,
+    p.add_argument("--seed", type=v.seed, default=0, help="random seed")
+    p.add_argument("--workers", type=v.nonneg_int, default=4,
                    help="data-loading processes for imagefolder:PATH datasets (default 4)")
     add_device(p)
-    p.add_argument("--out", required=True, help="checkpoint path stem: writes OUT.safetensors and OUT.json")
+    p.add_argument("--out", required=True, type=v.out_stem, help="checkpoint path stem: writes OUT.safetensors and OUT.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     p.set_defaults(func=_pretrain)
 
@@ -135,13 +136,13 @@ def _register_finetune(sub) -> None:
     _add_optim(p)
     p.add_argument("--augment", choices=["auto", "on", "off"], default="auto",
                    help="train augmentation: auto = colour targets only, as the paper")
-    p.add_argument("--resolution", type=positive_int, default=None,
+    p.add_argument("--resolution", type=v.resolution, default=None,
                    help="input size (default: the source model's)")
     p.add_argument("--head-init", choices=["normal", "paper", "torch"], default="normal",
                    help="head init: normal N(0,0.01^2), paper N(0,1), torch default")
-    p.add_argument("--seed", type=int, default=0, help="subset, head init and batch order seed")
+    p.add_argument("--seed", type=v.seed, default=0, help="subset, head init and batch order seed")
     add_device(p)
-    p.add_argument("--out", default=None, help="save the fine-tuned model as OUT.safetensors + OUT.json")
+    p.add_argument("--out", default=None, type=v.out_stem, help="save the fine-tuned model as OUT.safetensors + OUT.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_finetune)

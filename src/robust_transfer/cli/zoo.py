@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from robust_transfer.cli import validate
 from robust_transfer.cli.common import command_help
 from robust_transfer.models import zoo
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fetcher.add_argument("name", metavar="NAME", help="a zoo name, as shown by 'zoo list'")
     fetcher.add_argument("--download", action="store_true",
                          help="download the file if it is missing (never done unasked)")
-    fetcher.add_argument("--dest", metavar="DIR", default=None,
+    fetcher.add_argument("--dest", metavar="DIR", default=None, type=validate.out_dir,
                          help=f"folder for published files (default: ${zoo.ZOO_ENV} or the cache)")
     fetcher.set_defaults(func=_fetch)
 
@@ -55,7 +56,13 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    print(zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download))
+    fresh = args.dest is not None and not args.dest.exists()
+    try:
+        print(zoo.fetch(args.name, dest_dir=args.dest, allow_download=args.download))
+    except BaseException:
+        if fresh and args.dest.is_dir() and not any(args.dest.iterdir()):
+            args.dest.rmdir()  # a refused or failed fetch leaves no empty folder behind
+        raise
     return 0
 
 

@@ -1,27 +1,42 @@
-"""An on-disk cache of frozen-prefix outputs, shared by runs and worker processes.
+"""An on-disk cache of frozen-prefix outputs that verifies every row it hands back.
 
 :func:`robust_transfer.engine.transfer.finetune` asks a :class:`~robust_transfer.engine.transfer.FeatureStore`
 for the prefix outputs of the images it trains and tests on. :class:`DiskFeatureStore`
 keeps them on disk per key (source checkpoint sha256, dataset, split, resolution, prefix
-depth, pooled), one row per image of the split plus a mask of the rows computed so far,
-so a run that needs n images computes only those no earlier run computed.
+depth, pooled, storage dtype), one row per image of the split, so a run that needs n
+images computes only those no earlier run computed.
 
 Layout of ``root/<k[:2]>/<k>/`` where ``k`` is the sha256 of the canonical key JSON:
 
-=============  ==========================================================================
-``key.json``   the key, for people and for checking hash collisions
-``data.npy``   float32 ``[rows, *shape]``; row i holds image i of the split if computed
-``mask.npy``   bool ``[rows]``; true where the row is computed
-``lock``       taken with ``flock`` while a process reads, computes or writes the key
-=============  ==========================================================================
+==============  =========================================================================
+``key.json``    the key, for people and for checking hash collisions
+``data.npy``    ``[rows, *shape]`` in the key's dtype; row i holds image i of the split
+``index.npz``   ``done`` (bool ``[rows]``), ``crc`` (uint32 ``[rows]``: CRC-32 of each
+                done row's bytes) and ``shape`` (the row shape)
+``lock``        taken with ``flock`` while a process reads, computes or writes the key
+==============  =========================================================================
 
-Writes go to a temporary file in the same folder and are renamed into place, data first
-and mask second: a killed process leaves either the old pair or new data with the old
-mask, which only understates what is computed. Files are not fsynced (a cache can be
-recomputed): one left unreadable by a power cut counts as empty. Processes share the cache through the per-key lock,
-so an image's outputs are computed once even when many workers want them at the same
-time. Augmented inputs change every epoch, so ``finetune`` never asks a store for them:
-with augmentation on, caching is off.
+**Every row is verified when read.** A row is handed back only if the index marks it
+done, its bytes match their CRC-32, and it is finite; the file must have the key's dtype
+and the index's row shape. Rows that fail are recomputed (and rewritten) with one
+:class:`FeatureCacheWarning` per call; a file that cannot be read, or has the wrong dtype
+or shape, counts as empty. Checksums are per row rather than per block of rows written
+together because the row is already the unit of computation (runs with nested subsets
+fill a key a few rows at a time): a damaged row costs one image's recomputation, and the
+checksum costs 4 bytes per row against 8 KiB (pooled ResNet-50) or more of data. CRC-32
+detects every burst of up to 32 flipped bits and any zeroed run of bytes (the CRC of zeros
+is not zero); it guards against damage, not against someone who rewrites both files.
+
+Writes go through :func:`robust_transfer.io.atomic_write`, data first and index second:
+a killed process leaves either the old pair or new data with the old index, whose rows
+still hold the same bytes. Files are not fsynced (a cache can be recomputed).
+
+Processes share the cache through the per-key lock, so an image's outputs are computed
+once even when many workers want them at the same time. ``max_bytes`` caps the size of
+the whole cache folder (bytes on disk: rows never computed are holes in a sparse
+file): a write that would exceed it raises :class:`CacheBudgetError`
+with advice instead (:func:`robust_transfer.study.worker.check_cache_budget` checks a
+whole study before any run starts).
 """
 
 from __future__ import annotations
@@ -30,7 +45,8 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +55,22 @@ import numpy as np
 import torch
 
 from robust_transfer.errors import ConfigError
+from robust_transfer.io import atomic_write, atomic_write_text
 
 KEY_FIELDS = ("source", "dataset", "split", "resolution", "depth", "pooled")
+CHUNK_BYTES = 256 * 2**20  # computed rows written at a time
+DTYPES = ("float32", "float16")
+CACHE_ADVICE = ("store prefix outputs as float16 (recipe feature_dtype: float16, half the "
+                "bytes), use fewer test images, give the cache a bigger budget or disk, or "
+                "turn the feature cache off (feature_cache: false)")
+
+
+class FeatureCacheWarning(UserWarning):
+    """Rows of the feature cache failed verification and were recomputed."""
+
+
+class CacheBudgetError(ConfigError):
+    """The feature cache would not fit its byte budget (or the disk)."""
 
 
 def key_digest(key: dict) -> str:
@@ -49,58 +79,128 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'`` (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """A byte count from an int or a string such as ``"20 GB"``, ``"512MiB"``, ``"1e9"``.
+
+    Raises:
+        ConfigError: not a positive, finite size.
+    """
+    units = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    text = str(value).strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number):]
+    try:
+        size = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ConfigError(f"bad byte size {value!r}: use a number of bytes or e.g. '20 GB', "
+                          "'512 MiB'") from None
+    if isinstance(value, bool) or not np.isfinite(size) or size <= 0:
+        raise ConfigError(f"a byte size must be positive and finite, got {value!r}")
+    return int(size)
+
+
 class DiskFeatureStore:
-    """Frozen-prefix outputs on disk, computed at most once per image and key.
+    """Frozen-prefix outputs on disk, computed at most once per image and key, verified on read.
 
     Implements the :class:`~robust_transfer.engine.transfer.FeatureStore` protocol.
 
     Args:
         root: the cache folder (created when first written).
+        max_bytes: the most bytes the folder's data files may hold; ``None`` = no limit.
 
     Example:
-        >>> store = DiskFeatureStore(tmp_path / "cache")
+        >>> store = DiskFeatureStore(tmp_path / "cache", max_bytes=20 * 2**30)
         >>> finetune(model, train, test, n=100, feature_store=store, source_id=sha256)
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, max_bytes: int | None = None) -> None:
         self.root = Path(root)
+        self.max_bytes = max_bytes
         self.computed = 0  # images computed by this instance (for tests and benchmarks)
+        self.rejected = 0  # rows that failed verification and were recomputed
 
     def get_or_compute(self, key: dict, indices: np.ndarray,
                        compute: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
         """Outputs for ``indices`` of the split ``key`` names, computing only missing rows.
 
         Args:
-            key: must hold the fields in :data:`KEY_FIELDS`.
+            key: must hold the fields in :data:`KEY_FIELDS`; ``dtype`` (one of
+                :data:`DTYPES`, default ``float32``) is how rows are stored.
             indices: int image indices into the split.
             compute: ``compute(missing_indices) -> float Tensor [len(missing), ...]``.
 
         Returns:
-            A float32 tensor ``[len(indices), ...]`` in the order of ``indices``.
+            A tensor ``[len(indices), ...]`` in the key's dtype, in the order of ``indices``.
+
+        Raises:
+            ConfigError: an incomplete key or unknown dtype.
+            CacheBudgetError: writing the new rows would exceed ``max_bytes``.
         """
-        missing_fields = [f for f in KEY_FIELDS if f not in key]
-        if missing_fields:
-            raise ConfigError(f"feature cache key lacks {', '.join(missing_fields)}")
+        dtype = _key_dtype(key)
         indices = np.asarray(indices, dtype=np.int64)
         folder = self._folder(key)
         with _locked(folder / "lock"):
-            data, mask = _read(folder)
-            todo = _missing(indices, mask)
+            entry = _Entry.read(folder, dtype)
+            todo, problems = entry.missing(indices)
+            if problems:
+                self.rejected += problems.count
+                warnings.warn(f"feature cache {folder}: {problems}; recomputing "
+                              f"{len(todo)} row(s)", FeatureCacheWarning, stacklevel=2)
             if len(todo):
-                fresh = compute(todo).detach().float().cpu().numpy()
-                data, mask = _merge(data, mask, todo, fresh, int(indices.max()) + 1)
-                _write(folder, data, mask)
-                self.computed += len(todo)
-            return torch.from_numpy(np.ascontiguousarray(data[indices]))
+                def counted(idx: np.ndarray) -> np.ndarray:
+                    self.computed += len(idx)
+                    return compute(idx).detach().cpu().to(getattr(torch, dtype)).numpy()
+
+                rows = max(int(indices.max()) + 1, len(entry.done))
+                entry = entry.rewrite(folder, todo, counted, rows,
+                                      lambda nbytes: self._check_budget(folder, nbytes))
+            return entry.rows(indices)
 
     def _folder(self, key: dict) -> Path:
+        missing_fields = [f for f in KEY_FIELDS if f not in key]
+        if missing_fields:
+            raise ConfigError(f"feature cache key lacks {', '.join(missing_fields)}")
         digest = key_digest(key)
         folder = self.root / digest[:2] / digest
         folder.mkdir(parents=True, exist_ok=True)
         key_file = folder / "key.json"
         if not key_file.exists():
-            _atomic_save(key_file, lambda f: f.write(json.dumps(key, sort_keys=True).encode()))
+            atomic_write_text(key_file, json.dumps(key, sort_keys=True))
         return folder
+
+    memory_mapped = True  # whole splits come back as views of the file (see cache_plan)
+
+    def _check_budget(self, folder: Path, new_bytes: int) -> None:
+        if self.max_bytes is None:
+            return
+        others = sum(disk_bytes(p) for p in self.root.glob("*/*/data.npy") if p.parent != folder)
+        if others + new_bytes > self.max_bytes:
+            raise CacheBudgetError(
+                f"the feature cache {self.root} would grow to {format_bytes(others + new_bytes)}, "
+                f"over its budget of {format_bytes(self.max_bytes)}: {CACHE_ADVICE}")
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes ``path`` occupies on disk (data files are sparse: unwritten rows are holes)."""
+    st = path.stat()
+    return min(st.st_size, getattr(st, "st_blocks", st.st_size // 512 + 1) * 512)
+
+
+def _key_dtype(key: dict) -> str:
+    dtype = key.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ConfigError(f"feature cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return dtype
 
 
 @contextmanager
@@ -114,55 +214,153 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _read(folder: Path) -> tuple[np.ndarray | None, np.ndarray]:
-    data_path, mask_path = folder / "data.npy", folder / "mask.npy"
-    if not data_path.exists() or not mask_path.exists():
-        return None, np.zeros(0, dtype=bool)
-    try:
-        mask = np.load(mask_path)
-        data = np.load(data_path, mmap_mode="r")
-    except (OSError, ValueError, EOFError):  # e.g. cut short by a power loss: recompute
-        return None, np.zeros(0, dtype=bool)
-    # a crash between the two renames leaves newer (larger) data with the older mask
-    return data, mask[: len(data)]
+def row_crc(rows: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row's bytes (C order), uint32 ``[len(rows)]``."""
+    flat = np.ascontiguousarray(rows).reshape(len(rows), -1).view(np.uint8)
+    return np.fromiter((zlib.crc32(r) for r in flat), dtype=np.uint32, count=len(rows))
 
 
-def _missing(indices: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    known = np.zeros(len(indices), dtype=bool)
-    inside = indices < len(mask)
-    known[inside] = mask[indices[inside]]
-    return np.unique(indices[~known])
+class _Problems:
+    """What verification found, for the one warning line."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+        self.count = 0
+
+    def add(self, count: int, reason: str) -> None:
+        if count:
+            self.count += count
+            self.reasons.append(f"{count} row(s) {reason}")
+
+    def discard(self, reason: str) -> None:
+        self.reasons.append(f"cache files discarded: {reason}")
+
+    def __bool__(self) -> bool:
+        return bool(self.reasons)
+
+    def __str__(self) -> str:
+        return "; ".join(self.reasons)
 
 
-def _merge(data: np.ndarray | None, mask: np.ndarray, todo: np.ndarray, fresh: np.ndarray,
-           min_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = max(min_rows, len(mask))
-    if data is not None and data.shape[1:] != fresh.shape[1:]:
-        raise ConfigError(f"feature cache holds outputs of shape {data.shape[1:]} but the run "
-                          f"computed {fresh.shape[1:]}: delete the cache folder and rerun")
-    out = np.zeros((rows, *fresh.shape[1:]), dtype=np.float32)
-    new_mask = np.zeros(rows, dtype=bool)
-    if data is not None:
-        out[: len(mask)][mask] = data[: len(mask)][mask]
-        new_mask[: len(mask)] = mask
-    out[todo] = fresh
-    new_mask[todo] = True
-    return out, new_mask
+class _Entry:
+    """One key's rows: data, which are done, their checksums (None before the first write)."""
+
+    def __init__(self, dtype: str, data: np.ndarray | None, done: np.ndarray, crc: np.ndarray,
+                 damage: str = "") -> None:
+        self.dtype, self.data, self.done, self.crc, self.damage = dtype, data, done, crc, damage
+
+    @classmethod
+    def read(cls, folder: Path, dtype: str) -> _Entry:
+        data_path, index_path = folder / "data.npy", folder / "index.npz"
+        empty = cls(dtype, None, np.zeros(0, bool), np.zeros(0, np.uint32))
+        if not data_path.exists() and not index_path.exists():
+            return empty
+        try:
+            with np.load(index_path, allow_pickle=False) as index:
+                done, crc, shape = index["done"], index["crc"], tuple(index["shape"].tolist())
+            data = np.load(data_path, mmap_mode="c", allow_pickle=False)  # writes stay private
+        except (OSError, ValueError, EOFError, KeyError) as err:  # truncated, garbage, missing
+            empty.damage = f"unreadable ({type(err).__name__}: {str(err)[:80]})"
+            return empty
+        problem = _layout_problem(data, done, crc, shape, dtype)
+        if problem:
+            empty.damage = problem
+            return empty
+        return cls(dtype, data, done, crc)
+
+    def missing(self, indices: np.ndarray) -> tuple[np.ndarray, _Problems]:
+        """Indices (unique, sorted) to compute, and what failed verification."""
+        problems = _Problems()
+        if self.damage:
+            problems.discard(self.damage)
+        wanted = np.unique(indices)
+        claimed = wanted[wanted < len(self.done)]
+        claimed = claimed[self.done[claimed]]
+        beyond = claimed[claimed >= (0 if self.data is None else len(self.data))]
+        problems.add(len(beyond), "claimed done beyond the end of the data file")
+        claimed = claimed[~np.isin(claimed, beyond)]
+        bad_crc, bad_value = np.zeros(len(claimed), bool), np.zeros(len(claimed), bool)
+        row_bytes = self.data[0].nbytes if len(claimed) else 1
+        for part in _chunks(np.arange(len(claimed)), row_bytes):  # never the whole split at once
+            rows = np.asarray(self.data[claimed[part]])
+            bad_crc[part] = row_crc(rows) != self.crc[claimed[part]]
+            bad_value[part] = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) & ~bad_crc[part]
+        problems.add(int(bad_crc.sum()), "failed their checksum")
+        problems.add(int(bad_value.sum()), "hold NaN or Inf")
+        bad = bad_crc | bad_value
+        good = claimed[~bad]
+        return np.setdiff1d(wanted, good), problems
+
+    def rewrite(self, folder: Path, todo: np.ndarray, compute: Callable[[np.ndarray], np.ndarray],
+                rows: int, check_budget: Callable[[int], None]) -> _Entry:
+        """Write a new data file with ``rows`` rows: the good old ones and ``todo`` computed.
+
+        The file is filled through a memory map, ``CHUNK_BYTES`` of computed rows at a time,
+        so a split far larger than memory (10,000 ResNet-50 test images at 784 KiB) is
+        never held whole. Rows that come out non-finite are written but not marked done:
+        they are handed back this once and recomputed next time.
+        """
+        first = compute(todo[:16]) if self.data is None else None  # learns the row shape
+        shape, dtype = (first.shape[1:], first.dtype) if first is not None else (
+            self.data.shape[1:], self.data.dtype)
+        row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        kept = 0 if self.data is None else int(self.done[: len(self.data)].sum())
+        check_budget((kept + len(todo)) * row_bytes)  # rows never written stay holes on disk
+        done, crc = np.zeros(rows, dtype=bool), np.zeros(rows, dtype=np.uint32)
+        with atomic_write(folder / "data.npy", "w+b") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                     "fortran_order": False, "shape": (rows, *shape)})
+            offset = f.tell()
+            f.truncate(offset + rows * row_bytes)
+            f.flush()
+            out = np.memmap(f, dtype=dtype, mode="r+", offset=offset, shape=(rows, *shape))
+            if self.data is not None:  # the good old rows, in chunks
+                keep = np.flatnonzero(self.done[: len(self.data)])
+                keep = keep[~np.isin(keep, todo)]
+                for part in _chunks(keep, row_bytes):
+                    out[part] = self.data[part]
+                done[keep], crc[keep] = True, self.crc[keep]
+            parts = [(todo[:16], first), *((p, None) for p in _chunks(todo[16:], row_bytes))] \
+                if first is not None else [(p, None) for p in _chunks(todo, row_bytes)]
+            for part, fresh in parts:
+                fresh = compute(part) if fresh is None else fresh
+                if fresh.shape[1:] != shape:
+                    raise ConfigError(f"feature cache holds outputs of shape {shape} but the run "
+                                      f"computed {fresh.shape[1:]}: delete the cache folder and rerun")
+                out[part] = fresh
+                crc[part] = row_crc(fresh)
+                done[part] = np.isfinite(fresh.reshape(len(fresh), -1)).all(axis=1)
+            out.flush()
+            del out
+        # the data file is in place: now the index, which never claims rows the data lacks
+        with atomic_write(folder / "index.npz") as f:
+            np.savez(f, done=done, crc=crc, shape=np.asarray(shape, dtype=np.int64))
+        data = np.load(folder / "data.npy", mmap_mode="c", allow_pickle=False)
+        return _Entry(self.dtype, data, done, crc)
+
+    def rows(self, indices: np.ndarray) -> torch.Tensor:
+        """Rows ``indices``: a view of the memory-mapped file when they are all rows in
+        order (the test split: paged in as read, never copied whole), else a copy."""
+        if self.data is None:  # nothing asked, nothing stored
+            return torch.empty(0)
+        if len(indices) == len(self.data) and np.array_equal(indices, np.arange(len(indices))):
+            return torch.from_numpy(self.data)
+        return torch.from_numpy(np.ascontiguousarray(self.data[indices]))
 
 
-def _write(folder: Path, data: np.ndarray, mask: np.ndarray) -> None:
-    # data first, then mask: the mask never claims rows the data file lacks
-    _atomic_save(folder / "data.npy", lambda f: np.save(f, data))
-    _atomic_save(folder / "mask.npy", lambda f: np.save(f, mask))
+def _chunks(idx: np.ndarray, row_bytes: int) -> list[np.ndarray]:
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    return [idx[i: i + step] for i in range(0, len(idx), step)]
 
 
-def _atomic_save(path: Path, write: Callable) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        # no fsync: a cache can be recomputed, and _read treats an unreadable file as empty
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _layout_problem(data: np.ndarray, done: np.ndarray, crc: np.ndarray, shape: tuple,
+                    dtype: str) -> str:
+    if data.dtype != np.dtype(dtype):
+        return f"data.npy holds {data.dtype}, the key says {dtype}"
+    if data.ndim < 1 or data.shape[1:] != shape:
+        return f"data.npy rows have shape {data.shape[1:]}, the index says {shape}"
+    if done.dtype != bool or crc.dtype != np.uint32 or done.shape != crc.shape or done.ndim != 1:
+        return "index.npz is malformed"
+    return ""
+
+

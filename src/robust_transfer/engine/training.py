@@ -43,10 +43,11 @@ class OptimConfig:
     schedule: str = "step"
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError("momentum and weight decay must be >= 0")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a finite number > 0, got {self.lr}")
+        if not (0 <= self.momentum < math.inf and 0 <= self.weight_decay < math.inf):
+            raise ConfigError("momentum and weight decay must be finite numbers >= 0, got "
+                              f"{self.momentum} and {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}")
 

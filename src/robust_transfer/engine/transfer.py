@@ -1,9 +1,58 @@
 """Fine-tune a source model on a target: new head, last k blocks unfrozen, n images.
 
-When the frozen prefix sees un-augmented inputs, its outputs are computed once per image
-and training runs only the trainable suffix: with 0 unfrozen blocks that is the head on
-pooled features, with no autograd through the backbone at all. A ``feature_store`` (see
-:class:`FeatureStore`) lets many runs share those prefix outputs, on disk.
+The frozen prefix (normaliser, stem and the blocks before the unfrozen ones) is in eval
+mode and its weights never change, so on an un-augmented image its output is a fixed
+function of (source, target, split, resolution, depth). Such outputs are computed once per
+image and the model runs only its trainable suffix on them: with 0 unfrozen blocks that
+is the head on pooled features, with no autograd through the backbone at all.
+
+* Test images are never augmented: their prefix outputs are always cached (when there
+  is a prefix), also when training is augmented. Evaluation of the full model in eval
+  mode is ``suffix(prefix(x))`` by construction, so evaluating the suffix on cached
+  outputs gives the same accuracy as evaluating the whole model.
+* Un-augmented training images are cached the same way; augmented ones change every
+  epoch, so training then runs the whole model.
+* ``unfrozen="all"`` has no frozen prefix: nothing is cached.
+* Outputs held in memory are bounded by :data:`PREFIX_MEMORY_LIMIT` (2 GiB; a split
+  beyond it runs the whole model). A :class:`~robust_transfer.engine.features.DiskFeatureStore`
+  hands the test split back memory-mapped, so there the test outputs are cached at any
+  size (ResNet-50 at 3 unfrozen blocks: 7.5 GiB for 10,000 images), bounded by the
+  cache's disk budget instead.
+
+:func:`cache_plan` says which splits a run caches at which depth (the cost model of
+:mod:`robust_transfer.study.estimate` uses it). A ``feature_store`` (see
+:class:`FeatureStore`) lets many runs share those outputs, on disk
+(:class:`robust_transfer.engine.features.DiskFeatureStore`).
+
+Bytes per image of the cached prefix output of ResNet-50 at 224 px (from
+:func:`prefix_bytes_per_image`; the test checks these numbers):
+
+=========  =====================  ===========  ==========  ==========
+unfrozen   prefix ends after      shape        float32     float16
+=========  =====================  ===========  ==========  ==========
+0          layer4.2, pooled       2048         8 KiB       4 KiB
+1          layer4.1               2048x7x7     392 KiB     196 KiB
+3          layer3.5               1024x14x14   784 KiB     392 KiB
+9          layer2.3               512x28x28    1568 KiB    784 KiB
+all        (no prefix)            -            0           0
+=========  =====================  ===========  ==========  ==========
+
+CIFAR-10's 10,000 test images at 3 unfrozen blocks thus take 7.5 GiB in float32 per
+source, 3.7 GiB in float16.
+
+**Half precision** (``Recipe(feature_dtype="float16")``): prefix outputs are rounded to
+float16 when computed (in memory and on disk alike, so a run's result does not depend on
+whether a disk cache is used) and widened back to float32 for the suffix. Each element
+then satisfies ``|fp16(x) - x| <= 2**-11 * |x|`` for ``2**-14 <= |x| <= 65504`` and
+``|fp16(x) - x| <= 2**-25`` below that; a prefix output beyond 65504 would become
+infinite, so such a run is refused (:class:`HalfPrecisionError`) rather than rounded.
+float16 keeps 11 significant bits against bfloat16's 8. Measured over 48 small runs
+(benchmarks/bench_feature_precision.py: digits and Fashion-MNIST targets, two sources,
+unfrozen 0 and 1, n 100 and 400, 3 seeds), fine-tuned test accuracy with float16 storage
+differed from float32 by at most 0.01 points (one Fashion-MNIST test image), bfloat16 by
+up to 0.22 points; the stated and tested bound is 1 point. The default stays
+float32: it equals the uncached computation exactly, and float16 changes results (its
+runs get their own ids: ``feature_dtype`` enters the config when not float32).
 """
 
 from __future__ import annotations
@@ -32,9 +81,17 @@ from robust_transfer.engine.training import (
 )
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import TransferModel, prepare_finetune
+from robust_transfer.models.finetune import ALL, parse_unfrozen
+from robust_transfer.models.modes import eval_mode
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3
+FEATURE_DTYPES = ("float32", "float16")
+FLOAT16_MAX = 65504.0
+
+
+class HalfPrecisionError(ConfigError):
+    """A prefix output is outside what float16 storage holds within its stated bound."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +106,8 @@ class Recipe:
         resolution: input size; default the source model's (the paper resized to 224).
         head_init: ``"normal"`` (N(0, 0.01^2)), ``"paper"`` (N(0, 1)) or ``"torch"``.
         eval_every: test every this many epochs (and at the last).
+        feature_dtype: how cached prefix outputs are held: ``"float32"`` (exact) or
+            ``"float16"`` (half the bytes, bound in the module docstring).
         val_images: hold out this many class-balanced images of the training pool as a
             validation set (same for every source and seed, disjoint from every run's
             training images, which are then drawn from the rest); evaluated with the test
@@ -60,7 +119,7 @@ class Recipe:
             start, the robustness library's evaluation convention).
         robust_images: test images attacked (a fixed class-balanced subset).
 
-    The last five fields are left out of :meth:`to_dict` at their defaults, so adding them
+    The last six fields are left out of :meth:`to_dict` at their defaults, so adding them
     changed no existing run id.
     """
 
@@ -73,6 +132,7 @@ class Recipe:
     resolution: int | None = None
     head_init: str = "normal"
     eval_every: int = 1
+    feature_dtype: str = "float32"
     val_images: int = 0
     robust_eps: float | None = None
     robust_norm: str = "linf"
@@ -85,8 +145,13 @@ class Recipe:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
         if self.augment not in (True, False, "auto"):
             raise ConfigError(f"augment must be true, false or 'auto', got {self.augment!r}")
-        if self.resolution is not None and self.resolution < 8:
-            raise ConfigError(f"resolution must be at least 8 pixels, got {self.resolution}")
+        if self.resolution is not None and not 8 <= self.resolution <= 4096:
+            raise ConfigError(f"resolution must be 8..4096 pixels, got {self.resolution}")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be a positive number of epochs, got {self.eval_every}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
+                              f"got {self.feature_dtype!r}")
         if self.val_images < 0:
             raise ConfigError(f"val_images must be 0 (no validation set) or positive, got {self.val_images}")
         if self.robust_eps is not None:
@@ -101,6 +166,7 @@ class Recipe:
         """The PGD evaluation attack (``robust_eps`` must be set)."""
         return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
 
+
     def optim(self) -> OptimConfig:
         return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
 
@@ -112,8 +178,8 @@ class Recipe:
         return d
 
 
-_OPTIONAL_DEFAULTS = {"val_images": 0, "robust_eps": None, "robust_norm": "linf",
-                      "robust_steps": 20, "robust_images": 500}
+_OPTIONAL_DEFAULTS = {"feature_dtype": "float32", "val_images": 0, "robust_eps": None,
+                      "robust_norm": "linf", "robust_steps": 20, "robust_images": 500}
 
 
 class FeatureStore(Protocol):
@@ -137,7 +203,11 @@ class MemoryFeatureStore:
 
 @dataclass
 class FinetuneResult:
-    """A fine-tuned model and how it got there."""
+    """A fine-tuned model and how it got there.
+
+    ``cached_prefix`` is true when the training or the test images ran from prefix
+    outputs computed once (``info["cache"]``: which, see :class:`CachePlan`).
+    """
 
     model: TransferModel
     history: list[EpochMetrics]
@@ -152,6 +222,113 @@ class FinetuneResult:
         return self.history[-1].test_acc
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """Which prefix outputs a run computes once (and a feature store may share).
+
+    Attributes:
+        depth: frozen stages (stem + frozen blocks) whose output is cached; 0 = none.
+        pooled: the cached output is the pooled feature vector (0 unfrozen blocks).
+        train: the training images' outputs are cached (only without augmentation).
+        test: the test images' outputs are cached.
+    """
+
+    depth: int
+    pooled: bool
+    train: bool
+    test: bool
+
+    @property
+    def any(self) -> bool:
+        return self.train or self.test
+
+
+def frozen_depth_for(n_blocks: int, unfrozen: int | str) -> int:
+    """Stages before the unfrozen ones (stem counts as one); 0 for ``"all"``."""
+    unfrozen = parse_unfrozen(unfrozen)
+    return 0 if unfrozen == ALL else 1 + n_blocks - min(int(unfrozen), n_blocks)
+
+
+def cache_plan(n_blocks: int, unfrozen: int | str, augment: bool, *, bytes_per_image: int = 0,
+               n_train: int = 0, n_test: int = 0,
+               memory_limit: int | None = None, test_on_disk: bool = False) -> CachePlan:
+    """What :func:`finetune` caches for a run (a pure function of the run's shape).
+
+    Args:
+        n_blocks: residual blocks of the source architecture (ResNet-50: 16; see
+            :func:`robust_transfer.study.resolve.arch_blocks`).
+        unfrozen: blocks trained besides the head, or ``"all"``.
+        augment: whether training images are augmented (``"auto"`` resolved: colour
+            targets yes, MNIST-likes no; see :func:`robust_transfer.data.default_policy`).
+        bytes_per_image: from :func:`prefix_bytes_per_image`; with ``n_train`` and
+            ``n_test``, applies the in-memory limit (0: not applied).
+        n_train, n_test: training images of the run and test images of the target.
+        memory_limit: the most bytes of prefix outputs a run holds in memory: the test
+            outputs are kept first, then the training ones if they fit too (default
+            :data:`PREFIX_MEMORY_LIMIT`).
+        test_on_disk: the store hands whole splits back memory-mapped
+            (:class:`~robust_transfer.engine.features.DiskFeatureStore`): the test outputs
+            are then cached whatever their size (the disk budget bounds them instead).
+
+    Returns:
+        A :class:`CachePlan`. Prefix work per run: each cached image's prefix runs once
+        (zero times when a shared store already holds it); uncached images run the whole
+        model every epoch (training) or every evaluation (test).
+    """
+    depth = frozen_depth_for(n_blocks, unfrozen)
+    if depth == 0:
+        return CachePlan(0, False, False, False)
+    memory_limit = PREFIX_MEMORY_LIMIT if memory_limit is None else memory_limit
+    test = test_on_disk or bytes_per_image * n_test <= memory_limit
+    test_in_memory = 0 if test_on_disk else n_test * test
+    train = not augment and bytes_per_image * (n_train + test_in_memory) <= memory_limit
+    return CachePlan(depth, depth == n_blocks + 1, train, test)
+
+
+def prefix_bytes_per_image(model: TransferModel, unfrozen: int | str, resolution: int | None = None,
+                           dtype: str | torch.dtype = "float32") -> int:
+    """Bytes of one image's cached prefix output (0 when there is no frozen prefix).
+
+    Runs the model on the meta device (shapes only: no memory, no arithmetic), so asking
+    about ResNet-50 at 224 px costs nothing. The model itself is not changed.
+
+    Args:
+        model: the source model (any device).
+        unfrozen: blocks trained besides the head, or ``"all"``.
+        resolution: input size (default: the model's).
+        dtype: storage dtype (``"float32"``, ``"float16"`` or a torch dtype).
+
+    Example:
+        >>> prefix_bytes_per_image(create_model("resnet50"), 3, 224)  # 1024 x 14 x 14 x 4
+        802816
+    """
+    depth = frozen_depth_for(len(model.blocks()), unfrozen)
+    if depth == 0:
+        return 0
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    size = resolution or model.input_size
+    if depth >= len(model.stages()):
+        numel = model.feature_dim
+    else:
+        wrapper = _Prefix(model, depth)
+        meta = {k: torch.empty_like(v, device="meta") for k, v in wrapper.state_dict().items()}
+        probe = torch.empty(1, model.channels, size, size, device="meta")
+        with torch.no_grad():
+            numel = torch.func.functional_call(wrapper, meta, (probe,)).numel()
+    return numel * torch.empty(0, dtype=dtype).element_size()
+
+
+class _Prefix(nn.Module):
+    """``model.forward_prefix(x, depth)`` as a module (for :func:`torch.func.functional_call`)."""
+
+    def __init__(self, model: TransferModel, depth: int) -> None:
+        super().__init__()
+        self.model, self.depth = model, depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_prefix(x, self.depth)
+
+
 class _Suffix(nn.Module):
     """The trainable part of a model that starts from prefix outputs."""
 
@@ -160,6 +337,7 @@ class _Suffix(nn.Module):
         self.model, self.depth, self.pooled = model, depth, pooled
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = h.to(self.model.head.weight.dtype)  # float16 storage is widened before use
         return self.model.head(h) if self.pooled else self.model.forward_from(h, self.depth)
 
     def train(self, mode: bool = True) -> _Suffix:
@@ -188,8 +366,14 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         feature_store: shares frozen-prefix outputs between runs (default: none).
         callback: progress events, see :func:`robust_transfer.engine.training.fit`.
 
+    Returns:
+        A :class:`FinetuneResult`; ``cached_prefix`` is true when any split ran from
+        cached prefix outputs, ``info["cache"]`` says which (see :func:`cache_plan`).
+
     Raises:
         ConfigError: n too large, too many unfrozen blocks, bad recipe values.
+        HalfPrecisionError: ``feature_dtype="float16"`` and a prefix output beyond
+            float16's range.
     """
     train, test = as_image_arrays_pair(train, test)  # torch Datasets/DataLoaders too
     recipe = recipe or Recipe()
@@ -204,30 +388,42 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
                             recipe.augment)
     options = FitOptions(epochs=epochs, optim=recipe.optim(), eval_every=recipe.eval_every,
                          seed=seed, device=str(dev))
-    cache = _use_prefix_cache(model, policy, len(indices) + len(test))
-    if cache:
-        key = {"source": source_id or _weights_id(source), "dataset": train.info.name,
-               "resolution": policy.size}
-        trainer, train_loader, test_loader = _cached_loaders(
-            model, train, test, indices, policy, recipe.batch_size, seed, dev,
-            feature_store or MemoryFeatureStore(), key)
-    else:
-        trainer = model
-        train_loader = TensorLoader(train.images[torch.as_tensor(indices)],
-                                    train.labels[torch.as_tensor(indices)], recipe.batch_size,
-                                    shuffle=True, transform=policy.train_batch, seed=seed)
-        test_loader = TensorLoader(test.images, test.labels, max(256, recipe.batch_size),
-                                   transform=policy.prepare)
-    val_loader = None
+    plan = cache_plan(len(model.blocks()), unfrozen, policy.augment,
+                      bytes_per_image=prefix_bytes_per_image(model, unfrozen, policy.size,
+                                                             recipe.feature_dtype),
+                      n_train=len(indices), n_test=len(test) + len(val_indices),
+                      test_on_disk=getattr(feature_store, "memory_mapped", False))
+    prefix = _PrefixCache(model, policy, dev, feature_store or MemoryFeatureStore(), plan,
+                          recipe.feature_dtype,
+                          {"source": source_id or _weights_id(source), "dataset": train.info.name,
+                           "resolution": policy.size})
+    trainer, train_loader = model, TensorLoader(
+        train.images[torch.as_tensor(indices)], train.labels[torch.as_tensor(indices)],
+        recipe.batch_size, shuffle=True, transform=policy.train_batch, seed=seed)
+    if plan.train:
+        trainer, train_loader = prefix.suffix, TensorLoader(
+            prefix.outputs(train, "train", indices), train.labels[torch.as_tensor(indices)],
+            recipe.batch_size, shuffle=True, seed=seed)
+    evaluator, test_loader, val_loader = model, TensorLoader(
+        test.images, test.labels, max(256, recipe.batch_size), transform=policy.prepare), None
+    val_labels = train.labels[torch.as_tensor(val_indices)]
     if len(val_indices):
-        val_split = train.subset(val_indices)
-        val_loader = (_cached_eval_loader(model, val_split, val_indices, policy, recipe.batch_size,
-                                          dev, feature_store or MemoryFeatureStore(), key)
-                      if cache else TensorLoader(val_split.images, val_split.labels,
-                                                 max(256, recipe.batch_size), transform=policy.prepare))
-    history = fit(trainer, train_loader, test_loader, options, callback, val_loader=val_loader)
+        val_loader = TensorLoader(train.images[torch.as_tensor(val_indices)], val_labels,
+                                  max(256, recipe.batch_size), transform=policy.prepare)
+    if plan.test:  # validation images are never augmented either: they follow the test ones
+        evaluator, test_loader = prefix.suffix, TensorLoader(
+            prefix.outputs(test, "test", np.arange(len(test))), test.labels,
+            max(256, recipe.batch_size))
+        if len(val_indices):
+            val_loader = TensorLoader(prefix.outputs(train, "train", val_indices), val_labels,
+                                      max(256, recipe.batch_size))
+    # finetune sets no adversary, so fit uses ``attack_model`` only to evaluate: the
+    # suffix on cached test outputs, which in eval mode equals the whole model
+    history = fit(trainer, train_loader, test_loader, options, callback, attack_model=evaluator,
+                  val_loader=val_loader)
     model.eval()
-    info = {"policy": asdict(policy), "frozen_depth": model.frozen_depth}
+    info = {"policy": asdict(policy), "frozen_depth": model.frozen_depth, "cache": asdict(plan),
+            "feature_dtype": recipe.feature_dtype}
     if recipe.robust_eps is not None:
         robust_idx = balanced_subset(test.labels.numpy(), min(recipe.robust_images, len(test)),
                                      0, f"{test.info.name}/robust")
@@ -239,7 +435,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         info["robust_seconds"] = time.perf_counter() - t0
         info["robust_images"] = len(robust_idx)
     return FinetuneResult(model, history, len(indices), indices, time.perf_counter() - start,
-                          cache, info)
+                          plan.any, info)
 
 
 def training_indices(train: ImageArrays, n: int | None, seed: int,
@@ -260,19 +456,43 @@ def training_indices(train: ImageArrays, n: int | None, seed: int,
     return pool[balanced_subset(labels[pool], n, seed, train.info.name)], val
 
 
-def _use_prefix_cache(model: TransferModel, policy: InputPolicy, n_images: int) -> bool:
-    if policy.augment or model.frozen_depth == 0:
-        return False
-    per_image = _prefix_numel(model, model.frozen_depth, policy.size) * 4
-    return per_image * n_images <= PREFIX_MEMORY_LIMIT
+class _PrefixCache:
+    """Prefix outputs of one run's splits, through a feature store, in the recipe's dtype."""
+
+    def __init__(self, model: TransferModel, policy: InputPolicy, device: torch.device,
+                 store: FeatureStore, plan: CachePlan, dtype: str, key: dict) -> None:
+        self.model, self.policy, self.device, self.store, self.plan = model, policy, device, store, plan
+        self.dtype = dtype
+        self.key = {**key, "depth": plan.depth, "pooled": plan.pooled}
+        if dtype != "float32":  # float32 keys stay as before, so existing caches are reused
+            self.key["dtype"] = dtype
+        self.suffix = _Suffix(model, plan.depth, plan.pooled)
+
+    def outputs(self, split: ImageArrays, name: str, idx: np.ndarray) -> torch.Tensor:
+        def compute(missing: np.ndarray) -> torch.Tensor:
+            h = prefix_outputs(self.model, split.images[torch.as_tensor(missing)], self.policy,
+                               self.plan.depth, self.plan.pooled, self.device)
+            return to_storage(h, self.dtype, f"{split.info.name} {name} images")
+
+        return self.store.get_or_compute({**self.key, "split": name}, idx, compute)
 
 
-def _prefix_numel(model: TransferModel, depth: int, size: int) -> int:
-    if depth >= len(model.stages()):
-        return model.feature_dim
-    with torch.no_grad():
-        probe = torch.zeros(1, model.channels, size, size, device=model.head.weight.device)
-        return model.forward_prefix(probe, depth).numel()
+def to_storage(h: torch.Tensor, dtype: str, what: str = "prefix outputs") -> torch.Tensor:
+    """``h`` (float32) rounded to the storage ``dtype``.
+
+    Raises:
+        HalfPrecisionError: float16 asked for and some |value| exceeds 65504 (it would
+            become infinite, breaking the stated error bound).
+    """
+    if dtype == "float32":
+        return h.float()
+    peak = float(h.abs().max()) if h.numel() else 0.0
+    if peak > FLOAT16_MAX:
+        raise HalfPrecisionError(
+            f"{what}: a frozen-prefix output reaches {peak:.4g}, beyond float16's largest "
+            f"value {FLOAT16_MAX:g}; float16 storage would turn it into infinity: use "
+            "feature_dtype float32 for this source")
+    return h.to(torch.float16)
 
 
 def _weights_id(model: TransferModel) -> str:
@@ -290,58 +510,35 @@ def _weights_id(model: TransferModel) -> str:
     return h.hexdigest()[:16]
 
 
-def _cached_loaders(model, train, test, indices, policy, batch_size, seed, dev, store, key):
-    depth = model.frozen_depth
-    pooled = depth >= len(model.stages())
-    key = {**key, "depth": depth, "pooled": pooled}
-
-    def compute(split: ImageArrays):
-        def run(idx: np.ndarray) -> torch.Tensor:
-            return prefix_outputs(model, split.images[torch.as_tensor(idx)], policy, depth,
-                                  pooled, dev)
-        return run
-
-    h_train = store.get_or_compute({**key, "split": "train"}, indices, compute(train))
-    h_test = store.get_or_compute({**key, "split": "test"}, np.arange(len(test)), compute(test))
-    trainer = _Suffix(model, depth, pooled)
-    train_loader = TensorLoader(h_train, train.labels[torch.as_tensor(indices)], batch_size,
-                                shuffle=True, seed=seed)
-    test_loader = TensorLoader(h_test, test.labels, max(256, batch_size))
-    return trainer, train_loader, test_loader
-
-
 @torch.no_grad()
 def prefix_outputs(model: TransferModel, images: torch.Tensor, policy: InputPolicy, depth: int,
-                   pooled: bool, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Outputs of the first ``depth`` stages (pooled if ``pooled``) for uint8 ``images``, on the CPU."""
-    was_training = model.training
-    model.eval()
+                   pooled: bool, device: torch.device | str | None = None,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Outputs of the first ``depth`` stages (pooled if ``pooled``) for uint8 ``images``.
+
+    The one feature extractor of the package (influence uses it with ``pooled=True`` and
+    every stage): the model runs in eval mode, restored after (even on an error), without
+    autograd, in batches, never augmented.
+
+    Args:
+        model: a :class:`~robust_transfer.models.arch.TransferModel`.
+        images: uint8 ``[N, C, H, W]``.
+        policy: maps images to model inputs (its ``prepare``).
+        depth: stages to run (``len(model.stages())`` for the penultimate features).
+        pooled: pool the output to ``[N, feature_dim]``.
+        device: where to run (default: the model's).
+        batch_size: images per forward pass.
+
+    Returns:
+        float32 ``[N, ...]`` on the CPU.
+    """
+    device = device if device is not None else next(model.parameters()).device
     out = []
-    for start in range(0, len(images), batch_size):
-        x = policy.prepare(images[start: start + batch_size]).to(device)
-        h = model.forward_prefix(x, depth)
-        out.append((model.pool(h) if pooled else h).float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            x = policy.prepare(images[start: start + batch_size]).to(device)
+            h = model.forward_prefix(x, depth)
+            out.append((model.pool(h) if pooled else h).float().cpu())
     if not out:
         return torch.empty(0)
     return torch.cat(out)
-
-
-def _cached_eval_loader(model, split: ImageArrays, split_indices: np.ndarray, policy, batch_size,
-                        dev, store, key) -> TensorLoader:
-    """Validation images through the cached prefix (they are never augmented).
-
-    ``split`` holds the images ``split_indices`` of the training split; their prefix
-    outputs share the training split's cache key.
-    """
-    depth = model.frozen_depth
-    pooled = depth >= len(model.stages())
-    position = {int(i): k for k, i in enumerate(split_indices)}
-
-    def run(idx: np.ndarray) -> torch.Tensor:
-        rows = torch.as_tensor([position[int(i)] for i in idx])
-        return prefix_outputs(model, split.images[rows], policy, depth, pooled, dev)
-
-    h = store.get_or_compute({**key, "depth": depth, "pooled": pooled, "split": "train"},
-                             split_indices, run)
-    return TensorLoader(h, split.labels, max(256, batch_size))

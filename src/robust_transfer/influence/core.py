@@ -199,13 +199,10 @@ def extract_features(model: torch.nn.Module, images: Tensor, policy: InputPolicy
     Returns:
         float64 ``[N, d]`` on the CPU.
     """
-    device = next(model.parameters()).device
-    chunks = []
-    with eval_mode(model), torch.no_grad():
-        for s in range(0, len(images), batch_size):
-            x = policy.prepare(images[s:s + batch_size]).to(device)
-            chunks.append(model.features(x).to(torch.float64).cpu())
-    return torch.cat(chunks)
+    from robust_transfer.engine.transfer import prefix_outputs  # the one feature extractor
+
+    depth = len(model.stages())
+    return prefix_outputs(model, images, policy, depth, True, batch_size=batch_size).to(torch.float64)
 
 
 def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageArrays,

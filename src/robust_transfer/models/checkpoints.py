@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 
 from robust_transfer.errors import CheckpointError, ConfigError, OutputExistsError
 from robust_transfer.io import atomic_write, atomic_write_text
@@ -36,10 +36,15 @@ from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD, TransferMod
 from robust_transfer.models.metadata import (
     FORMAT_NAME,
     FORMAT_VERSION,
+    HEADER_FIELDS,  # noqa: F401  (re-exported)
+    REPLACES_KEY,
     WEIGHTS_SUFFIX,
     checkpoint_paths,
+    header_metadata,
     is_ours,
+    read_header_metadata,  # noqa: F401  (re-exported)
     read_metadata,
+    schema_problems,
     sha256_file,
 )
 
@@ -70,15 +75,21 @@ def save_model(model: TransferModel, path: str | os.PathLike, metadata: Mapping[
 
     Raises:
         OutputExistsError: either file exists and ``overwrite`` is false.
-        ConfigError: ``metadata`` is not JSON-serialisable.
+        ConfigError: ``metadata`` is not JSON-serialisable, or breaks
+            :data:`~robust_transfer.models.metadata.SCHEMA` (e.g. a non-numeric ``eps``).
     """
     weights, meta_path = checkpoint_paths(path)
     refuse_existing(path, overwrite)
+    record = {**metadata, **_model_fields(model), "format": FORMAT_NAME,
+              "format_version": FORMAT_VERSION}
+    problems = schema_problems(record)
+    if problems:
+        raise ConfigError(f"checkpoint metadata: {problems[0]}")
+    _to_json(record)  # refuse what JSON cannot hold before writing anything
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"format": FORMAT_NAME})
-    record = {**metadata, **_model_fields(model), "format": FORMAT_NAME,
-              "format_version": FORMAT_VERSION, "sha256": hashlib.sha256(data).hexdigest()}
+    data = save(state, metadata=header_metadata(record))
+    record["sha256"] = hashlib.sha256(data).hexdigest()
     text = _to_json(record)
     # weights first, metadata last: a crash in between leaves a sha256 mismatch or a
     # missing .json, both refused on load, never a silently wrong model
@@ -97,6 +108,39 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputExistsError(f"{' and '.join(existing)} already exist(s); "
                                 "choose another path or pass overwrite=True (--overwrite)")
+
+
+def embed_header(path: str | os.PathLike) -> Path:
+    """Rewrite an older checkpoint's weights with its metadata in the header (tensors unchanged).
+
+    The sidecar's sha256 is updated to the new file and the old one kept as
+    ``replaces_sha256`` (a study pinned to it accepts the new file); the tensors are read
+    back and must be bit-identical to the old ones before anything is replaced.
+
+    Returns:
+        The path of the ``.safetensors`` file.
+
+    Raises:
+        CheckpointError: the checkpoint does not load, or the rewrite would change a tensor.
+    """
+    weights, meta_path = checkpoint_paths(path)
+    meta = read_metadata(weights)
+    _verify_sha256(weights, meta_path, meta["sha256"])
+    state = _read_safetensors(weights)
+    data = save(state, metadata=header_metadata(meta))
+    again = load(data)
+    if again.keys() != state.keys() or not all(
+            again[k].dtype == v.dtype and again[k].shape == v.shape
+            and again[k].reshape(-1).view(torch.uint8).equal(v.reshape(-1).view(torch.uint8))
+            for k, v in state.items()):
+        raise CheckpointError(f"rewriting {weights} would change its tensors; left as it was")
+    # same tensors, new file: studies pinned to the old sha256 may accept the new one
+    text = _to_json({**meta, "sha256": hashlib.sha256(data).hexdigest(),
+                     REPLACES_KEY: meta["sha256"]})
+    with atomic_write(weights, "wb") as f:  # weights first: a crash leaves a refused mismatch
+        f.write(data)
+    atomic_write_text(meta_path, text)
+    return weights
 
 
 def _model_fields(model: TransferModel) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Executors: where runs execute. Each yields outcomes; only the driver writes the store.
 
-* ``local``: in this process (``workers=1``) or a pool of ``workers`` processes.
+* ``local``: in this process (``workers=1``) or a pool of ``workers`` processes. A pool
+  worker that dies fails only the run it held; workers end with their driver, even when
+  it is SIGKILLed (:func:`die_with_parent`).
 * ``ray``: a Ray cluster, started for the study or joined by address; each run reserves
   ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions let several small runs share a GPU).
+  A run whose worker or node dies is rerun elsewhere (:data:`RAY_RETRIES` times).
 
 On a multi-node Ray cluster every node must have robust-transfer installed and see the
 checkpoints and datasets at the driver's paths (a shared filesystem, or the same copies),
@@ -14,9 +17,14 @@ An executor is an iterator factory: ``execute(tasks, ctx, on_start)`` yields a
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
+import os
+import signal
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +36,7 @@ from robust_transfer.study.store import RunOutcome
 from robust_transfer.study.worker import RunContext, RunTask, execute_run
 
 OnStart = Callable[[list[str]], None]
+RAY_RETRIES = 3  # reruns of a Ray task whose worker or node died (e.g. a node removed)
 
 
 @dataclass
@@ -76,29 +85,165 @@ def local_executor(tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
 
 def _pool(tasks: list[RunTask], ctx: RunContext, on_start: OnStart, workers: int,
           run_fn) -> Iterator[RunOutcome]:
-    # spawn, not fork: a forked copy of a process that already ran torch threads can hang
-    pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
-    queue, running = list(reversed(tasks)), {}
+    """``workers`` processes, one run each at a time; a worker that dies fails only its run.
+
+    Each worker has its own pipe, so the driver knows which run a dead worker held: that
+    run is recorded failed, the worker is replaced, and the runs in flight elsewhere go on.
+    Workers end with the driver (:func:`_worker_main`), even when it is SIGKILLed.
+    """
+    if not tasks:
+        return
+    pool = _Pool(min(workers, len(tasks)), ctx, run_fn)
+    queue = list(reversed(tasks))
     try:
-        while queue or running:
-            while queue and len(running) < workers:  # keep exactly `workers` in flight
+        while queue or pool.busy:
+            while queue and pool.has_idle():  # keep exactly `workers` in flight
                 task = queue.pop()
                 on_start([task.run_id])
-                running[pool.submit(run_fn, task, ctx)] = (task, time.time())
-            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                task, started = running.pop(future)
-                yield _result(future, task, ctx, started)
-            if any(isinstance(f.exception(), cf.process.BrokenProcessPool) for f in done):
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+                pool.submit(task)
+            yield from pool.wait()
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.close()
 
 
-def _result(future: cf.Future, task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
-    err = future.exception()
-    return future.result() if err is None else _crashed(task, ctx, err, started)
+class _Worker:
+    """One pool process and the driver's end of its pipe."""
+
+    def __init__(self, mpctx, ctx: RunContext, run_fn) -> None:
+        self.conn, child = mpctx.Pipe()
+        self.process = mpctx.Process(target=_worker_main, args=(child, os.getpid(), run_fn, ctx),
+                                     daemon=True, name="robust-transfer-worker")
+        self.process.start()
+        child.close()
+        self.task: RunTask | None = None
+        self.started = 0.0
+
+
+class _Pool:
+    """Worker processes, each running one task at a time, replaced when they die."""
+
+    def __init__(self, size: int, ctx: RunContext, run_fn) -> None:
+        # spawn, not fork: a forked copy of a process that already ran torch threads can hang
+        self.mpctx = mp.get_context("spawn")
+        self.ctx, self.run_fn = ctx, run_fn
+        self.workers = [_Worker(self.mpctx, ctx, run_fn) for _ in range(max(1, size))]
+
+    @property
+    def busy(self) -> list[_Worker]:
+        return [w for w in self.workers if w.task is not None]
+
+    def has_idle(self) -> bool:
+        return any(w.task is None for w in self.workers)
+
+    def submit(self, task: RunTask) -> None:
+        i = next(i for i, w in enumerate(self.workers) if w.task is None)
+        if not self.workers[i].process.is_alive():  # died while idle: replace it first
+            self.workers[i] = _Worker(self.mpctx, self.ctx, self.run_fn)
+        worker = self.workers[i]
+        worker.task, worker.started = task, time.time()
+        try:
+            worker.conn.send(task)
+        except OSError:  # it died just now; wait() reports the run as crashed
+            pass
+
+    def wait(self) -> Iterator[RunOutcome]:
+        """Block until some runs end; yield their outcomes (a dead worker's run failed)."""
+        busy = self.busy
+        waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+        ready = set(mp_connection.wait(waitables))
+        for worker in busy:
+            if worker.conn not in ready and worker.process.sentinel not in ready:
+                continue
+            task, outcome = worker.task, self._receive(worker)
+            worker.task = None
+            if outcome is None:
+                outcome = _died(task, self.ctx, worker.process, worker.started)
+                self._replace(worker)
+            yield outcome
+
+    @staticmethod
+    def _receive(worker: _Worker) -> RunOutcome | None:
+        try:
+            # the sentinel may fire after the outcome was sent: take the outcome if it is there
+            if worker.conn.poll():
+                return worker.conn.recv()
+        except (EOFError, OSError):
+            pass
+        return None
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.process.join(timeout=5)
+        worker.conn.close()
+        self.workers[self.workers.index(worker)] = _Worker(self.mpctx, self.ctx, self.run_fn)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.conn.send(None)  # finish: an idle worker exits at once
+            except OSError:
+                pass
+        for worker in self.workers:
+            if worker.task is not None:  # an abandoned run (the driver is stopping)
+                worker.process.kill()
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+            worker.conn.close()
+
+
+def _died(task: RunTask, ctx: RunContext, process, started: float) -> RunOutcome:
+    process.join(timeout=5)
+    code = process.exitcode
+    how = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+           else f"exit status {code}")
+    return RunOutcome(task.run_id, "failed", started, time.time(), socket.gethostname(),
+                      device=ctx.device, error=f"worker process died while running ({how}; "
+                      "e.g. killed for memory); --retry-failed reruns it")
+
+
+# --- worker side ---------------------------------------------------------------------
+def _worker_main(conn, parent_pid: int, run_fn, ctx: RunContext) -> None:
+    """A pool worker: runs tasks from ``conn`` until told to stop or the driver is gone."""
+    die_with_parent(parent_pid)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the driver closed the pipe or died
+            return
+        if task is None:
+            return
+        conn.send(run_fn(task, ctx))
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """End this process when ``parent_pid`` (the driver) dies, even by SIGKILL.
+
+    Two mechanisms, because either alone has a gap: on Linux the kernel sends SIGKILL on
+    the parent's death (``prctl(PR_SET_PDEATHSIG)``; it fires when the parent *thread*
+    that started us exits, and not at all if the parent died before the call), and a
+    daemon thread checks every ``poll_seconds`` that the parent is still ``getppid()``
+    (which covers the race and systems without prctl).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still works
+    if os.getppid() != parent_pid:  # the driver died before prctl took effect
+        os._exit(1)
+
+    def watchdog() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watchdog, name="parent-watchdog", daemon=True).start()
 
 
 # --- Ray -----------------------------------------------------------------------------
@@ -169,8 +314,10 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
 def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
               options: ExecutorOptions) -> Iterator[RunOutcome]:
     res = options.resources
+    # Ray reruns a task whose worker process or node died (never one that raised: runs
+    # return their failures); after RAY_RETRIES such deaths the run is recorded failed
     remote = ray.remote(options.run_fn).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                                             max_retries=0)
+                                             max_retries=RAY_RETRIES, retry_exceptions=False)
     ctx_ref = ray.put(ctx)  # shipped once, not with every task
     limit = options.workers or _ray_capacity(ray, res)
     queue, running = list(reversed(tasks)), {}
@@ -184,7 +331,7 @@ def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
             task, started = running.pop(ref)
             try:
                 yield ray.get(ref)
-            except Exception as err:  # a worker that died (OOM, node loss) fails its run only
+            except Exception as err:  # died RAY_RETRIES + 1 times (OOM, node loss): fails its run only
                 yield _crashed(task, ctx, err, started)
 
 

@@ -1,61 +1,78 @@
-"""The driver lock: one process at a time runs (and so writes) a study directory."""
+"""The driver lock: one process at a time runs (and so writes) a study directory.
+
+The lock is :class:`filelock.FileLock` on ``<study>/driver.lock`` (an OS lock, released by
+the kernel when the process dies, SIGKILL included); the holder's pid sits beside it in
+``driver.pid`` so a refused second driver can say who holds the study.
+"""
 
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from robust_transfer.errors import RobustTransferError
 
 LOCK_NAME = "driver.lock"
+PID_NAME = "driver.pid"
 
 
 class DriverLock:
-    """An exclusive ``flock`` on ``<study>/driver.lock``, released when the process dies.
+    """An exclusive lock on ``<study>/driver.lock``, released when the process dies.
 
     Raises:
         RobustTransferError: another process is running this study.
     """
 
     def __init__(self, study_dir: str | Path) -> None:
-        self.path = Path(study_dir) / LOCK_NAME
-        self.fh = None
+        self.dir = Path(study_dir)
+        self.path = self.dir / LOCK_NAME
+        self.lock: FileLock | None = None
 
     def __enter__(self) -> DriverLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path), timeout=0)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            fh.close()
-            raise RobustTransferError(f"{self.path.parent} is being run by another process "
-                                      f"(pid {pid}); wait for it or stop it first") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        self.fh = fh
+            lock.acquire()
+        except Timeout:
+            raise RobustTransferError(f"{self.dir} is being run by another process "
+                                      f"(pid {_holder(self.dir)}); wait for it or stop it "
+                                      "first") from None
+        self.lock = lock
+        tmp = self.dir / f".{PID_NAME}.tmp"
+        tmp.write_text(str(os.getpid()), encoding="utf-8")
+        os.replace(tmp, self.dir / PID_NAME)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.fh is not None:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _holder(study_dir: Path) -> str:
+    try:
+        return (study_dir / PID_NAME).read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        return "?"
 
 
 def driver_alive(study_dir: str | Path) -> bool:
-    """Whether some process holds the driver lock of ``study_dir`` now."""
+    """Whether some process holds the driver lock of ``study_dir`` now.
+
+    A probe that takes and drops the lock at once; on a folder this process cannot write
+    (a read-only disk) no driver can be writing either, so the answer is ``False``.
+    """
     path = Path(study_dir) / LOCK_NAME
-    if not path.exists():
+    if not path.exists() or not os.access(path, os.W_OK):
         return False
-    with open(path) as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    probe = FileLock(str(path), timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    except OSError:  # e.g. a read-only file system
         return False
+    probe.release()
+    return False

@@ -21,7 +21,7 @@ from robust_transfer.study.lock import DriverLock
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import RunOutcome, StudyStore, run_row
-from robust_transfer.study.worker import RunContext, RunTask
+from robust_transfer.study.worker import RunContext, RunTask, check_cache_budget
 
 FEATURE_CACHE_DIR = "feature_cache"
 SPEC_COPY = "spec.yaml"
@@ -117,6 +117,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
         options.run_fn = run_fn
     runner = get_executor(executor, options)  # fails before the directory is touched
     out = Path(out_dir)
+    if spec.feature_cache:  # a cache that cannot fit is refused before any run starts
+        check_cache_budget(resolved, out / FEATURE_CACHE_DIR, spec.feature_cache_budget)
     with DriverLock(out), StudyStore(out, create=True) as store:
         runs, todo, skipped = _prepare(store, resolved, extend, retry_failed)
         ctx = _context(resolved, out)
@@ -208,7 +210,7 @@ def _context(resolved: ResolvedStudy, out: Path) -> RunContext:
     spec = resolved.spec
     cache = str(out / FEATURE_CACHE_DIR) if spec.feature_cache else None
     return RunContext(dict(resolved.records), str(resolved.data_root), spec.device,
-                      spec.resources.threads, cache)
+                      spec.resources.threads, cache, spec.feature_cache_budget)
 
 
 def _execute(store: StudyStore, runner, todo: list[RunTask], ctx: RunContext,

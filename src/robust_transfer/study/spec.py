@@ -16,14 +16,17 @@ is a complete one)::
     recipe: {lr: [0.1, 0.01], batch_size: 64}           # any recipe field may be a list
     resources: {num_cpus: 1, num_gpus: 0.25}            # per run (Ray; threads per run)
     feature_cache: true                                 # share frozen-prefix outputs
+    feature_cache_budget: 50 GB                         # optional; refused up front if too small
     grid:                                               # optional sub-grids; each overrides
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
 
 Recipe fields and defaults are those of :class:`robust_transfer.engine.transfer.Recipe`. With
 augmentation on (``augment: true``, or ``auto`` on colour targets) the frozen prefix sees
-a different input every epoch, so the feature cache is not used for those runs: they
-recompute the prefix every step, as without a cache, and their accuracy is unaffected.
+a different training input every epoch, so those runs cache only their test images'
+prefix outputs (see :func:`robust_transfer.engine.transfer.cache_plan`); their accuracy
+is unaffected. ``recipe: {feature_dtype: float16}`` halves the cache (a different result,
+so a different run id).
 
 A run's id is the sha256 of its fully resolved config (every default filled in, canonical
 JSON with sorted keys), so reordering the YAML keeps the ids and changing any value that
@@ -50,7 +53,7 @@ from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
 TOP_KEYS = ("name", "description", "sources", *AXES, "recipe", "grid", "resources", "device",
-            "feature_cache", "data_root")
+            "feature_cache", "feature_cache_budget", "data_root")
 GRID_KEYS = (*AXES, "recipe")
 SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
@@ -180,6 +183,7 @@ class StudySpec:
     description: str = ""
     text: str = ""
     path: Path | None = None
+    feature_cache_budget: int | None = None  # bytes
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study, once each, in a deterministic order."""
@@ -250,7 +254,8 @@ class _Parser:
         return StudySpec(name, self.sources(data["sources"], base), grids,
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
-                         data.get("data_root"), str(data.get("description") or ""), text, path)
+                         data.get("data_root"), str(data.get("description") or ""), text, path,
+                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)))
 
     # --- sources ---------------------------------------------------------------------
     def sources(self, items: Any, base: Path) -> tuple[SourceSpec, ...]:
@@ -285,8 +290,8 @@ class _Parser:
             eps = float(Fraction(str(value))) if "/" in str(value) else float(value)
         except (ValueError, ZeroDivisionError):
             raise self.fail(path, f"eps must be a number or a fraction like 4/255, got {value!r}") from None
-        if eps < 0:
-            raise self.fail(path, f"eps must be >= 0, got {value}")
+        if not 0 <= eps < float("inf"):  # also refuses .nan and .inf
+            raise self.fail(path, f"eps must be a finite number >= 0, got {value}")
         return eps
 
     # --- axes ------------------------------------------------------------------------
@@ -368,9 +373,18 @@ class _Parser:
             res = Resources(**{k: float(v) for k, v in data.items()})
         except (TypeError, ValueError):
             raise self.fail(("resources",), "resources must be numbers") from None
-        if res.num_cpus <= 0 or res.num_gpus < 0:
-            raise self.fail(("resources",), "num_cpus must be > 0 and num_gpus >= 0")
+        if not (0 < res.num_cpus < float("inf") and 0 <= res.num_gpus < float("inf")):
+            raise self.fail(("resources",), "num_cpus must be a finite number > 0 and num_gpus "
+                            f"a finite number >= 0, got {res.num_cpus} and {res.num_gpus}")
         return res
+
+    def byte_size(self, value: Any, path: tuple) -> int | None:
+        from robust_transfer.engine.features import parse_bytes
+
+        try:
+            return None if value is None else parse_bytes(value)
+        except ConfigError as err:
+            raise self.fail(path, f"{path[-1]}: {err}") from None
 
     def boolean(self, value: Any, path: tuple) -> bool:
         if not isinstance(value, bool):
@@ -405,8 +419,8 @@ def _positive(value: Any) -> int:
 
 
 def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"must be an integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ValueError(f"must be an integer in 0..{2**32 - 1}, got {value!r}")
     return value
 
 

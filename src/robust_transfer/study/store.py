@@ -33,12 +33,21 @@ Schema (version 1)::
            seconds REAL)
 
 ``running`` rows left by a driver that died are treated as not started.
+
+Readers never write. The driver leaves the database in rollback-journal mode when it
+closes (WAL only while it runs), so a reader opening it ``mode=ro`` creates no ``-wal`` or
+``-shm`` files; on a folder that cannot be written, a database with no pending WAL is
+opened ``immutable=1`` (SQLite then needs no ``-shm``). Every open checks the file
+(``PRAGMA quick_check``): a damaged store is one :class:`StoreDamagedError` line, and
+:func:`repair_store` salvages its finished runs into a new store.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -51,6 +60,7 @@ from robust_transfer.errors import ConfigError, RobustTransferError
 
 SCHEMA_VERSION = 2  # 2: validation and robust accuracy columns (added to version-1 stores on open)
 DB_NAME = "study.db"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 RECIPE_COLUMNS = ("lr", "momentum", "weight_decay", "schedule", "batch_size", "augment",
                   "resolution", "head_init", "eval_every")
 RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
@@ -140,41 +150,78 @@ class StudyStatus:
         return {**self.__dict__, "missing": self.missing}
 
 
+class StoreDamagedError(ConfigError):
+    """``study.db`` is not a readable SQLite database of this schema (truncated, garbage)."""
+
+
+def damaged(path: Path, what: str) -> StoreDamagedError:
+    """The one-line error for a damaged store: which file, what is wrong, how to recover."""
+    study = path.parent
+    return StoreDamagedError(
+        f"{path} is damaged ({what}): salvage its finished runs with 'robust-transfer study "
+        f"repair {study} --out NEW_DIR', or rerun the spec ({study / 'spec.yaml'}) into a new --out")
+
+
 class StudyStore:
     """The SQLite results store of one study directory.
 
     Args:
         study_dir: the directory; ``study.db`` inside it.
         create: create the directory and database if absent.
-        readonly: open for reading only (``status``, ``export``, the analysis).
+        readonly: open for reading only (``status``, ``export``, the analysis); creates no
+            file, and works on a read-only folder.
 
     Raises:
         ConfigError: no study at ``study_dir`` (and ``create`` is false), or a database of
             a newer schema.
+        StoreDamagedError: ``study.db`` is truncated, overwritten or otherwise unreadable.
     """
 
     def __init__(self, study_dir: str | Path, create: bool = False, readonly: bool = False) -> None:
         self.dir = Path(study_dir)
         self.path = self.dir / DB_NAME
+        self.readonly = readonly
+        self.uri = ""
         if not self.path.is_file():
-            if not create:
+            if not create or readonly:
                 raise ConfigError(f"{self.dir} holds no study (no {DB_NAME}); run "
                                   "'robust-transfer study run SPEC --out DIR' first")
             self.dir.mkdir(parents=True, exist_ok=True)
-        self.conn = self._connect(readonly)
-        if not readonly:
-            self._init_schema()
-        self._check_version()
+        else:
+            _check_header(self.path)
+        try:
+            self.conn = self._connect(readonly)
+            try:
+                self._check_integrity()
+                if not readonly:
+                    self._init_schema()
+                self._check_version()
+            except BaseException:
+                self.conn.close()
+                raise
+        except sqlite3.DatabaseError as err:
+            raise _as_error(self.path, err) from None
 
     def _connect(self, readonly: bool) -> sqlite3.Connection:
-        uri = f"file:{self.path}{'?mode=ro' if readonly else ''}"
-        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+        self.uri = reader_uri(self.path) if readonly else f"file:{_quote(self.path)}"
+        conn = sqlite3.connect(self.uri, uri=True, timeout=30.0, isolation_level=None)
         if not readonly:
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL: a killed process loses nothing committed; a power cut may lose
             # the last commits (those runs rerun), never corrupts the database
             conn.execute("PRAGMA synchronous=NORMAL")
         return conn
+
+    def _check_integrity(self) -> None:
+        problems = [r[0] for r in self.conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if problems != ["ok"]:
+            raise damaged(self.path, "; ".join(" ".join(p.split()) for p in problems)[:200])
+        if self.readonly or self.path.stat().st_size:
+            tables = {r[0] for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
+            lacking = sorted({"meta", "specs", "sources", "runs", "epochs"} - tables)
+            if lacking and (self.readonly or tables):
+                raise damaged(self.path, f"no table {', '.join(lacking)}: not a study store")
 
     def _init_schema(self) -> None:
         with self.transaction() as c:
@@ -191,7 +238,11 @@ class StudyStore:
 
     def _check_version(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row and int(row[0]) > SCHEMA_VERSION:
+        try:
+            version = int(row[0]) if row else SCHEMA_VERSION
+        except (TypeError, ValueError):
+            raise damaged(self.path, f"schema version {row[0]!r} is not a number") from None
+        if version > SCHEMA_VERSION:
             raise ConfigError(f"{self.path} has schema version {row[0]}; this robust-transfer "
                               f"reads up to {SCHEMA_VERSION}: upgrade it")
 
@@ -207,6 +258,11 @@ class StudyStore:
         self.conn.execute("COMMIT")
 
     def close(self) -> None:
+        if not self.readonly:
+            try:  # back to a rollback journal: readers then leave no -wal/-shm files behind
+                self.conn.execute("PRAGMA journal_mode=DELETE")
+            except sqlite3.OperationalError:
+                pass  # a reader has it open; WAL stays until the next driver closes it
         self.conn.close()
 
     def __enter__(self) -> StudyStore:
@@ -236,18 +292,27 @@ class StudyStore:
     def pin_sources(self, infos: Iterable[dict[str, Any]]) -> None:
         """Record each source's checkpoint; refuse one whose label now means other weights.
 
+        A checkpoint rewritten with the same tensors (its sidecar's ``replaces_sha256``
+        names the pinned sha256, see ``embed_header``) is accepted and pinned anew.
+
         Raises:
             RobustTransferError: a label's checkpoint changed since the study started.
         """
         known = self.sources()
+        infos = list(infos)
+        rewritten = []
         for info in infos:
             old = known.get(info["label"])
             if old and info["sha256"] and old["sha256"] and old["sha256"] != info["sha256"]:
+                if _replaces(info.get("path"), old["sha256"]):  # same tensors, header rewritten
+                    rewritten.append((info["sha256"], info["label"]))
+                    continue
                 raise RobustTransferError(
                     f"source '{info['label']}' had checkpoint sha256 {old['sha256'][:12]}... when "
                     f"{self.dir} was started and now has {info['sha256'][:12]}...: restore that "
                     "checkpoint, or give the new one another label (with --extend)")
         with self.transaction() as c:
+            c.executemany("UPDATE sources SET sha256=? WHERE label=?", rewritten)
             for info in infos:
                 if info["sha256"]:
                     c.execute("INSERT OR IGNORE INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -328,6 +393,89 @@ class StudyStore:
         return self.conn.execute("SELECT config, seconds FROM runs WHERE status='finished'").fetchall()
 
 
+def _replaces(weights: str | None, old_sha256: str) -> bool:
+    """Whether checkpoint ``weights`` says it holds the tensors of ``old_sha256`` (its
+    header was rewritten by :func:`~robust_transfer.models.checkpoints.embed_header`)."""
+    if not weights:
+        return False
+    try:
+        meta = json.loads(Path(weights).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("replaces_sha256") == old_sha256
+
+
+def _quote(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(str(path.resolve()))
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite at all before SQLite reads it (its errors are vague)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+    if head and not head.startswith(_SQLITE_MAGIC):
+        raise damaged(path, "not an SQLite database: the file was overwritten or is garbage")
+    if 0 < len(head) < 100:
+        raise damaged(path, f"truncated to {len(head)} bytes")
+
+
+def _wal_header(path: Path) -> bool:
+    """Whether the database file says it is in WAL mode (header bytes 18-19 are 2)."""
+    with open(path, "rb") as f:
+        head = f.read(20)
+    return head[18:20] == b"\x02\x02"
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
+
+
+def reader_uri(path: Path) -> str:
+    """The SQLite URI a reader opens ``path`` with: ``mode=ro``, plus ``immutable=1`` when
+    the folder cannot be written and no write-ahead log is pending (a WAL database can then
+    be read without creating its ``-shm`` file)."""
+    base = f"file:{_quote(path)}?mode=ro"
+    wal = Path(f"{path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    if not _wal_header(path):
+        return base  # rollback journal: read-only readers create nothing
+    if pending:
+        if not _writable(path.parent) and not Path(f"{path}-shm").exists():
+            raise ConfigError(f"{path} has a write-ahead log ({wal.name}) but no {path.name}-shm "
+                              f"and its folder is read-only: copy {path.parent} to a writable "
+                              "place and read it there")
+        return base  # a live (or killed) driver's WAL: read through it
+    if not _writable(path.parent):
+        return base + "&immutable=1"
+    from robust_transfer.study.lock import driver_alive
+
+    # an idle WAL database (left by an older version): immutable unless a driver writes now
+    return base if driver_alive(path.parent) else base + "&immutable=1"
+
+
+def _as_error(path: Path, err: sqlite3.DatabaseError) -> ConfigError:
+    text = " ".join(str(err).split())
+    if isinstance(err, sqlite3.OperationalError) and "unable to open" in text:
+        return ConfigError(f"cannot open {path}: {text}")
+    if isinstance(err, sqlite3.OperationalError) and "locked" in text:
+        return ConfigError(f"{path} is locked by another process ({text}); retry in a moment")
+    return damaged(path, text)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """SQLite errors while reading become one line naming the file."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:
+        raise _as_error(path, err) from None
+
+
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
@@ -374,7 +522,7 @@ def load_results(study_dir: str | Path) -> tuple[Any, Any]:
     """
     import pandas as pd
 
-    with StudyStore(study_dir, readonly=True) as store:
+    with StudyStore(study_dir, readonly=True) as store, _reading(store.path):
         runs = pd.read_sql_query(_RUNS_QUERY.format(v2=_v2_select(store.conn)), store.conn)
         epochs = pd.read_sql_query(
             "SELECT e.* FROM epochs e JOIN runs r USING (run_id) WHERE r.status='finished' "
@@ -418,13 +566,13 @@ def study_status(study_dir: str | Path) -> StudyStatus:
     """Counts of a study's runs: total, finished, failed, pending, running."""
     from robust_transfer.study.lock import driver_alive
 
-    with StudyStore(study_dir, readonly=True) as store:
+    with StudyStore(study_dir, readonly=True) as store, _reading(store.path):
         return store.status(live=driver_alive(study_dir))
 
 
 def spec_text(study_dir: str | Path) -> str:
     """The spec(s) stored with a study, as YAML text (several separated by ``---``)."""
-    with StudyStore(study_dir, readonly=True) as store:
+    with StudyStore(study_dir, readonly=True) as store, _reading(store.path):
         texts = [s["text"] for s in store.specs()]
     return "\n---\n".join(texts)
 
@@ -447,9 +595,15 @@ def export_results(study_dir: str | Path, fmt: str = "csv", out_dir: str | Path 
         raise ConfigError(f"unknown export format '{fmt}'; valid: csv, parquet")
     if fmt == "parquet":
         _require_pyarrow()
-    runs, epochs = load_results(study_dir)
     folder = Path(out_dir) if out_dir else Path(study_dir) / "export"
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"export folder {folder} is an existing file; choose another --out")
+    runs, epochs = load_results(study_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create export folder {folder} ({err.strerror or err}); "
+                          "pass --out a writable folder") from None
     paths = [folder / f"runs.{fmt}", folder / f"epochs.{fmt}"]
     for frame, path in zip((runs, epochs), paths, strict=True):
         tmp = path.with_name(f".{path.name}.tmp")
@@ -463,3 +617,119 @@ def _require_pyarrow() -> None:
         import pyarrow  # noqa: F401
     except ImportError:
         raise ConfigError("parquet export needs pyarrow: pip install pyarrow (or use --format csv)") from None
+
+
+# --- salvaging a damaged store -------------------------------------------------------
+@dataclass(frozen=True)
+class RepairReport:
+    """What :func:`repair_store` saved.
+
+    Attributes:
+        out_dir: the new study directory.
+        finished: finished runs copied whole (config, results and every epoch).
+        dropped: finished runs found but not copied (their epochs were unreadable).
+        specs, sources: spec and source rows copied.
+        unreadable_rows: rows of ``runs`` that could not be read at all.
+    """
+
+    out_dir: Path
+    finished: int
+    dropped: int
+    specs: int
+    sources: int
+    unreadable_rows: int
+
+
+def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
+    """Copy every finished run that can still be read from a (damaged) store into a new one.
+
+    Reads row by row, narrowing down around unreadable pages, so one bad page loses only
+    the rows on it. A run is copied only with all its epochs; runs not copied simply run
+    again when the spec is rerun into ``out_dir``. The source directory is never written.
+
+    Args:
+        study_dir: the damaged study directory.
+        out_dir: a new directory (must not exist, or be empty).
+
+    Returns:
+        A :class:`RepairReport`.
+
+    Raises:
+        ConfigError: no ``study.db`` in ``study_dir``, ``out_dir`` is not empty, or nothing
+            at all can be read (not an SQLite database).
+    """
+    src = Path(study_dir) / DB_NAME
+    out = Path(out_dir)
+    if not src.is_file():
+        raise ConfigError(f"{study_dir} holds no {DB_NAME} to repair")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out {out} exists and is not an empty folder; choose a new one")
+    with open(src, "rb") as f:
+        if not f.read(16).startswith(_SQLITE_MAGIC):
+            raise ConfigError(f"nothing in {src} can be salvaged (not an SQLite database); rerun "
+                              f"the spec ({Path(study_dir) / 'spec.yaml'}) into a new --out")
+    conn = sqlite3.connect(f"file:{_quote(src)}?mode=ro&immutable=1", uri=True)
+    try:
+        specs, _ = _salvage(conn, "specs", "spec_id")
+        sources, _ = _salvage(conn, "sources", "rowid")
+        runs, bad = _salvage(conn, "runs", "rowid", "status='finished'")
+        epochs = {r["run_id"]: _epochs_of(conn, r["run_id"]) for r in runs}
+    finally:
+        conn.close()
+    # one epochs row per epoch (NULL test metrics where not evaluated): all of them or none
+    complete = [r for r in runs if epochs[r["run_id"]] is not None
+                and len(epochs[r["run_id"]]) == r["epochs"]]
+    _write_salvage(out, specs, sources, complete, epochs)
+    spec_copy = Path(study_dir) / "spec.yaml"
+    if spec_copy.is_file():
+        shutil.copyfile(spec_copy, out / "spec.yaml")
+    return RepairReport(out, len(complete), len(runs) - len(complete), len(specs), len(sources), bad)
+
+
+def _salvage(conn: sqlite3.Connection, table: str, key: str,
+             where: str = "1") -> tuple[list[dict[str, Any]], int]:
+    """The readable rows of ``table`` and how many rows could not be read."""
+    try:
+        names = [r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()]
+        low, high = conn.execute(f"SELECT MIN({key}), MAX({key}) FROM {table}").fetchone()
+    except sqlite3.DatabaseError:
+        return [], 0
+    if not names or low is None:
+        return [], 0
+    rows: list[dict[str, Any]] = []
+    bad = _read_range(conn, table, key, where, names, int(low), int(high), rows)
+    return rows, bad
+
+
+def _read_range(conn, table, key, where, names, low, high, rows) -> int:
+    """Append the rows with ``low <= key <= high``; bisect around errors. Returns rows lost."""
+    try:
+        found = conn.execute(f"SELECT {', '.join(names)} FROM {table} "
+                             f"WHERE {key} BETWEEN ? AND ? AND {where}", (low, high)).fetchall()
+    except sqlite3.DatabaseError:
+        if low == high:
+            return 1
+        mid = (low + high) // 2
+        return (_read_range(conn, table, key, where, names, low, mid, rows)
+                + _read_range(conn, table, key, where, names, mid + 1, high, rows))
+    rows.extend(dict(zip(names, r, strict=True)) for r in found)
+    return 0
+
+
+def _epochs_of(conn: sqlite3.Connection, run_id: str) -> list[dict[str, Any]] | None:
+    try:
+        cur = conn.execute("SELECT * FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    except sqlite3.DatabaseError:
+        return None
+
+
+def _write_salvage(out: Path, specs, sources, runs, epochs) -> None:
+    # by column name: a store of an older schema version has fewer columns, all of them known
+    rows = [("specs", r) for r in specs] + [("sources", r) for r in sources] + \
+        [("runs", r) for r in runs] + [("epochs", e) for r in runs for e in epochs[r["run_id"]]]
+    with StudyStore(out, create=True) as store, store.transaction() as c:
+        for table, row in rows:
+            c.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(row)}) VALUES "
+                      f"({', '.join('?' * len(row))})", tuple(row.values()))
