@@ -27,7 +27,8 @@ from PIL import Image
 from torchvision.models import resnet18, resnet50
 
 from robust_transfer.cli import main
-from robust_transfer.study import plan_study
+from robust_transfer.errors import ConfigError
+from robust_transfer.study import plan_study, run_study
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSES = 10
@@ -247,7 +248,10 @@ def test_cuda_device_without_a_gpu_is_refused_up_front(tmp_path, capsys):
     spec = tmp_path / "s.yaml"
     spec.write_text("sources: [fmnist-natural]\ntargets: [digits]\ndevice: cuda\n")
     err = _one_line_refusal(capsys, "study", "run", spec, "--out", tmp_path / "out")
-    assert "device 'cuda'" in err and "no CUDA GPU" in err
+    assert "device 'cuda'" in err and "available" in err or "no CUDA GPU" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="no CUDA GPU"):  # the Python API refuses too
+        run_study(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     err = _one_line_refusal(capsys, "study", "run", REPO / "studies" / "embedded.yaml",
                             "--out", tmp_path / "out", "--device", "cuda:0")
