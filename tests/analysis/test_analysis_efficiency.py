@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import SyntheticSource, SyntheticStudy, make_study
 
 from robust_transfer.analysis import CIOptions, epoch_factors, image_factors, prepare_runs
 from robust_transfer.analysis.efficiency import crossing_points
 from robust_transfer.analysis.report import compute
 from robust_transfer.analysis.stats import epoch_curves
-from robust_transfer.analysis.synthetic import SyntheticSource, SyntheticStudy, make_study
 
 NS = (100, 200, 400, 800, 1600)
 
@@ -130,4 +130,18 @@ def test_target_without_baseline_runs_is_said_in_words():
     runs, _ = _study(image=3.0, targets=("digits", "fashion-mnist"))
     runs = runs[~((runs["target"] == "fashion-mnist") & (runs["source"] == "natural"))]
     lines = _headlines(runs)
-    assert any("on fashion-mnist: no paired natural runs" in line for line in lines)
+    assert any("on fashion-mnist: no runs of the natural source on this target to compare with"
+               in line for line in lines)
+    robust_missing = runs[~((runs["target"] == "digits") & (runs["source"] == "l2-eps3"))]
+    assert any("L2 eps 3 on digits: no runs of this source on this target" in line
+               for line in _headlines(robust_missing))
+
+
+def test_censored_at_the_smallest_n_only_says_no_factor_instead_of_at_least_1x():
+    runs, _ = _study(image=3.0)
+    # the natural source only at n = 100, which the robust one already beats at n = 100:
+    # the bound n / n_min is 1, which says nothing
+    runs = runs[(runs["n"] <= 200) & ~((runs["source"] == "natural") & (runs["n"] == 200))]
+    lines = _headlines(runs)
+    assert not any("at least 1.0x" in line or "nanx" in line for line in lines)
+    assert "so no factor can be measured" in lines[0]

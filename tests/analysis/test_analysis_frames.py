@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import make_study
 
 from robust_transfer.analysis import (
     image_factors,
@@ -16,7 +17,6 @@ from robust_transfer.analysis import (
 from robust_transfer.analysis.frames import display_name, source_table
 from robust_transfer.analysis.report import compute
 from robust_transfer.analysis.stats import CIOptions
-from robust_transfer.analysis.synthetic import make_study
 from robust_transfer.errors import ConfigError, RobustTransferError, UnknownNameError
 
 
@@ -28,7 +28,7 @@ def study() -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_prepare_runs_keeps_finished_runs_and_counts_the_rest(study):
     runs = study[0].copy()
     runs.loc[:9, "status"] = "running"
-    runs.loc[10, "test_acc"] = np.nan
+    runs.loc[10, ["status", "test_acc"]] = ["failed", np.nan]
     prepared, coverage = prepare_runs(runs, total=200)
     assert len(prepared) == len(runs) - 11
     assert (coverage.finished, coverage.excluded, coverage.missing) == (109, 11, 91)
@@ -36,6 +36,38 @@ def test_prepare_runs_keeps_finished_runs_and_counts_the_rest(study):
                                    "11 unfinished rows ignored")
     assert prepared["unfrozen_blocks"].map(type).eq(str).all()
     assert prepared["n"].dtype == np.int64
+
+
+def test_nan_accuracy_of_a_finished_run_is_refused_not_dropped(study):
+    runs = study[0].copy()
+    runs.loc[3, "test_acc"] = np.nan
+    with pytest.raises(ConfigError, match="1 finished run.* no test_acc"):
+        prepare_runs(runs)
+    with pytest.raises(ConfigError, match="1 finished run.* no test_acc"):
+        prepare_runs(runs.drop(columns="status"))  # without a status every row is a run
+
+
+def test_text_in_number_columns_and_duplicate_columns_are_refused(study):
+    runs = study[0].copy()
+    with pytest.raises(ConfigError, match="column 'test_acc' must hold numbers, found '85%'"):
+        prepare_runs(runs.assign(test_acc=runs["test_acc"].astype(object).where(
+            runs.index != 5, "85%")))
+    with pytest.raises(ConfigError, match="column 'source_eps' must hold numbers"):
+        prepare_runs(runs.assign(source_eps="three"))
+    doubled = pd.concat([runs, runs[["test_acc"]]], axis=1)
+    with pytest.raises(ConfigError, match="duplicate column.*test_acc"):
+        prepare_runs(doubled)
+
+
+def test_minus_one_codes_mean_all(study):
+    runs = study[0].copy()
+    runs["unfrozen_blocks"] = runs["unfrozen_blocks"].replace({"3": "-1"})
+    runs["n_label"] = runs["n_label"].replace({"1600": "-1"})
+    prepared = prepare_runs(runs)[0]
+    assert set(prepared["unfrozen_blocks"]) == {"0", "all"}
+    assert "all" in set(prepared["n_label"]) and "-1" not in set(prepared["n_label"])
+    with pytest.raises(ConfigError, match="unfrozen_blocks must be a number of blocks"):
+        prepare_runs(runs.assign(unfrozen_blocks="-2"))
 
 
 def test_missing_run_columns_are_named(study):

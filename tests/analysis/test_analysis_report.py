@@ -5,18 +5,17 @@ from __future__ import annotations
 import base64
 import io
 import re
-import sys
-import types
 import xml.etree.ElementTree as ET
 
 import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_study import SyntheticStudy, make_study
 
-from robust_transfer.analysis import AnalysisResult, Reference, analyze
-from robust_transfer.analysis.plots import PALETTE, figures_vs_epochs, figures_vs_n, source_colors
-from robust_transfer.analysis.synthetic import SyntheticStudy, make_study
+from robust_transfer.analysis import AnalysisResult, Reference, analyze, analyze_study
+from robust_transfer.analysis.palette import PALETTE
+from robust_transfer.analysis.plots import colors_of, figures_vs_epochs, figures_vs_n
 from robust_transfer.cli import main
 
 SPEC = "name: tiny <study>\nsources: [natural, l2-eps3]\n"
@@ -41,18 +40,26 @@ def test_result_frames_and_tables(result):
     assert set(result.summary["n_seeds"]) == {3}
     assert list(result.sources["source"])[0] == "natural"
     acc = result.tables["accuracy"][("0", "8")]
-    assert list(acc.columns) == ["natural", "L2 eps 0.5", "L2 eps 3", "Linf eps 4/255"]
-    assert list(acc.loc["digits"].index) == ["100", "200", "400", "all"]
-    assert re.fullmatch(r"\d+\.\d ± \d+\.\d", acc.loc[("digits", "100"), "natural"])
-    assert set(result.tables) == {"accuracy", "delta", "image_factors", "epoch_factors"}
+    assert list(acc.columns) == ["target", "n", "natural", "L2 eps 0.5", "L2 eps 3",
+                                 "Linf eps 4/255"]
+    digits = acc[acc["target"] == "digits"]
+    assert list(digits["n"]) == ["100", "200", "400", "all"]
+    assert re.fullmatch(r"\d+\.\d ± \d+\.\d \(3\)", digits["natural"].iloc[0])
+    assert set(result.tables) == {"accuracy", "delta", "blocks", "image_factors",
+                                  "epoch_factors"}
     assert set(result.tables["delta"]) == {("0", "8"), ("3", "8")}
+    # the block comparison: head only (the fewest) minus the last 3 blocks, paired by seed
+    assert result.block_baseline == "0" and set(result.tables["blocks"]) == {("3", "8")}
+    assert np.allclose(result.block_summary["mean"], -0.02, atol=0.015)  # synthetic bonus 0.02
 
 
 def test_headlines_come_first_and_say_what_is_missing(result):
     assert result.headlines[0].startswith("Partial study: 192 of 208 runs finished (16 missing)")
     assert sum("fewer images" in line for line in result.headlines) == 6  # 3 sources x 2 targets
     html = result.html_path.read_text()
-    assert html.index("Headline findings") < html.index("<h2>Figures") < html.index("Accuracy</h2>")
+    assert html.index("<b>few images:</b>") < html.index("<b>few epochs:</b>") < \
+        html.index("alt='verdict_digits'") < html.index("Headline findings") < \
+        html.index("<h2>Figures") < html.index("Accuracy</h2>")
 
 
 def test_html_is_self_contained_and_every_image_decodes(result):
@@ -60,7 +67,7 @@ def test_html_is_self_contained_and_every_image_decodes(result):
     assert not re.search(r"(src|href)=['\"](https?:|//|file:)", html)
     assert "<script" not in html and "<link" not in html
     images = re.findall(r"<img src='data:image/png;base64,([^']+)'", html)
-    assert len(images) == len(re.findall(r"<img\b", html)) == 4
+    assert len(images) == len(re.findall(r"<img\b", html)) == 2 + 4 + 1  # verdicts, 1a-2b, eps
     for data in images:
         pixels = mpimg.imread(io.BytesIO(base64.b64decode(data)), format="png")
         assert pixels.shape[0] > 200 and pixels.std() > 0.05
@@ -69,11 +76,16 @@ def test_html_is_self_contained_and_every_image_decodes(result):
 
 
 def test_figures_are_written_as_png_and_svg(result):
-    assert set(result.figures) == {"fig1a_accuracy_vs_n", "fig1b_delta_vs_n",
-                                   "fig2a_accuracy_vs_epochs", "fig2b_delta_vs_epochs"}
-    for paths in result.figures.values():
+    assert set(result.figures) == {"verdict_digits", "verdict_fashion-mnist",
+                                   "fig1a_accuracy_vs_n", "fig1b_delta_vs_n",
+                                   "fig2a_accuracy_vs_epochs", "fig2b_delta_vs_epochs",
+                                   "fig3_accuracy_vs_eps"}
+    for key, paths in result.figures.items():
         assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert ET.parse(paths["svg"]).getroot().tag.endswith("svg")
+        if key.startswith(("fig1", "fig2")):  # the paper's figures also as SVG
+            assert ET.parse(paths["svg"]).getroot().tag.endswith("svg")
+        else:
+            assert set(paths) == {"png"}
 
 
 def test_markdown_has_headlines_tables_and_figure_links(result):
@@ -85,10 +97,11 @@ def test_markdown_has_headlines_tables_and_figure_links(result):
 
 
 def test_one_colour_per_source_in_every_figure(result):
-    colors = source_colors(result.sources)
+    colors = colors_of(result.sources)
     assert colors["natural"] == "#222222" and colors["l2-eps0.5"] == PALETTE[0]
     specs = figures_vs_n(result.summary, result.delta_summary, result.sources) + \
-        figures_vs_epochs(result.epoch_summary, result.epoch_delta_summary, result.sources)
+        figures_vs_epochs(result.epoch_summary, result.epoch_delta_summary, result.sources,
+                          result.view)
     expected = {c.lower() for c in colors.values()}
     for spec in specs:
         axes = spec.figure.axes
@@ -144,20 +157,21 @@ def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys):
         assert message in err and err.count("\n") == 1
 
 
-def test_cli_study_dir_without_store_tells_the_user(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "robust_transfer.study.store", None)  # import fails
+def test_cli_study_dir_that_is_not_a_study(tmp_path, capsys):
     assert main(["analyze", str(tmp_path)]) == 2
-    assert "no study store" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "analysis").exists()
 
 
-def test_cli_study_dir_through_the_store(tmp_path, capsys, monkeypatch):
+def test_cli_study_dir_through_the_store(tmp_path, capsys):
     runs, epochs = make_study()
-    store = types.ModuleType("robust_transfer.study.store")
-    store.load_results = lambda d: {"runs": runs, "epochs": epochs, "total_runs": 130}
-    monkeypatch.setitem(sys.modules, "robust_transfer.study.store", store)
-    (tmp_path / "study.yaml").write_text(SPEC)
+    _fill_real_store(tmp_path, runs, epochs, unfinished=10)
     assert main(["analyze", str(tmp_path), "--no-figures", "--ci", "bootstrap"]) == 0
-    assert "120 of 130 runs finished (10 missing)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "110 of 120 runs finished (10 missing)" in out
+    assert out.splitlines()[1].startswith("few images: ")
+    assert out.splitlines()[2].startswith("few epochs: ")
     html = (tmp_path / "analysis" / "report.html").read_text()
     assert "name: tiny &lt;study&gt;" in html and "bootstrap interval" in html
 
@@ -188,9 +202,6 @@ def _fill_real_store(study_dir, runs: pd.DataFrame, epochs: pd.DataFrame, unfini
 
 
 def test_analyze_a_real_study_store(tmp_path):
-    pytest.importorskip("robust_transfer.study.store", reason="the study store is not built yet")
-    from robust_transfer.analysis import analyze_study
-
     runs, epochs = make_study()
     _fill_real_store(tmp_path, runs, epochs, unfinished=12)
     res = analyze_study(tmp_path, figures=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from synthetic_study import SyntheticSource, SyntheticStudy, make_study
 
 from robust_transfer.analysis import (
     CIOptions,
@@ -15,7 +16,6 @@ from robust_transfer.analysis import (
     summarize_deltas,
     summarize_runs,
 )
-from robust_transfer.analysis.synthetic import SyntheticSource, SyntheticStudy, make_study
 from robust_transfer.errors import ConfigError, UnknownNameError
 
 

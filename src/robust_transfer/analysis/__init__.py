@@ -6,10 +6,9 @@ when given a directory), :func:`analyze_study` (a study directory) and
 
 Frame contract (what the study store gives the analysis)
 --------------------------------------------------------
-``robust_transfer.study.store.load_results(study_dir)`` returns ``(runs, epochs)``,
-``(runs, epochs, total_runs)``, or an object or dict with ``runs``, ``epochs`` and
-optionally ``total_runs`` (int: all runs the spec defines, so the report can say how
-many are missing) and ``spec_text`` (str).
+``robust_transfer.study.store.load_results(study_dir)`` returns ``(runs, epochs)``, the
+finished runs and their per-epoch rows; :func:`load_study` adds the run total, the spec
+text and the sources' metadata from the same store.
 
 ``runs``: one row per finished fine-tuning run.
 
@@ -37,9 +36,11 @@ A (source, target, n, unfrozen_blocks, epochs, seed) must occur at most once.
 ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (floats; test columns NaN on
 epochs that were not evaluated). Only ``run_id``, ``epoch`` and ``test_acc`` are read.
 
-CSV import (:func:`read_runs_csv`): columns ``source, target, n, unfrozen_blocks,
-epochs, seed, test_acc``, optional ``eps`` and ``norm``; missing columns raise
-:class:`~robust_transfer.errors.ConfigError` naming them.
+CSV import (:mod:`~robust_transfer.analysis.inputs`): :func:`read_runs_csv` (columns
+``source, target, n, unfrozen_blocks, epochs, seed, test_acc``, optional ``eps``,
+``norm``, ``run_id``) and :func:`read_epochs_csv`; the codes real logs use (n or unfrozen
+``-1``/``all``, Linf eps in 1/255 units) are read with their meaning written into the
+report, and bad input raises :class:`~robust_transfer.errors.ConfigError` naming it.
 
 Baseline: the source with eps 0, else the one labelled ``natural``, else the label
 passed as ``baseline=``; without one, a :class:`~robust_transfer.errors.RobustTransferError`
@@ -59,7 +60,9 @@ _EXPORTS = {
     "summarize_runs": "stats", "Factors": "efficiency", "epoch_factors": "efficiency",
     "image_factors": "efficiency", "Reference": "findings", "Coverage": "frames",
     "StudyResults": "frames", "load_study": "frames", "prepare_epochs": "frames",
-    "prepare_runs": "frames", "read_runs_csv": "frames", "resolve_baseline": "frames",
+    "prepare_runs": "frames", "read_runs_csv": "inputs", "read_epochs_csv": "inputs",
+    "resolve_baseline": "frames", "verdict_sentences": "report", "EPOCH_POLICIES": "budgets",
+    "PALETTE": "palette", "source_colors": "palette", "Explanations": "explain",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from robust_transfer.analysis.budgets import epochs_text
 from robust_transfer.analysis.efficiency import CENSORED, NOT_REACHED, Factors
 from robust_transfer.analysis.frames import Coverage, unfrozen_key, unfrozen_text
 from robust_transfer.analysis.stats import BY_BUDGET, CIOptions
@@ -68,10 +69,13 @@ def factor_sentence(row: pd.Series, ctx: _Context) -> str:
         text = (f"{c.who} shows no clear difference from the {c.base} source in {c.unit} needed on "
                 f"{c.target}: factor {_num(f)}x, {c.pct} CI {_num(lo)}-{_num(hi)} includes 1 "
                 f"({c.where}).")
-    elif verdict == "one seed":
+    elif verdict == "one seed" and f == f:
         text = (f"{c.who} on {c.target}: only one seed, so no interval; the single estimate is "
                 f"{_ratio(f, c.unit)} than the {c.base} source ({c.where}); run more seeds "
                 "before relying on it.")
+    elif verdict == "one seed":
+        text = (f"{c.who} on {c.target}: only one seed, and no {c.unit} factor can be measured "
+                f"from it ({c.where}).")
     else:
         text = _unmeasured_sentence(row, c)
     return text + _unreached_note(row, c)
@@ -83,6 +87,10 @@ _PLURAL = {"n": "n values", "epoch": "epochs"}
 
 
 def _unmeasured_sentence(row: pd.Series, c: _Context) -> str:
+    if row["verdict"] == CENSORED and not row["censored_bound"] > 1.05:
+        return (f"{c.who} already beats the {c.base} source's accuracy on {c.target} "
+                f"{_FIRST[c.xname]}, so no factor can be measured: that would need "
+                f"{_FINER[c.xname]} ({c.where}).")
     if row["verdict"] == CENSORED:
         return (f"{c.who} already beats the {c.base} source's accuracy on {c.target} "
                 f"{_FIRST[c.xname]}: at least {_num(row['censored_bound'])}x fewer {c.unit}, "
@@ -103,7 +111,8 @@ def _unreached_note(row: pd.Series, c: _Context) -> str:
 
 
 def _where(unfrozen: str, budget: str, extra: str, row: pd.Series | None, xname: str) -> str:
-    budget_text = "final accuracy per epoch budget" if budget == BY_BUDGET else f"{budget} epochs"
+    budget_text = "final accuracy per epoch budget" if budget == BY_BUDGET else \
+        epochs_text(budget)
     parts = [unfrozen_text(unfrozen), budget_text, *([extra] if extra else [])]
     if row is not None and row["verdict"] in ("fewer", "more", "no clear difference", "one seed"):
         lo, hi, k = int(row["x_min"]), int(row["x_max"]), int(row["n_seeds"])
@@ -135,13 +144,15 @@ def _pick(values: pd.Series, wanted: object, key=None, largest: bool = False) ->
 
 def _image_line(summary: pd.DataFrame, target: str, source: str, ctx: dict,
                 ref: Reference) -> str:
+    ctx = dict(ctx)
+    missing = ctx.pop("missing")
     rows = summary[(summary["target"] == target)]
     unfrozen = _pick(rows["unfrozen_blocks"], ref.unfrozen_blocks, unfrozen_key)
     rows = rows[rows["unfrozen_blocks"] == unfrozen]
     epochs = _pick(rows["epochs"], ref.epochs, largest=True)
     row = rows[(rows["epochs"] == epochs) & (rows["source"] == source)]
     if row.empty:
-        return f"{ctx['who']} on {target}: no paired {ctx['base']} runs to compare with."
+        return f"{ctx['who']} on {target}: {missing}."
     row = row.iloc[0]
     where = _where(str(unfrozen), str(epochs), "", row, "n")
     text = factor_sentence(row, _Context(unit="images", xname="n", where=where, target=target,
@@ -174,7 +185,8 @@ def _budget_key(budget: str) -> float:
 
 def headlines(images: Factors, epochs: Factors, sources: pd.DataFrame, targets: list[str],
               coverage: Coverage, options: CIOptions, reference: Reference | None = None,
-              recipe: dict[str, list[str]] | None = None) -> list[str]:
+              recipe: dict[str, list[str]] | None = None,
+              present: set[tuple[str, str]] | None = None) -> list[str]:
     """Headline findings, most important first.
 
     Args:
@@ -186,14 +198,18 @@ def headlines(images: Factors, epochs: Factors, sources: pd.DataFrame, targets: 
         options: interval settings (for the level's wording).
         reference: the setting to quote; defaults per :class:`Reference`.
         recipe: recipe columns that vary between runs (a caution line).
+        present: the (target, source) pairs that have runs, to say which side is missing.
     """
     ref = reference or Reference()
     lines = _caveats(coverage, recipe)
     base = sources.loc[sources["is_baseline"], "name"].iloc[0]
+    base_label = sources.loc[sources["is_baseline"], "source"].iloc[0]
     for target in targets:
         for _, src in sources[~sources["is_baseline"]].iterrows():
             ctx = {"who": src["name"], "base": base, "pct": options.percent}
-            lines.append(_image_line(images.summary, target, src["source"], ctx, ref))
+            missing = _missing(present, target, src["source"], base_label, base)
+            lines.append(_image_line(images.summary, target, src["source"],
+                                     {**ctx, "missing": missing}, ref))
             epoch_line = _epoch_line(epochs.summary, target, src["source"], ctx, ref)
             if epoch_line:
                 lines.append(epoch_line)
@@ -202,20 +218,14 @@ def headlines(images: Factors, epochs: Factors, sources: pd.DataFrame, targets: 
     return lines
 
 
-def check_reference(runs: pd.DataFrame, reference: Reference | None) -> None:
-    """Refuse a reference setting that no finished run has (it would quote nothing).
-
-    Raises:
-        ConfigError: ``reference.unfrozen_blocks`` or ``reference.epochs`` matches no run.
-    """
-    from robust_transfer.errors import ConfigError
-
-    for field in ("unfrozen_blocks", "epochs"):
-        wanted = getattr(reference, field, None) if reference is not None else None
-        present = sorted(runs[field].astype(str).unique(), key=lambda v: (len(v), v))
-        if wanted is not None and str(wanted) not in present:
-            raise ConfigError(f"{field} {wanted} matches no finished run; the runs have "
-                              f"{field} {', '.join(present)}")
+def _missing(present: set[tuple[str, str]] | None, target: str, source: str, base_label: str,
+             base: str) -> str:
+    if present is not None and (target, source) not in present:
+        return "no runs of this source on this target"
+    if present is not None and (target, base_label) not in present:
+        return f"no runs of the {base} source on this target to compare with"
+    return (f"no runs paired with the {base} source's (same n, unfrozen blocks, epochs and "
+            "seed)")
 
 
 def _caveats(coverage: Coverage, recipe: dict[str, list[str]] | None) -> list[str]:

@@ -7,7 +7,7 @@ at most one run per (source, target, n, unfrozen_blocks, epochs, seed).
 
 from __future__ import annotations
 
-import importlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +16,22 @@ import numpy as np
 import pandas as pd
 
 from robust_transfer.errors import ConfigError, RobustTransferError, UnknownNameError
+from robust_transfer.study import store
+from robust_transfer.study.store import RECIPE_COLUMNS as STORE_RECIPE_COLUMNS
 
 RUN_COLUMNS = ("run_id", "source", "source_eps", "source_norm", "target", "n", "n_label",
                "unfrozen_blocks", "epochs", "seed", "test_acc")
-EPOCH_COLUMNS = ("run_id", "epoch", "test_acc")
-CSV_COLUMNS = ("source", "target", "n", "unfrozen_blocks", "epochs", "seed", "test_acc")
+EPOCH_REQUIRED = ("run_id", "epoch", "test_acc")
+
 CELL_KEYS = ["source", "target", "n", "unfrozen_blocks", "epochs", "seed"]
 NATURAL_LABEL = "natural"
 _INT_COLUMNS = ("n", "epochs", "seed")
 _STR_COLUMNS = ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks")
-# columns that change how a run trains: if one differs between runs, comparisons mix recipes
-RECIPE_COLUMNS = ("arch", "lr", "momentum", "weight_decay", "optimizer", "schedule",
-                  "lr_schedule", "batch_size", "augment", "resolution", "input_size",
-                  "head_init", "train_bn")
+# columns that change how a run trains: if one differs between runs, comparisons mix
+# recipes. The store's, plus ones other code's result files use.
+VARYING_RECIPE_COLUMNS = (*STORE_RECIPE_COLUMNS, "arch", "optimizer", "lr_schedule",
+                          "input_size", "train_bn")
+ALL_LABEL = "all"  # n or unfrozen blocks: the whole training set / every block
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,9 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) ->
 def prepare_runs(runs: pd.DataFrame, total: int | None = None) -> tuple[pd.DataFrame, Coverage]:
     """Check a runs frame against the contract and keep the finished runs.
 
+    Codes other code's logs use are read with their meaning made explicit: ``-1`` for n
+    or unfrozen blocks means ``"all"``.
+
     Args:
         runs: one row per run (see :mod:`robust_transfer.analysis` for the columns).
         total: number of runs the study defines, if the producer knows it.
@@ -80,41 +86,93 @@ def prepare_runs(runs: pd.DataFrame, total: int | None = None) -> tuple[pd.DataF
         The finished runs with normalised dtypes, and a :class:`Coverage`.
 
     Raises:
-        ConfigError: missing columns, accuracies outside [0, 1], a source label with two
-            eps values, or two runs for the same cell and seed.
+        ConfigError: missing or duplicate columns, text where numbers belong, a finished
+            run without accuracy, accuracies outside [0, 1], a source label with two eps
+            values, or two runs for the same cell and seed.
     """
     require_columns(runs, RUN_COLUMNS, "runs frame")
+    dup_cols = runs.columns[runs.columns.duplicated()].unique()
+    if len(dup_cols):
+        raise ConfigError(f"runs have duplicate column(s) {', '.join(map(str, dup_cols))}; "
+                          "keep one of each")
     frame = runs.copy()
-    keep = frame["test_acc"].notna()
+    keep = pd.Series(True, index=frame.index)
     if "status" in frame.columns:
-        keep &= frame["status"].astype(str) == "finished"
+        keep = frame["status"].astype(str) == "finished"
     excluded = int((~keep).sum())
     frame = _coerce_runs(frame[keep].reset_index(drop=True))
     _check_runs(frame)
     return frame, Coverage(finished=len(frame), total=total, excluded=excluded)
 
 
+def _numbers(frame: pd.DataFrame, col: str) -> pd.Series:
+    values = pd.to_numeric(frame[col], errors="coerce")
+    text = values.isna() & frame[col].notna() & (frame[col].astype(str).str.strip() != "")
+    if text.any():
+        raise ConfigError(f"column '{col}' must hold numbers, found '{frame.loc[text, col].iloc[0]}'"
+                          f" in {int(text.sum())} row(s)")
+    return values
+
+
 def _coerce_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["unfrozen_blocks"] = [unfrozen_label(v) for v in frame["unfrozen_blocks"]]
+    frame["n_label"] = [n_label(v) for v in frame["n_label"]]
     for col in _INT_COLUMNS:
-        values = pd.to_numeric(frame[col], errors="coerce")
-        if values.isna().any() or (values != values.round()).any():
-            bad = frame.loc[values.isna() | (values != values.round()), col].iloc[0]
-            raise ConfigError(f"column '{col}' must hold whole numbers, found '{bad}'")
+        values = _numbers(frame, col)
+        if values.isna().any() or (values != values.round()).any() or (values < 0).any():
+            bad = frame.loc[values.isna() | (values != values.round()) | (values < 0), col].iloc[0]
+            raise ConfigError(f"column '{col}' must hold whole numbers >= 0, found '{bad}'")
         frame[col] = values.astype("int64")
+    for col in ("n", "epochs"):
+        if (frame[col] < 1).any():
+            raise ConfigError(f"column '{col}' must be at least 1, found "
+                              f"{int(frame.loc[frame[col] < 1, col].iloc[0])} (for the full "
+                              "training set use n_label 'all' with the number of images as n)")
     for col in _STR_COLUMNS:
         frame[col] = frame[col].astype(str)
-    frame["source_eps"] = pd.to_numeric(frame["source_eps"], errors="coerce").astype(float)
-    acc = pd.to_numeric(frame["test_acc"], errors="coerce").astype(float)
-    text = acc.isna() & frame["test_acc"].notna()
-    if text.any():  # a word where a number belongs: refuse, do not read it as missing
-        raise ConfigError(f"column 'test_acc' must hold numbers, found "
-                          f"'{frame.loc[text, 'test_acc'].iloc[0]}'")
-    frame["test_acc"] = acc
+    frame["source_eps"] = _numbers(frame, "source_eps").astype(float)
+    frame["test_acc"] = _numbers(frame, "test_acc").astype(float)
     return frame
+
+
+def unfrozen_label(value: object) -> str:
+    """The unfrozen-blocks label: ``"0"``, ``"1"``, ..., or ``"all"`` (also for ``-1``).
+
+    Raises:
+        ConfigError: neither a whole number >= -1 nor ``all``.
+    """
+    text = str(value).strip().lower()
+    if text in (ALL_LABEL, "-1", "-1.0"):
+        return ALL_LABEL
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not number >= 0 or number != round(number):
+        raise ConfigError(f"unfrozen_blocks must be a number of blocks (0 = head only) or 'all' "
+                          f"(-1 is read as all), found '{value}'")
+    return str(int(number))
+
+
+def n_label(value: object) -> str:
+    """The requested-n label: the number as text, or ``"all"`` (also for ``-1``)."""
+    text = str(value).strip().lower()
+    if text in (ALL_LABEL, "-1", "-1.0"):
+        return ALL_LABEL
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number == round(number) else text
 
 
 def _check_runs(frame: pd.DataFrame) -> None:
     acc = frame["test_acc"]
+    if acc.isna().any():
+        row = frame.loc[acc.isna(), CELL_KEYS].iloc[0].to_dict()
+        raise ConfigError(f"{int(acc.isna().sum())} finished run(s) have no test_acc (NaN), "
+                          f"e.g. {row}; drop them or mark them with a status other than "
+                          "'finished'")
     if ((acc < 0) | (acc > 1)).any():
         bad = acc[(acc < 0) | (acc > 1)].iloc[0]
         raise ConfigError(f"test_acc must be a fraction in [0, 1], found {bad:g} "
@@ -128,17 +186,18 @@ def _check_runs(frame: pd.DataFrame) -> None:
         row = frame.loc[dup, CELL_KEYS].iloc[0].to_dict()
         raise ConfigError(f"{int(dup.sum())} runs share a (source, target, n, unfrozen_blocks, "
                           f"epochs, seed), e.g. {row}; they would be mixed: filter the frame "
-                          "so each cell and seed has one run")
+                          "so each cell and seed has one run (per-epoch rows belong in the "
+                          "epochs frame: CLI --epochs-csv)")
 
 
 def recipe_variation(runs: pd.DataFrame) -> dict[str, list[str]]:
-    """Recipe columns (:data:`RECIPE_COLUMNS`) whose value differs between runs.
+    """Recipe columns (:data:`VARYING_RECIPE_COLUMNS`) whose value differs between runs.
 
     A comparison mixes recipes when, say, ``lr`` differs between sources; the report
     lists these so the reader can tell.
     """
     varying = {}
-    for col in (c for c in RECIPE_COLUMNS if c in runs.columns):
+    for col in (c for c in VARYING_RECIPE_COLUMNS if c in runs.columns):
         values = runs[col].dropna().astype(str).unique()
         if len(values) > 1:
             varying[col] = sorted(values)[:8]
@@ -158,7 +217,7 @@ def prepare_epochs(epochs: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFr
     if epochs is None or len(epochs) == 0:
         return pd.DataFrame({"run_id": pd.Series(dtype=str), "epoch": pd.Series(dtype="int64"),
                              "test_acc": pd.Series(dtype=float)})
-    require_columns(epochs, EPOCH_COLUMNS, "epochs frame")
+    require_columns(epochs, EPOCH_REQUIRED, "epochs frame")
     frame = epochs.copy()
     frame["run_id"] = frame["run_id"].astype(str)
     frame["epoch"] = pd.to_numeric(frame["epoch"], errors="raise").astype("int64")
@@ -167,55 +226,6 @@ def prepare_epochs(epochs: pd.DataFrame | None, runs: pd.DataFrame) -> pd.DataFr
     # a resumed run may log an epoch twice: the later row is the one its weights came from
     frame = frame[keep].drop_duplicates(["run_id", "epoch"], keep="last")
     return frame.reset_index(drop=True)
-
-
-def read_runs_csv(path: str | Path) -> pd.DataFrame:
-    """Import results of other code as a runs frame.
-
-    The CSV needs columns ``source, target, n, unfrozen_blocks, epochs, seed, test_acc``
-    and may have ``eps`` and ``norm`` (``l2``/``linf``/``none``) and any recipe columns.
-    Without ``eps``, only a source labelled ``natural`` is known to be the baseline.
-
-    Raises:
-        ConfigError: the file does not exist, cannot be parsed or lacks columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"CSV file {path} does not exist")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read {path} as CSV: {' '.join(str(err).split())}") from None
-    _refuse_duplicate_columns(path)
-    require_columns(frame, CSV_COLUMNS, f"CSV {path.name}")
-    return _csv_to_runs(frame, path.stem)
-
-
-def _refuse_duplicate_columns(path: Path) -> None:
-    """pandas renames a repeated column to ``name.1`` silently: which one is meant?"""
-    import csv
-
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        header = [h.strip() for h in next(csv.reader(f), [])]
-    repeated = sorted({h for h in header if header.count(h) > 1})
-    if repeated:
-        raise ConfigError(f"{path} has the column(s) {', '.join(repeated)} more than once; "
-                          "keep one of each")
-
-
-def _csv_to_runs(frame: pd.DataFrame, stem: str) -> pd.DataFrame:
-    frame = frame.rename(columns={"eps": "source_eps", "norm": "source_norm"})
-    if "source_eps" not in frame.columns:
-        is_nat = frame["source"].astype(str) == NATURAL_LABEL
-        frame["source_eps"] = np.where(is_nat, 0.0, np.nan)
-    if "source_norm" not in frame.columns:
-        frame["source_norm"] = np.where(frame["source_eps"] == 0, "none", "unknown")
-    frame["source_norm"] = frame["source_norm"].fillna("none").astype(str).str.lower()
-    if "n_label" not in frame.columns:
-        frame["n_label"] = frame["n"].astype(str)
-    if "run_id" not in frame.columns:
-        frame["run_id"] = [f"{stem}-{i}" for i in range(len(frame))]
-    return frame
 
 
 def resolve_baseline(runs: pd.DataFrame, baseline: str | None = None) -> str:
@@ -286,79 +296,99 @@ def unfrozen_key(label: str) -> float:
 
 
 def unfrozen_text(label: str) -> str:
-    """"head only", "last 1 block", "last 3 blocks", "all blocks"."""
+    """"head only", "last block", "last 3 blocks", "all blocks"."""
     if label == "0":
         return "head only"
-    if label == "all":
+    if label == ALL_LABEL:
         return "all blocks"
-    return f"last {label} block" + ("" if label == "1" else "s")
+    return "last block" if label == "1" else f"last {label} blocks"
 
 
 @dataclass
 class StudyResults:
-    """What the study store hands to the analysis.
+    """What a study directory holds for the analysis.
 
     Attributes:
-        runs: the runs frame (see :mod:`robust_transfer.analysis`).
-        epochs: the epochs frame, or ``None``.
-        total_runs: runs the study defines, if known.
-        spec_text: the study specification's text, if known.
+        runs: the finished runs (see :mod:`robust_transfer.analysis`).
+        epochs: their per-epoch rows.
+        total_runs: runs the study defines.
+        spec_text: the study specification's text (several joined by ``---``).
+        source_info: one row per pinned source (see :func:`source_metadata`).
     """
 
     runs: pd.DataFrame
     epochs: pd.DataFrame | None = None
     total_runs: int | None = None
     spec_text: str | None = None
+    source_info: pd.DataFrame | None = None
 
 
 def load_study(study_dir: str | Path) -> StudyResults:
-    """Read a study directory through ``robust_transfer.study.store``.
-
-    ``load_results(dir)`` may return ``(runs, epochs)``, ``(runs, epochs, total_runs)``
-    or an object (or dict) with ``runs``, ``epochs`` and optionally ``total_runs`` and
-    ``spec_text``. Missing ones come from the store's ``study_status(dir).total`` and
-    ``spec_text(dir)`` when it has them, else the spec is a single ``*.yaml`` in ``dir``.
+    """Read a study directory through :mod:`robust_transfer.study.store`.
 
     Raises:
-        ConfigError: the directory does not exist.
-        RobustTransferError: the study store is not part of this installation.
+        ConfigError: the directory does not exist or holds no study.
     """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise ConfigError(f"study directory {study_dir} does not exist")
-    try:  # import_module honours sys.modules, so tests can stand in a store
-        store = importlib.import_module("robust_transfer.study.store")
-    except ImportError:
-        store = None
-    if store is None or not hasattr(store, "load_results"):
-        raise RobustTransferError(
-            "this installation has no study store (robust_transfer.study.store), so it "
-            "cannot read study directories; export the results as CSV and use --csv FILE")
-    results = _unpack(store.load_results(study_dir))
-    _fill_from_store(results, store, study_dir)
-    return results
+    runs, epochs = store.load_results(study_dir)
+    with store.StudyStore(study_dir, readonly=True) as db:
+        sources = db.sources()
+    return StudyResults(runs=runs, epochs=epochs, total_runs=store.study_status(study_dir).total,
+                        spec_text=store.spec_text(study_dir) or None,
+                        source_info=source_metadata(sources))
 
 
-def _fill_from_store(results: StudyResults, store: object, study_dir: Path) -> None:
-    if results.total_runs is None and hasattr(store, "study_status"):
-        results.total_runs = int(store.study_status(study_dir).total)
-    if results.spec_text is None and hasattr(store, "spec_text"):
-        results.spec_text = store.spec_text(study_dir) or None
-    if results.spec_text is None:
-        specs = sorted(study_dir.glob("*.yaml")) + sorted(study_dir.glob("*.yml"))
-        if len(specs) == 1:
-            results.spec_text = specs[0].read_text(encoding="utf-8")
+SOURCE_INFO_COLUMNS = ("source", "arch", "norm", "eps", "clean_acc", "robust_acc",
+                       "robust_eval", "checkpoint")
 
 
-def _unpack(obj: object) -> StudyResults:
-    if isinstance(obj, StudyResults):
-        return obj
-    if isinstance(obj, tuple):
-        return StudyResults(*obj)
-    get = obj.get if isinstance(obj, dict) else lambda k, d=None: getattr(obj, k, d)
-    total = get("total_runs", None)
-    if total is None:
-        total = get("total", None)
-    return StudyResults(runs=get("runs"), epochs=get("epochs", None),
-                        total_runs=None if total is None else int(total),
-                        spec_text=get("spec_text", None))
+def source_metadata(pinned: dict[str, dict]) -> pd.DataFrame:
+    """The sources table of a study: architecture, norm, eps and the checkpoint's accuracies.
+
+    Args:
+        pinned: the store's ``sources()`` (label -> ``model, path, arch, eps, norm``, ...).
+
+    Returns:
+        One row per source with :data:`SOURCE_INFO_COLUMNS`; ``clean_acc`` and
+        ``robust_acc`` come from the checkpoint's JSON metadata (NaN when it has none),
+        ``robust_eval`` says which attack measured the robust accuracy.
+    """
+    rows = []
+    for label, info in sorted(pinned.items()):
+        meta = _checkpoint_json(info.get("path"))
+        rows.append({"source": label, "arch": info.get("arch") or meta.get("arch", ""),
+                     "norm": info.get("norm") or meta.get("norm", ""),
+                     "eps": _float(info.get("eps", meta.get("eps"))),
+                     "clean_acc": _float(meta.get("clean_acc")),
+                     "robust_acc": _float(meta.get("robust_acc")),
+                     "robust_eval": _attack_text(meta.get("robust_eval")),
+                     "checkpoint": info.get("model") or Path(str(info.get("path", ""))).name})
+    return pd.DataFrame(rows, columns=list(SOURCE_INFO_COLUMNS))
+
+
+def _checkpoint_json(path: object) -> dict:
+    if not path:
+        return {}
+    meta_path = Path(str(path)).with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # published checkpoints have no sidecar: the table shows what the store knows
+    return meta if isinstance(meta, dict) else {}
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _attack_text(attack: object) -> str:
+    if not isinstance(attack, dict) or not attack.get("norm"):
+        return ""
+    eps = _float(attack.get("eps"))
+    return (f"{str(attack.get('method', 'pgd')).upper()}-{attack.get('steps', '?')} "
+            f"{display_name('', eps, str(attack['norm'])).replace(' eps', '')}".strip())

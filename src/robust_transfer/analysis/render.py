@@ -1,38 +1,42 @@
 """The report as one self-contained HTML file and as Markdown.
 
 The HTML embeds its figures as base64 PNG data URIs and its style inline, so it opens
-anywhere with no other file; the Markdown links the PNGs in ``figures/``. Both put the
-headline findings first, then coverage, figures, tables, the study spec, the method and
-the environment.
+anywhere with no other file; the Markdown links the PNGs in ``figures/``. Both open with
+the verdict (two sentences and a heatmap per target), then the details: what was
+analysed, the sources, figures, the "why" (influence, saliency), tables, the study spec,
+the method and the environment.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 import platform
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import TYPE_CHECKING
 
-from robust_transfer.analysis.frames import unfrozen_text
+import pandas as pd
+
+from robust_transfer.analysis.budgets import epochs_text
+from robust_transfer.analysis.explain import paired_sentence
+from robust_transfer.analysis.frames import display_name, unfrozen_text
+from robust_transfer.analysis.result import AnalysisResult
 from robust_transfer.analysis.stats import BY_BUDGET
 from robust_transfer.analysis.tables import to_markdown
 
-if TYPE_CHECKING:
-    from robust_transfer.analysis.report import AnalysisResult
-
 PACKAGES = ("robust-transfer", "numpy", "pandas", "scipy", "matplotlib", "torch", "torchvision")
-TABLE_KINDS = ("accuracy", "delta", "image_factors", "epoch_factors")
+TABLE_KINDS = ("accuracy", "delta", "blocks", "image_factors", "epoch_factors")
+VERDICT, FIGURES, WHY = "verdict_", ("fig1", "fig2", "fig3"), "why_"
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;
-margin:2em auto;padding:0 1em;color:#1d1d1d;line-height:1.45}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
-ul.headlines li{margin:.35em 0}.meta{color:#555}
-table{border-collapse:collapse;font-size:.82em;margin:.6em 0 1.4em}
+margin:1.2em auto;padding:0 1em;color:#1d1d1d;line-height:1.45}
+h1{font-size:1.45em;margin:.2em 0 .4em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.8em}p.verdict{font-size:1.02em;margin:.35em 0}ul.headlines li{margin:.35em 0}
+.meta{color:#555}table{border-collapse:collapse;font-size:.82em;margin:.6em 0 1.4em}
 th,td{border:1px solid #d5d5d5;padding:.2em .55em;text-align:right}th{background:#f4f4f4}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
+figure{margin:.6em 0}figure img{width:100%;border:1px solid #eee}
 figcaption{color:#444;font-size:.9em}pre{background:#f7f7f7;padding:.8em;overflow-x:auto}
 """
 
@@ -49,18 +53,25 @@ def environment() -> dict[str, str]:
     return env
 
 
+def base_name(result: AnalysisResult) -> str:
+    """Display name of the baseline source."""
+    return str(result.sources.loc[result.sources["is_baseline"], "name"].iloc[0])
+
+
 def overview(result: AnalysisResult) -> list[str]:
-    """Sentences on what was analysed: coverage, sources, baseline, seeds, intervals."""
+    """Sentences on what was analysed: coverage, sources, baseline, seeds, intervals, policy."""
     seeds = result.summary["n_seeds"]
     lines = [
         f"Coverage: {result.coverage.sentence()}.",
-        f"Baseline: {_base_name(result)} (label '{result.baseline}'); sources: "
+        f"Baseline: {base_name(result)} (label '{result.baseline}'); sources: "
         + ", ".join(f"{n} ('{s}')" for s, n in zip(result.sources["source"],
                                                   result.sources["name"], strict=True)) + ".",
         f"Targets: {', '.join(sorted(result.runs['target'].unique()))}; seeds per cell: "
-        f"{int(seeds.min())}-{int(seeds.max())}.",
+        + (f"{int(seeds.min())}." if seeds.min() == seeds.max() else
+           f"{int(seeds.min())}-{int(seeds.max())}."),
         f"Intervals: {result.options.percent} {_method_name(result)} over seeds.",
         f"Accuracy against epochs: {_curve_kind(result)}.",
+        *result.notes,
     ]
     for col, values in result.recipe.items():
         lines.append(f"Runs differ in {col}: {', '.join(values)}.")
@@ -69,10 +80,10 @@ def overview(result: AnalysisResult) -> list[str]:
 
 def method_notes(result: AnalysisResult) -> list[str]:
     """How the numbers were computed, in a few sentences."""
-    base = _base_name(result)
-    return [
+    base = base_name(result)
+    notes = [
         f"Each cell's interval is a {_method_name(result)} over its seeds; cells with one "
-        "seed have none.",
+        "seed have none. Table cells give the number of seeds in brackets.",
         f"Differences are paired: a source's run and the {base} run with the same target, "
         "n, unfrozen blocks, epoch budget and seed (the same training images) give one "
         "difference, and the interval is over those differences.",
@@ -85,7 +96,15 @@ def method_notes(result: AnalysisResult) -> list[str]:
         "Epoch factors do the same along each run's per-epoch test accuracy, on log epochs; "
         "a setting's factor is the geometric mean over the epochs where every seed reached "
         "the goal.",
+        "The verdict's 'few epochs' point is the evaluated epoch nearest a fifth of the "
+        "budget.",
     ]
+    if result.block_baseline is not None:
+        notes.append(f"Unfrozen blocks compared: accuracy with {unfrozen_text(result.block_baseline)}"
+                     " minus each other setting, paired by source, target, n, epochs and seed.")
+    notes.append("Every table is also written in long form (numbers, not text) as CSV, and as "
+                 "Parquet when pyarrow is installed, in tables/ beside this report.")
+    return notes
 
 
 def _curve_kind(result: AnalysisResult) -> str:
@@ -104,10 +123,6 @@ def _method_name(result: AnalysisResult) -> str:
     return f"{result.options.method} interval ({result.options.n_boot} resamples)"
 
 
-def _base_name(result: AnalysisResult) -> str:
-    return str(result.sources.loc[result.sources["is_baseline"], "name"].iloc[0])
-
-
 def table_title(result: AnalysisResult, kind: str, key: tuple[str, str]) -> str:
     """Heading of one table, naming what the cells are and the setting."""
     unfrozen, second = key
@@ -116,11 +131,15 @@ def table_title(result: AnalysisResult, kind: str, key: tuple[str, str]) -> str:
     elif kind == "epoch_factors":
         setting = f"{unfrozen_text(unfrozen)}, {second}-epoch runs"
     else:
-        setting = f"{unfrozen_text(unfrozen)}, {second} epochs"
-    pct, base = result.options.percent, _base_name(result)
+        setting = f"{unfrozen_text(unfrozen)}, {epochs_text(second)}"
+    pct, base = result.options.percent, base_name(result)
+    if kind == "blocks":
+        ref = unfrozen_text(result.block_baseline or "")
+        return (f"Accuracy with {ref} minus with {unfrozen_text(unfrozen)} (points), paired by "
+                f"seed, [{pct} interval] (seeds) — {epochs_text(second)}")
     what = {
-        "accuracy": f"Test accuracy (%), mean ± half the {pct} interval",
-        "delta": f"Accuracy minus {base} (points), paired by seed, [{pct} interval]",
+        "accuracy": f"Test accuracy (%), mean ± half the {pct} interval (seeds)",
+        "delta": f"Accuracy minus {base} (points), paired by seed, [{pct} interval] (seeds)",
         "image_factors": f"Times fewer training images than {base} at each n [{pct} interval]",
         "epoch_factors": f"Times fewer epochs than {base}, geometric mean over epochs "
                          f"[{pct} interval]",
@@ -129,19 +148,63 @@ def table_title(result: AnalysisResult, kind: str, key: tuple[str, str]) -> str:
 
 
 KIND_HEADINGS = {"accuracy": "Accuracy", "delta": "Differences from the baseline",
+                 "blocks": "Unfrozen blocks compared",
                  "image_factors": "Data efficiency: images",
                  "epoch_factors": "Data efficiency: epochs"}
 
 
+def sources_frame(result: AnalysisResult) -> pd.DataFrame:
+    """The sources table: name, architecture, norm, eps, clean and robust accuracy."""
+    table = result.sources[["source", "name", "norm", "eps"]].copy()
+    if result.source_info is not None and len(result.source_info):
+        info = result.source_info.drop(columns=["norm", "eps"]).set_index("source")
+        table = table.join(info, on="source")
+    table["eps"] = [display_name("x", e, n).replace("L2 eps ", "").replace("Linf eps ", "")
+                    if isinstance(e, float) and not math.isnan(e) and e > 0 else
+                    ("0" if e == 0 else "?") for e, n in zip(table["eps"], table["norm"],
+                                                             strict=True)]
+    for col in ("clean_acc", "robust_acc"):
+        if col in table:
+            table[col] = [f"{100 * v:.1f}%" if v == v else "" for v in table[col]]
+    return table.rename(columns={"clean_acc": "clean acc", "robust_acc": "robust acc",
+                                 "robust_eval": "robust acc under"}).fillna("")
+
+
+def _why_lines(result: AnalysisResult) -> list[str]:
+    exp = result.explanations
+    if exp is None:
+        return []
+    names = dict(zip(result.sources["source"], result.sources["name"], strict=True))
+    lines = []
+    if exp.influence and len(exp.paired):
+        lines += paired_sentence(exp.paired, names)
+    elif exp.influence:
+        lines.append(f"No influence output holds a {base_name(result)} model to pair with, "
+                     "so no class-match difference is tested.")
+    lines += [f"Influence output: {f.path}" for f in exp.influence]
+    lines += [f"Saliency output: {f.path}" for f in exp.saliency]
+    return lines
+
+
+# --- HTML --------------------------------------------------------------------------------
 def html_report(result: AnalysisResult, title: str) -> str:
     """The whole report as one HTML document (figures embedded)."""
     esc = html.escape
+    few_images, few_epochs = result.sentences
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}"
              f"</title><style>{CSS}</style></head><body><h1>{esc(title)}</h1>",
+             *(f"<p class='verdict'><b>{esc(s.split(':', 1)[0])}:</b>{esc(s.split(':', 1)[1])}"
+               "</p>" for s in (few_images, few_epochs)),
+             *_html_figures(result, lambda k: k.startswith(VERDICT)),
              "<h2>Headline findings</h2><ul class='headlines'>",
              *(f"<li>{esc(line)}</li>" for line in result.headlines), "</ul>",
              "<h2>What was analysed</h2>", *(f"<p>{esc(s)}</p>" for s in overview(result)),
-             "<h2>Figures</h2>", *_html_figures(result)]
+             "<h2>Sources</h2>", sources_frame(result).to_html(index=False, border=0),
+             "<h2>Figures</h2>", *_html_figures(result, lambda k: k.startswith(FIGURES))]
+    why = _why_lines(result)
+    if why:
+        parts += ["<h2>Why: influence and saliency</h2>", *(f"<p>{esc(s)}</p>" for s in why),
+                  *_html_figures(result, lambda k: k.startswith(WHY))]
     for kind in TABLE_KINDS:
         parts += _html_tables(result, kind)
     if result.spec_text:
@@ -153,9 +216,11 @@ def html_report(result: AnalysisResult, title: str) -> str:
     return "\n".join(parts)
 
 
-def _html_figures(result: AnalysisResult) -> list[str]:
+def _html_figures(result: AnalysisResult, wanted) -> list[str]:
     parts = []
     for key, caption in result.captions.items():
+        if not wanted(key):
+            continue
         paths = result.figures.get(key)
         if paths is None:
             parts.append(f"<p class='meta'>{html.escape(caption)} (no data to plot)</p>")
@@ -163,38 +228,60 @@ def _html_figures(result: AnalysisResult) -> list[str]:
         data = base64.b64encode(paths["png"].read_bytes()).decode("ascii")
         parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(key)}'>"
                      f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-    if not result.captions:
+    if not result.captions and wanted("fig1"):
         parts.append("<p class='meta'>Figures were not drawn.</p>")
     return parts
 
 
 def _html_tables(result: AnalysisResult, kind: str) -> list[str]:
     tables = result.tables.get(kind, {})
+    if kind == "blocks" and not tables:
+        return []
     parts = [f"<h2>{KIND_HEADINGS[kind]}</h2>"]
     if not tables:
         parts.append("<p class='meta'>Nothing to show (no paired data).</p>")
     for key, table in tables.items():
         parts.append(f"<h3>{html.escape(table_title(result, kind, key))}</h3>")
-        parts.append(table.to_html(escape=True, border=0))
+        parts.append(table.to_html(escape=True, border=0, index=False))
     return parts
 
 
+# --- Markdown ----------------------------------------------------------------------------
 def markdown_report(result: AnalysisResult, title: str, figure_dir: str) -> str:
     """The report as Markdown; figures are linked from ``figure_dir``."""
-    parts = [f"# {title}", "", "## Headline findings", "",
-             *(f"- {line}" for line in result.headlines), "", "## What was analysed", "",
-             *(f"- {s}" for s in overview(result)), "", "## Figures", ""]
-    for key, caption in result.captions.items():
-        if key in result.figures:
-            parts += [f"![{key}]({figure_dir}/{key}.png)", "", f"*{caption}*", ""]
-        else:
-            parts += [f"*{caption} (no data to plot)*", ""]
+    few_images, few_epochs = result.sentences
+    parts = [f"# {title}", "", f"**{few_images.split(':', 1)[0]}:**{few_images.split(':', 1)[1]}",
+             "", f"**{few_epochs.split(':', 1)[0]}:**{few_epochs.split(':', 1)[1]}", ""]
+    parts += _md_figures(result, figure_dir, lambda k: k.startswith(VERDICT))
+    parts += ["## Headline findings", "", *(f"- {line}" for line in result.headlines), "",
+              "## What was analysed", "", *(f"- {s}" for s in overview(result)), "",
+              "## Sources", "", to_markdown(sources_frame(result)), "", "## Figures", ""]
+    parts += _md_figures(result, figure_dir, lambda k: k.startswith(FIGURES))
+    why = _why_lines(result)
+    if why:
+        parts += ["## Why: influence and saliency", "", *(f"- {s}" for s in why), ""]
+        parts += _md_figures(result, figure_dir, lambda k: k.startswith(WHY))
     for kind in TABLE_KINDS:
+        tables = result.tables.get(kind, {})
+        if kind == "blocks" and not tables:
+            continue
         parts += [f"## {KIND_HEADINGS[kind]}", ""]
-        for key, table in result.tables.get(kind, {}).items():
+        for key, table in tables.items():
             parts += [f"### {table_title(result, kind, key)}", "", to_markdown(table), ""]
     if result.spec_text:
         parts += ["## Study specification", "", "```yaml", result.spec_text.rstrip(), "```", ""]
     parts += ["## Method", "", *(f"- {s}" for s in method_notes(result)), "",
               "## Environment", "", *(f"- {k}: {v}" for k, v in environment().items()), ""]
     return "\n".join(parts)
+
+
+def _md_figures(result: AnalysisResult, figure_dir: str, wanted) -> list[str]:
+    parts = []
+    for key, caption in result.captions.items():
+        if not wanted(key):
+            continue
+        if key in result.figures:
+            parts += [f"![{key}]({figure_dir}/{key}.png)", "", f"*{caption}*", ""]
+        else:
+            parts += [f"*{caption} (no data to plot)*", ""]
+    return parts

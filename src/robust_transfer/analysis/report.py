@@ -1,113 +1,93 @@
 """``analyze``: from the runs and epochs frames to tables, figures and a report.
 
 The one entry point most callers need. It never prints: everything it finds is in the
-returned :class:`AnalysisResult`, and the files it writes are listed there.
+returned :class:`AnalysisResult`, and the files it writes are listed there. The report
+directory is built in a temporary folder beside it and moved into place at the end, so
+a failure leaves the previous report (or nothing), never half of a new one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from robust_transfer.analysis import efficiency, findings, plots, render, stats, tables
+from robust_transfer.analysis import efficiency, findings, plots, render, stats, tables, verdict
+from robust_transfer.analysis.budgets import POOLED, apply_policy
+from robust_transfer.analysis.explain import (
+    class_match_figure,
+    find_outputs,
+    load_explanations,
+    saliency_figure,
+)
 from robust_transfer.analysis.frames import (
-    Coverage,
     load_study,
     prepare_epochs,
     prepare_runs,
-    read_runs_csv,
     recipe_variation,
     resolve_baseline,
     source_table,
+    unfrozen_key,
+    unfrozen_label,
 )
-from robust_transfer.errors import RobustTransferError
+from robust_transfer.analysis.inputs import NOTES_ATTR, read_epochs_csv, read_runs_csv
+from robust_transfer.analysis.result import AnalysisResult
+from robust_transfer.errors import ConfigError, RobustTransferError
 
-HTML_NAME, MARKDOWN_NAME, FIGURE_DIR = "report.html", "report.md", "figures"
-
-
-@dataclass
-class AnalysisResult:
-    """Everything :func:`analyze` computed (fractions, not percent, in the frames).
-
-    Attributes:
-        runs: the finished runs analysed (contract columns, normalised dtypes).
-        sources: one row per source: ``source, eps, norm, name, is_baseline``.
-        baseline: the label every other source is compared with.
-        coverage: finished / total runs.
-        options: the interval settings used.
-        summary: mean accuracy and interval per (source, target, unfrozen, epochs, n).
-        deltas: per-seed paired differences from the baseline.
-        delta_summary: mean difference, interval and verdict per cell.
-        curves: accuracy per (run, epoch) (see :func:`~.stats.epoch_curves`).
-        epoch_summary: mean accuracy and interval per (cell, epoch).
-        epoch_delta_summary: mean paired difference per (cell, epoch).
-        image_factors: how many times fewer images (:class:`~.efficiency.Factors`).
-        epoch_factors: how many times fewer epochs.
-        headlines: the findings in words, most important first.
-        tables: text tables by kind (``accuracy``, ``delta``, ``image_factors``,
-            ``epoch_factors``), each ``{(unfrozen, epochs or budget): DataFrame}``.
-        recipe: recipe columns that differ between runs.
-        spec_text: the study specification, if given.
-        figures: ``{figure key: {"png": path, "svg": path}}`` of written figures.
-        captions: ``{figure key: caption}``.
-        html_path: the HTML report, if written.
-        markdown_path: the Markdown report, if written.
-    """
-
-    runs: pd.DataFrame
-    sources: pd.DataFrame
-    baseline: str
-    coverage: Coverage
-    options: stats.CIOptions
-    summary: pd.DataFrame
-    deltas: pd.DataFrame
-    delta_summary: pd.DataFrame
-    curves: pd.DataFrame
-    epoch_summary: pd.DataFrame
-    epoch_delta_summary: pd.DataFrame
-    image_factors: efficiency.Factors
-    epoch_factors: efficiency.Factors
-    headlines: list[str]
-    tables: dict[str, tables.Tables]
-    recipe: dict[str, list[str]]
-    spec_text: str | None = None
-    figures: dict[str, dict[str, Path]] = field(default_factory=dict)
-    captions: dict[str, str] = field(default_factory=dict)
-    html_path: Path | None = None
-    markdown_path: Path | None = None
+HTML_NAME, MARKDOWN_NAME, FIGURE_DIR, TABLE_DIR = "report.html", "report.md", "figures", "tables"
+__all__ = ["AnalysisResult", "analyze", "analyze_csv", "analyze_study", "compute",
+           "verdict_sentences", "write_report"]
 
 
 def analyze(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
             out_dir: str | Path | None = None, spec_text: str | None = None,
             baseline: str | None = None, *, options: stats.CIOptions | None = None,
             total_runs: int | None = None, reference: findings.Reference | None = None,
-            figures: bool = True, title: str = "robust-transfer analysis") -> AnalysisResult:
+            figures: bool = True, title: str = "robust-transfer analysis",
+            epoch_policy: str = "final", block_baseline: str | None = None,
+            influence: Sequence[str | Path] = (), saliency: Sequence[str | Path] = (),
+            source_info: pd.DataFrame | None = None, notes: Sequence[str] = ()) -> AnalysisResult:
     """Analyse finished fine-tuning runs and, with ``out_dir``, write the report.
 
     Args:
         runs: one row per finished run (contract in :mod:`robust_transfer.analysis`).
         epochs: one row per (run_id, epoch), or ``None``.
-        out_dir: where ``report.html``, ``report.md`` and ``figures/`` go; ``None``
-            computes only. Existing files of those names are replaced.
+        out_dir: where ``report.html``, ``report.md``, ``figures/`` and ``tables/`` go;
+            ``None`` computes only. Existing entries of those names are replaced.
         spec_text: the study specification, shown verbatim in the report.
         baseline: source label to compare with; default the eps-0 / ``natural`` source.
         options: interval settings (default: t-interval, 95%).
         total_runs: runs the study defines, so the report can say how many are missing.
-        reference: the setting the headlines quote (default per :class:`~.findings.Reference`).
+        reference: the setting the headlines and the epoch figures quote (unfrozen
+            blocks, epoch budget, n); each given value must match some runs.
         figures: draw figures (needs ``out_dir``).
         title: the report's title.
+        epoch_policy: which epoch of each run counts: ``final`` or ``best`` (optimistic).
+        block_baseline: the unfrozen setting others are compared with; default the fewest.
+        influence: influence output folders to show (``robust-transfer influence --out``).
+        saliency: saliency output folders to show.
+        source_info: the sources' metadata table (:func:`~.frames.source_metadata`).
+        notes: sentences on how the input was read, shown in the report.
 
     Returns:
-        The frames, tables, headlines and written paths.
+        The frames, tables, sentences and written paths.
 
     Raises:
-        RobustTransferError: no finished runs, no baseline, or malformed frames.
+        RobustTransferError: no finished runs, no baseline, malformed frames, or a
+            ``reference`` value that matches no runs.
     """
     options = options or stats.CIOptions()
-    result = compute(runs, epochs, baseline, options, total_runs, reference)
+    result = compute(runs, epochs, baseline, options, total_runs, reference,
+                     epoch_policy=epoch_policy, block_baseline=block_baseline, notes=notes)
     result.spec_text = spec_text
+    result.source_info = source_info
+    result.explanations = load_explanations([Path(p) for p in influence],
+                                            [Path(p) for p in saliency], result.baseline,
+                                            options.level)
     if out_dir is not None:
         write_report(result, Path(out_dir), figures=figures, title=title)
     return result
@@ -117,6 +97,9 @@ def analyze_study(study_dir: str | Path, out_dir: str | Path | None = None,
                   **kwargs: object) -> AnalysisResult:
     """:func:`analyze` a study directory (read with :func:`~.frames.load_study`).
 
+    Influence and saliency outputs inside the study directory are shown in the report,
+    besides any named with ``influence=`` / ``saliency=``.
+
     Args:
         study_dir: the study's directory.
         out_dir: report directory; default ``study_dir/analysis``.
@@ -124,52 +107,139 @@ def analyze_study(study_dir: str | Path, out_dir: str | Path | None = None,
             ``spec_text`` given here wins over the study's own.
     """
     study = load_study(study_dir)
-    if kwargs.get("spec_text") is None:
-        kwargs["spec_text"] = study.spec_text
-    if kwargs.get("total_runs") is None:
-        kwargs["total_runs"] = study.total_runs
+    found_inf, found_sal = find_outputs(study_dir)
+    kwargs["influence"] = _union(found_inf, kwargs.get("influence") or ())
+    kwargs["saliency"] = _union(found_sal, kwargs.get("saliency") or ())
+    for key, value in (("spec_text", study.spec_text), ("total_runs", study.total_runs),
+                       ("source_info", study.source_info)):
+        if kwargs.get(key) is None:
+            kwargs[key] = value
     out = Path(study_dir) / "analysis" if out_dir is None else out_dir
     return analyze(study.runs, study.epochs, out, **kwargs)
 
 
-def analyze_csv(csv_path: str | Path, out_dir: str | Path | None = None,
+def _union(found: list[Path], given: Sequence[str | Path]) -> list[Path]:
+    paths = {Path(p).resolve(): Path(p) for p in [*found, *given]}
+    return list(paths.values())
+
+
+def analyze_csv(csv_path: str | Path, out_dir: str | Path | None = None, *,
+                epochs_csv: str | Path | None = None, n_all: Mapping[str, int] | None = None,
                 **kwargs: object) -> AnalysisResult:
-    """:func:`analyze` results imported from a CSV (see :func:`~.frames.read_runs_csv`).
+    """:func:`analyze` results of other code (see :mod:`~robust_transfer.analysis.inputs`).
 
     Args:
-        csv_path: the CSV file.
+        csv_path: the runs CSV (one row per run).
         out_dir: report directory; default ``<csv name without suffix>-analysis`` beside it.
+        epochs_csv: per-epoch rows (``run_id, epoch, test_acc``) of those runs.
+        n_all: images that ``n = all`` stands for, per target.
         **kwargs: passed to :func:`analyze`.
     """
-    runs = read_runs_csv(csv_path)
+    runs = read_runs_csv(csv_path, n_all)
+    epochs = None if epochs_csv is None else read_epochs_csv(epochs_csv, runs)
+    kwargs["notes"] = [*runs.attrs.get(NOTES_ATTR, []), *(kwargs.get("notes") or [])]
     path = Path(csv_path)
     out = path.with_name(f"{path.stem}-analysis") if out_dir is None else out_dir
-    return analyze(runs, None, out, **kwargs)
+    return analyze(runs, epochs, out, **kwargs)
 
 
 def compute(runs: pd.DataFrame, epochs: pd.DataFrame | None, baseline: str | None,
             options: stats.CIOptions, total_runs: int | None = None,
-            reference: findings.Reference | None = None) -> AnalysisResult:
+            reference: findings.Reference | None = None, *, epoch_policy: str = "final",
+            block_baseline: str | None = None, notes: Sequence[str] = ()) -> AnalysisResult:
     """The numbers of :func:`analyze`, without writing anything."""
     runs, coverage = prepare_runs(runs, total_runs)
     if runs.empty:
         raise RobustTransferError(f"no finished runs to analyse ({coverage.sentence()}); "
                                   "run the study or wait for runs to finish")
     baseline = resolve_baseline(runs, baseline)
-    findings.check_reference(runs, reference)
+    epoch_rows = prepare_epochs(epochs, runs)
+    runs, policy_notes = apply_policy(runs, epoch_rows, epoch_policy)
+    reference = check_reference(runs, reference)
     sources = source_table(runs, baseline)
-    curves = stats.epoch_curves(runs, prepare_epochs(epochs, runs))
+    curves = stats.epoch_curves(runs, epoch_rows)
     frames = _frames(runs, curves, baseline, options)
     images = efficiency.image_factors(runs, baseline, options)
     epochs_f = efficiency.epoch_factors(curves, baseline, options)
     recipe = recipe_variation(runs)
     targets = sorted(runs["target"].unique())
+    view = verdict.choose_view(frames["delta_summary"], frames["epoch_summary"],
+                               reference.epochs, reference.n_label, reference.unfrozen_blocks)
+    reference = findings.Reference(reference.unfrozen_blocks, reference.epochs,
+                                   reference.n_label or _one(view.n_label))
+    present = set(map(tuple, runs[["target", "source"]].drop_duplicates().to_numpy()))
     lines = findings.headlines(images, epochs_f, sources, targets, coverage, options,
-                               reference, recipe)
-    return AnalysisResult(
+                               reference, recipe, present)
+    block_ref = _block_reference(runs, block_baseline)
+    block_summary = stats.summarize_deltas(stats.block_deltas(runs, block_ref), options=options) \
+        if block_ref is not None else pd.DataFrame()
+    cells = verdict.verdict_cells(frames["delta_summary"], view)
+    result = AnalysisResult(
         runs=runs, sources=sources, baseline=baseline, coverage=coverage, options=options,
         curves=curves, image_factors=images, epoch_factors=epochs_f, headlines=lines,
-        tables=_tables(frames, images, epochs_f, sources), recipe=recipe, **frames)
+        tables=_tables(frames, images, epochs_f, sources, block_summary), recipe=recipe,
+        view=view, verdict_cells=cells, sentences=("", ""), notes=[*notes, *policy_notes],
+        block_baseline=block_ref, block_summary=block_summary, **frames)
+    result.sentences = verdict_sentences(result)
+    return result
+
+
+def _one(values: dict[str, str]) -> str | None:
+    return next(iter(values.values())) if len(set(values.values())) == 1 else None
+
+
+def verdict_sentences(result: AnalysisResult) -> tuple[str, str]:
+    """The report's two plain sentences, ``("few images: ...", "few epochs: ...")``.
+
+    The README's summary of the demo is generated from these.
+    """
+    return (verdict.few_images_sentence(result.verdict_cells, result.sources, result.view),
+            verdict.few_epochs_sentence(result.epoch_delta_summary, result.epoch_factors.summary,
+                                        result.sources, result.view))
+
+
+def check_reference(runs: pd.DataFrame, reference: findings.Reference | None
+                    ) -> findings.Reference:
+    """The reference with its unfrozen code normalised; every given value must match runs.
+
+    Raises:
+        ConfigError: a value that no run has, naming the values present.
+    """
+    ref = reference or findings.Reference()
+    unfrozen = None if ref.unfrozen_blocks is None else unfrozen_label(ref.unfrozen_blocks)
+    checks = (("unfrozen blocks", unfrozen, runs["unfrozen_blocks"], "--unfrozen"),
+              ("epoch budget", None if ref.epochs is None else str(ref.epochs),
+               runs["epoch_budget"].astype(str), "--epochs"),
+              ("n", ref.n_label, runs["n_label"], "--n"))
+    for what, value, present, flag in checks:
+        values = sorted(set(present), key=_natural_key)
+        if value is not None and value not in values:
+            raise ConfigError(f"{flag} {value}: no run has {what} {value}; present: "
+                              f"{', '.join(values)}")
+    epochs = ref.epochs
+    if epochs is not None and (runs["epochs"] == POOLED).all():
+        epochs = POOLED  # budgets are pooled: the one setting is the pooled one
+    return findings.Reference(unfrozen, epochs, ref.n_label)
+
+
+def _natural_key(text: str) -> tuple[float, str]:
+    try:
+        return float(text), text
+    except ValueError:
+        return float("inf"), text
+
+
+def _block_reference(runs: pd.DataFrame, wanted: str | None) -> str | None:
+    settings = sorted(runs["unfrozen_blocks"].unique(), key=unfrozen_key)
+    if len(settings) < 2:
+        return None
+    if wanted is None:
+        return settings[0]
+    label = unfrozen_label(wanted)
+    if label not in settings:
+        raise ConfigError(f"--block-baseline {wanted}: no run has {label} unfrozen blocks; "
+                          f"present: {', '.join(settings)}")
+    return label
 
 
 def _frames(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str,
@@ -187,36 +257,163 @@ def _frames(runs: pd.DataFrame, curves: pd.DataFrame, baseline: str,
 
 
 def _tables(frames: dict[str, pd.DataFrame], images: efficiency.Factors,
-            epochs: efficiency.Factors, sources: pd.DataFrame) -> dict[str, tables.Tables]:
+            epochs: efficiency.Factors, sources: pd.DataFrame,
+            block_summary: pd.DataFrame) -> dict[str, tables.Tables]:
     return {
         "accuracy": tables.accuracy_tables(frames["summary"], sources),
         "delta": tables.delta_tables(frames["delta_summary"], sources),
+        "blocks": tables.delta_tables(block_summary, sources) if len(block_summary) else {},
         "image_factors": tables.image_factor_tables(images.by_x, sources),
         "epoch_factors": tables.epoch_factor_tables(epochs.summary, sources),
     }
 
 
-def make_figures(result: AnalysisResult, directory: Path,
-                 epochs: int | None = None) -> list[plots.FigureSpec]:
-    """Draw Fig. 1a/1b/2a/2b and save each as PNG and SVG under ``directory``."""
-    specs = plots.figures_vs_n(result.summary, result.delta_summary, result.sources, epochs)
+def long_tables(result: AnalysisResult) -> dict[str, pd.DataFrame]:
+    """Every table of the report as a long numeric frame, keyed by its file stem."""
+    frames = {
+        "accuracy": result.summary, "delta": result.delta_summary,
+        "verdict": result.verdict_cells, "blocks": result.block_summary,
+        "image_factors_by_n": result.image_factors.by_x,
+        "image_factors": result.image_factors.summary,
+        "epoch_accuracy": result.epoch_summary, "epoch_delta": result.epoch_delta_summary,
+        "epoch_factors": result.epoch_factors.summary, "sources": result.sources,
+    }
+    if result.source_info is not None:
+        frames["source_metadata"] = result.source_info
+    if result.explanations is not None and len(result.explanations.paired):
+        frames["class_match_paired"] = result.explanations.paired
+    return frames
+
+
+def export_tables(result: AnalysisResult, directory: Path) -> dict[str, dict[str, Path]]:
+    """Write :func:`long_tables` as CSV (and Parquet when pyarrow is installed)."""
+    try:
+        import pyarrow  # noqa: F401
+        formats = ("csv", "parquet")
+    except ImportError:
+        formats = ("csv",)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for stem, frame in long_tables(result).items():
+        written[stem] = {}
+        for fmt in formats:
+            path = directory / f"{stem}.{fmt}"
+            if fmt == "csv":
+                frame.to_csv(path, index=False)
+            else:
+                frame.astype({c: str for c in frame.columns if frame[c].dtype == object}
+                             ).to_parquet(path, index=False)
+            written[stem][fmt] = path
+    return written
+
+
+def make_figures(result: AnalysisResult, directory: Path) -> list[plots.FigureSpec]:
+    """Draw every figure and save each as PNG and SVG under ``directory``."""
+    specs = verdict_specs(result)
+    specs += plots.figures_vs_n(result.summary, result.delta_summary, result.sources,
+                                result.view.epochs)
     specs += plots.figures_vs_epochs(result.epoch_summary, result.epoch_delta_summary,
-                                     result.sources, epochs)
+                                     result.sources, result.view)
+    specs += plots.eps_sweep_figures(result.summary, result.sources, result.view.epochs,
+                                     result.view.unfrozen)
+    specs += explain_specs(result)
     for spec in specs:
         result.captions[spec.key] = spec.caption
-        if spec.figure is not None:
-            result.figures[spec.key] = plots.save_figure(spec.figure, directory, spec.key)
+        if spec.figure is not None:  # SVG for the paper's figures; the rest as PNG only
+            formats = plots.FORMATS if spec.key.startswith(("fig1", "fig2")) else ("png",)
+            result.figures[spec.key] = plots.save_figure(spec.figure, directory, spec.key,
+                                                         formats)
+    return specs
+
+
+def verdict_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
+    """One verdict heatmap per target."""
+    base = render.base_name(result)
+    return [plots.FigureSpec(f"verdict_{target}", f"Verdict on {target}: robust minus {base} "
+                             "test accuracy (points, mean over seeds of the paired difference) "
+                             "for each robust source, n and unfrozen setting; blue: the robust "
+                             f"source is ahead, red: {base} is; outlined cells' 95% interval "
+                             "excludes 0.",
+                             verdict.verdict_figure(result.verdict_cells, target, result.sources,
+                                                    result.view.epochs))
+            for target in sorted(result.runs["target"].unique())]
+
+
+def explain_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
+    """Class-match curves, top-k grids and saliency maps, when outputs were given."""
+    exp = result.explanations
+    if exp is None:
+        return []
+    names = dict(zip(result.sources["source"], result.sources["name"], strict=True))
+    order = list(result.sources["source"])
+    specs = []
+    if exp.influence:
+        specs.append(plots.FigureSpec(
+            "why_class_match", "Why: share of test images whose k-th most influential "
+            "training image has the test image's class (left), and each source minus "
+            f"{names.get(exp.baseline_model or '', exp.baseline_model)} paired over the same "
+            "test images (right).", class_match_figure(exp, names, order)))
+    for i, folder in enumerate(exp.saliency):
+        specs.append(plots.FigureSpec(
+            f"why_saliency_{i}", f"Why: input-gradient magnitude of each source's fine-tuned "
+            f"model ({folder.path.name}), greyscale, at the model input's own size.",
+            saliency_figure(folder, names, order, exp.baseline_model)))
     return specs
 
 
 def write_report(result: AnalysisResult, out_dir: Path, figures: bool = True,
                  title: str = "robust-transfer analysis") -> None:
-    """Write figures, ``report.html`` and ``report.md`` into ``out_dir`` (sets the paths)."""
+    """Write figures, tables, ``report.html`` and ``report.md`` into ``out_dir``.
+
+    Everything is written into a temporary folder beside ``out_dir`` first and moved into
+    place at the end; the paths in ``result`` are the final ones.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        if figures:
+            make_figures(result, tmp / FIGURE_DIR)
+            _copy_grids(result, tmp / FIGURE_DIR)
+        export_tables(result, tmp / TABLE_DIR)
+        (tmp / HTML_NAME).write_text(render.html_report(result, title), encoding="utf-8")
+        (tmp / MARKDOWN_NAME).write_text(render.markdown_report(result, title, FIGURE_DIR),
+                                         encoding="utf-8")
+        _move_into(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result.html_path, result.markdown_path = out_dir / HTML_NAME, out_dir / MARKDOWN_NAME
+    result.figures = {k: {fmt: out_dir / FIGURE_DIR / p.name for fmt, p in v.items()}
+                      for k, v in result.figures.items()}
+
+
+def _copy_grids(result: AnalysisResult, directory: Path) -> None:
+    """The influence outputs' top-k grids (Fig. 5), copied beside the other figures."""
+    if result.explanations is None:
+        return
+    for i, folder in enumerate(result.explanations.influence):
+        grid = folder.path / "influence_grid.png"
+        if grid.is_file():
+            key = f"why_topk_{i}"
+            shutil.copyfile(grid, directory / f"{key}.png")
+            result.figures[key] = {"png": directory / f"{key}.png"}
+            result.captions[key] = (f"Why: most helpful training images of each test image "
+                                    f"({folder.path.name}); green captions share the test "
+                                    "image's class, red do not.")
+
+
+def _move_into(tmp: Path, out_dir: Path) -> None:
+    """Move the finished entries into ``out_dir``, replacing those of the same names."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if figures:
-        make_figures(result, out_dir / FIGURE_DIR)
-    result.html_path = out_dir / HTML_NAME
-    result.html_path.write_text(render.html_report(result, title), encoding="utf-8")
-    result.markdown_path = out_dir / MARKDOWN_NAME
-    result.markdown_path.write_text(render.markdown_report(result, title, FIGURE_DIR),
-                                    encoding="utf-8")
+    for entry in sorted(tmp.iterdir()):
+        target = out_dir / entry.name
+        if entry.is_dir():
+            old = None
+            if target.exists():
+                old = out_dir / f".{entry.name}.old-{os.getpid()}"
+                target.rename(old)
+            entry.rename(target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(entry, target)

@@ -21,7 +21,7 @@ EPOCH_PAIR_KEYS = ["target", "n", "unfrozen_blocks", "budget", "seed", "epoch"]
 BY_BUDGET = "by budget"  # budget label of curves made from final accuracy per epoch budget
 CI_COLUMNS = ["mean", "std", "n_seeds", "lo", "hi"]
 __all__ = ["CI_METHODS", "CIOptions", "ci_table", "paired_deltas", "summarize_deltas",
-           "summarize_runs", "epoch_curves", "epoch_deltas", "summarize_epoch_curves"]
+           "summarize_runs", "epoch_curves", "epoch_deltas", "summarize_epoch_curves", "block_deltas"]
 
 def ci_table(frame: pd.DataFrame, by: list[str], value: str,
              options: CIOptions | None = None) -> pd.DataFrame:
@@ -108,8 +108,9 @@ def epoch_curves(runs: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """
     meta = ["run_id", "source", "target", "unfrozen_blocks", "epochs", "n", "n_label", "seed"]
     if len(epochs):
-        curves = epochs[["run_id", "epoch", "test_acc"]].merge(runs[meta], on="run_id")
-        curves["budget"] = curves["epochs"].astype(str)
+        own = ["epoch_budget"] if "epoch_budget" in runs.columns else []
+        curves = epochs[["run_id", "epoch", "test_acc"]].merge(runs[meta + own], on="run_id")
+        curves["budget"] = curves[own[0] if own else "epochs"].astype(str)
     elif runs["epochs"].nunique() >= 2:
         curves = runs[[*meta, "test_acc"]].copy()
         curves["epoch"] = curves["epochs"]
@@ -127,3 +128,25 @@ def summarize_epoch_curves(curves: pd.DataFrame, options: CIOptions | None = Non
 def epoch_deltas(curves: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Per-seed, per-epoch robust-minus-baseline accuracy (paired by seed and epoch)."""
     return pair_with_baseline(curves, baseline, EPOCH_PAIR_KEYS)
+
+
+BLOCK_PAIR_KEYS = ["source", "target", "n", "epochs", "seed"]
+
+
+def block_deltas(runs: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per-seed accuracy with ``reference`` unfrozen blocks minus each other setting.
+
+    Pairs runs of one source, target, n, epoch budget and seed (the same training images)
+    that differ only in how many blocks were unfrozen, as the paper's block comparison
+    (3 blocks minus 0, 1 and 9).
+
+    Returns:
+        One row per (other setting, seed, cell): the other run's columns (its
+        ``unfrozen_blocks`` says which setting) and ``delta`` = reference minus other.
+    """
+    ref = runs.loc[runs["unfrozen_blocks"] == reference, [*BLOCK_PAIR_KEYS, "test_acc"]]
+    ref = ref.rename(columns={"test_acc": "reference_acc"})
+    other = runs[runs["unfrozen_blocks"] != reference]
+    merged = other.merge(ref, on=BLOCK_PAIR_KEYS, how="inner", validate="many_to_one")
+    merged["delta"] = merged["reference_acc"] - merged["test_acc"]
+    return merged

@@ -27,16 +27,19 @@ def _mean_lo_hi_one(frame: pd.DataFrame) -> zip:
 
 
 def accuracy_cells(frame: pd.DataFrame) -> list[str]:
-    """"85.2 ± 1.3" (mean ± half the interval, in %), or "85.2 (1 seed)"."""
-    return [f"{100 * m:.1f} (1 seed)" if one else f"{100 * m:.1f} ± {50 * (hi - lo):.1f}"
-            for m, lo, hi, one in _mean_lo_hi_one(frame)]
+    """"85.2 ± 1.3 (3)" (mean ± half the interval, in %; seeds), or "85.2 (1 seed)"."""
+    return [f"{100 * m:.1f} (1 seed)" if one else f"{100 * m:.1f} ± {50 * (hi - lo):.1f} ({k})"
+            for (m, lo, hi, one), k in zip(_mean_lo_hi_one(frame), frame["n_seeds"].astype(int),
+                                           strict=True)]
 
 
 def delta_cells(frame: pd.DataFrame) -> list[str]:
-    """"+3.2 [+1.1, +5.3]" in points; the interval says whether it excludes zero."""
+    """"+3.2 [+1.1, +5.3] (3)" in points (seeds in brackets); the interval says whether it
+    excludes zero."""
     return [f"{100 * m:+.1f} (1 seed)" if one else
-            f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-            for m, lo, hi, one in _mean_lo_hi_one(frame)]
+            f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] ({k})"
+            for (m, lo, hi, one), k in zip(_mean_lo_hi_one(frame), frame["n_seeds"].astype(int),
+                                           strict=True)]
 
 
 def factor_cells(frame: pd.DataFrame) -> list[str]:
@@ -48,9 +51,12 @@ def factor_cells(frame: pd.DataFrame) -> list[str]:
 
 def _factor_cell(verdict: str, factor: float, lo: float, hi: float, bound: float) -> str:
     if verdict == CENSORED:
-        return f"≥{bound:.1f}x"
+        # a bound of 1 says nothing: the source is ahead already at the smallest x
+        return f"≥{bound:.1f}x" if bound > 1.05 else "ahead at the smallest"
     if verdict in (NOT_REACHED, MIXED):
         return verdict
+    if factor != factor:  # NaN: no seed gave a factor
+        return "no factor"
     if verdict == "one seed":
         return f"{factor:.1f}x (1 seed)"
     return f"{factor:.1f}x [{lo:.1f}, {hi:.1f}]"
@@ -85,6 +91,7 @@ def paper_tables(frame: pd.DataFrame, cell: Callable[[pd.DataFrame], list[str]],
         table = table.reindex(columns=[c for c in order if c in table.columns]).fillna("")
         table = table.sort_index().droplevel(rows[0]).rename_axis(["target", rows[0]])
         table.columns.name = None
+        table = table.reset_index()  # flat columns: no empty index-name row when rendered
         tables[(str(key[0]), str(key[1]))] = table
     return dict(sorted(tables.items(), key=lambda kv: _setting_key(kv[0])))
 
@@ -119,7 +126,7 @@ def epoch_factor_tables(summary: pd.DataFrame, sources: pd.DataFrame) -> Tables:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of a (possibly multi-indexed) frame."""
-    flat = table.reset_index()
+    flat = table.reset_index() if table.index.name or table.index.nlevels > 1 else table
     header = [str(c) for c in flat.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for values in flat.astype(str).itertuples(index=False):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from robust_transfer.analysis.palette import source_colors
 from robust_transfer.influence.analysis import ClassMatchCurve
 
 _TARGET_TITLES = {"test": "test images as targets", "train": "training images as targets"}
@@ -51,10 +52,12 @@ def plot_class_match(curves: Mapping[str, Sequence[ClassMatchCurve]],
     kinds = sorted({c.targets for cs in curves.values() for c in cs}, key=["test", "train"].index)
     fig = Figure(figsize=(5.0 * len(kinds), 3.8))
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    colors = source_colors(curves)  # the project's one colour per source
     for ax, kind in zip(axes, kinds, strict=True):
         of_kind = [(name, c) for name, cs in curves.items() for c in cs if c.targets == kind]
         for name, c in of_kind:
-            line = ax.plot(c.ranks, c.share, label=f"{name} (top-1 {c.share[0]:.1%})")[0]
+            line = ax.plot(c.ranks, c.share, color=colors[name],
+                           label=f"{name} (top-1 {c.share[0]:.1%})")[0]
             ax.fill_between(c.ranks, c.low, c.high, color=line.get_color(), alpha=0.2, lw=0)
         chance = of_kind[0][1].chance  # same data for every model
         ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.1%})")

@@ -1,4 +1,4 @@
-"""Synthetic studies with known answers, for tests, benchmarks and trying the report.
+"""Synthetic studies with known answers (a test fixture, also used by the analysis benchmark).
 
 Final accuracy is linear in log2 n: ``acc = a + slope * log2(n * image_factor)``, so a
 source with ``image_factor=3`` reaches any accuracy with exactly 3x fewer images. Within
