@@ -318,8 +318,9 @@ def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageA
     f_test = extract_features(model, test.images, policy, batch_size)
     t_feat = time.perf_counter() - t0
     head = model.head
+    # the features are on the CPU (float64); so must the head be when the model is on a GPU
     result = compute_influence(f_train, train.labels, f_test, test.labels,
-                               head.weight.detach(), head.bias.detach(), cfg)
+                               head.weight.detach().cpu(), head.bias.detach().cpu(), cfg)
     result.timings = {"features_s": t_feat, **result.timings}
     return result
 
