@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU machines here install this pair from a local cache; override for other platforms.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint typecheck check bench zoo clean
+.PHONY: setup demo test lint typecheck check bench zoo clean gpu-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ check: lint typecheck
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# GPU acceptance check (at most about 8 minutes on one GPU): writes gpu_check.json; refuses
+# (exit 2) where no GPU is visible. `python scripts/gpu_check.py --cpu-smoke` checks it on a CPU.
+gpu-check: setup
+	$(BIN)/python scripts/gpu_check.py --out gpu_check.json
 
 # retrain the embedded zoo (about an hour on a 2-core CPU); see scripts/train_zoo.sh
 zoo: setup

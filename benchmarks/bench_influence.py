@@ -1,21 +1,24 @@
-"""Benchmarks of last-layer influence (issue 5), printed as plain numbers.
+"""Benchmarks of last-layer influence (issues 5 and 13), printed as plain numbers.
 
-(a) Against the paper's algorithm on a problem both finish: features of size 64, 10 classes,
-    500 training and 100 test images. The reference builds H with one autograd call per
-    Hessian row, per batch of 100, sums the batches, inverts, and takes one autograd call
-    per example for the gradients. Targets: >= 1000x faster, scores equal within 1e-6.
-(b) A ResNet-50-sized head: 2048 features, 10 classes, 3,200 training and 1,000 test
-    images (synthetic features): every test-by-train and train-by-train score and the
-    self-influence. Targets: <= 3 min and <= 8 GB on the 2-core CPU.
-    Also: the paper's algorithm at this size, extrapolated from a sample of its autograd
-    rows (running it whole takes hours).
-(c) The matrix-free conjugate-gradient path on the same head, for 32 test images: time,
-    iterations and the largest difference to the Cholesky scores.
-(d) Leave-one-out on a real problem (scikit-learn digits through a fixed random projection
+The paper's own code path, side by side with ours, is ``bench_influence_paper.py``.
+
+(b) The paper's influence setting, a ResNet-50 head: 2,048 features, 10 classes, 3,200
+    training and 10,000 test images (synthetic features): every test-by-train and
+    train-by-train score and the self-influence. Ours by default (form ``auto``) against the
+    direct form in float64 and in mixed precision (float32 refined to float64); scores
+    compared with the direct float64 ones (largest difference over the largest score,
+    top-10 of every test row). Targets: <= 20 s and <= 6 GB on the 2-core CPU; refined
+    float32 within 1e-8 of the largest score, top-10 identical.
+(c) Few images: n = 200, 2,048 features, 1,000 test images: the kernel form (what ``auto``
+    picks) against the direct form. Target: >= 10x, same scores.
+(d) The matrix-free conjugate-gradient path on the (b) head, 32 test images.
+(e) Leave-one-out on a real problem (scikit-learn digits through a fixed random projection
     to 32 features, 300 training images): Pearson and Spearman of predicted and actual
     test-loss changes.
 
-    .venv/bin/python benchmarks/bench_influence.py [--parts a b c d]
+Run (b) first in a fresh process: its peak memory is the process's.
+
+    flock /tmp/bench.lock .venv/bin/python benchmarks/bench_influence.py [--parts b c d e]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import time
 
 import numpy as np
@@ -31,68 +35,11 @@ import torch
 from robust_transfer.influence import (
     InfluenceConfig,
     compute_influence,
-    last_layer_hessian,
     leave_one_out_check,
-    torch_order_permutation,
 )
 
 F64 = torch.float64
-_RESULTS: dict = {}  # (b)'s result, reused by (c) in the same run
-
-
-# --- (a) the paper's algorithm, faithfully --------------------------------------------
-
-
-def paper_hessian(layer: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor,
-                  batch_size: int) -> torch.Tensor:
-    """One autograd call per Hessian row per batch, batch Hessians summed (the paper's code).
-
-    The paper summed Hessians of batch-mean losses, which is (number of batches) x the
-    Hessian of the mean loss; we divide by that number so a damping means the same thing
-    on both sides. PyTorch parameter order ``[W.flatten(), b]``.
-    """
-    params = [layer.weight, layer.bias]
-    size = sum(p.numel() for p in params)
-    hess = torch.zeros(size, size, dtype=F64)
-    batches = range(0, len(x), batch_size)
-    for s in batches:
-        loss = torch.nn.functional.cross_entropy(layer(x[s:s + batch_size]), y[s:s + batch_size])
-        grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, create_graph=True)])
-        for r in range(size):
-            row = torch.autograd.grad(grad[r], params, retain_graph=True)
-            hess[r] += torch.cat([g.flatten() for g in row])
-    return hess / len(batches)
-
-
-def paper_grads(layer: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """One autograd call per example."""
-    rows = []
-    for i in range(len(x)):
-        loss = torch.nn.functional.cross_entropy(layer(x[i:i + 1]), y[i:i + 1])
-        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, [layer.weight, layer.bias])]))
-    return torch.stack(rows)
-
-
-def paper_influence(layer, x, y, xt, yt, damping: float,
-                    batch_size: int = 100) -> tuple[np.ndarray, torch.Tensor, dict]:
-    t0 = time.perf_counter()
-    hess = paper_hessian(layer, x, y, batch_size)
-    t_hess = time.perf_counter() - t0
-    inv = torch.linalg.inv(hess + damping * torch.eye(len(hess), dtype=F64))
-    scores = -(paper_grads(layer, xt, yt) @ inv @ paper_grads(layer, x, y).T)
-    return scores.detach().numpy(), hess, {"hessian_s": t_hess, "total_s": time.perf_counter() - t0}
-
-
-def best_of(repeats: int, fn):
-    """``(result, seconds)`` of the fastest of ``repeats`` calls (wall clock)."""
-    best = None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        dt = time.perf_counter() - t0
-        if best is None or dt < best[1]:
-            best = (out, dt)
-    return best
+_RESULTS: dict = {}  # (b)'s result, reused by (d) in the same run
 
 
 def synthetic(n: int, m: int, d: int, c: int, seed: int, spread: float = 3.0):
@@ -109,94 +56,78 @@ def synthetic(n: int, m: int, d: int, c: int, seed: int, spread: float = 3.0):
     return x, y, xt, yt, w, b
 
 
-def part_a(damping: float = 1e-3) -> None:
-    # both sides single-threaded: at this size a second BLAS thread only adds synchronisation
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _part_a(damping)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _part_a(damping: float) -> None:
-    x, y, xt, yt, w, b = synthetic(500, 100, 64, 10, seed=0)
-    layer = torch.nn.Linear(64, 10).double()
-    with torch.no_grad():
-        layer.weight.copy_(w)
-        layer.bias.copy_(b)
-    (ref, h_ref, ref_t), _ = best_of(3, lambda: paper_influence(layer, x, y, xt, yt, damping))
-    cfg = InfluenceConfig(damping=damping, train_targets=False)
-    ours, t_ours = best_of(5, lambda: compute_influence(x, y, xt, yt, w, b, cfg))
-    h_ours, t_h = best_of(5, lambda: last_layer_hessian(x, w, b))  # full H, as the paper's
-    perm = torch_order_permutation(10, 64)
-    h_ref = h_ref[perm][:, perm]
-    print("(a) paper's algorithm vs closed form: 64 features, 10 classes, 500 train, 100 test, "
-          f"damping {damping:g}, 1 thread, best of 3 (paper) and 5 (ours)")
-    print(f"    paper: Hessian {ref_t['hessian_s']:.3f} s ({len(h_ref) * 5:,} autograd rows in 5 batches), "
-          f"total {ref_t['total_s']:.3f} s (+ {len(x) + len(xt)} per-example gradients, inverse)")
-    print(f"    ours:  Hessian {t_h * 1e3:.2f} ms (55 block products, full coordinates), total "
-          f"{t_ours * 1e3:.2f} ms (compute_influence, solver cholesky)")
-    print(f"    speed-up: total {ref_t['total_s'] / t_ours:.0f}x, Hessian {ref_t['hessian_s'] / t_h:.0f}x "
-          f"(target >= 1000x)")
-    print(f"    max |score difference| {np.abs(ours.scores - ref).max():.2e} (scores up to "
-          f"{np.abs(ref).max():.2e}; target <= 1e-6); Hessian max relative difference "
-          f"{float((h_ours - h_ref).abs().max() / h_ref.abs().max()):.1e}")
-
-
 # --- (b) a ResNet-50-sized head -----------------------------------------------------------
 
 
-def part_b(damping: float = 1e-3) -> None:
-    x, y, xt, yt, w, b = synthetic(3200, 1000, 2048, 10, seed=1)
+def timed(fn, repeats: int):
+    """``(last result, [seconds of each call])``."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return out, times
+
+
+def minmed(times: list[float]) -> str:
+    return f"min {min(times):.1f} s, median {statistics.median(times):.1f} s of {len(times)}"
+
+
+def compare(out, ref) -> str:
+    """Largest difference over the largest score, and top-10 agreement per test row."""
+    scale = np.abs(ref.scores).max()
+    diff = np.abs(out.scores - ref.scores).max() / scale
+    top = lambda s: np.argsort(s, axis=1, kind="stable")[:, :10]  # noqa: E731
+    same = int((top(out.scores) == top(ref.scores)).all(1).sum())
+    train = ""
+    if out.train_scores is not None:
+        train = f", train-by-train {np.abs(out.train_scores - ref.train_scores).max() / scale:.1e}"
+    return f"max |difference| {diff:.1e} of the largest score{train}; top-10 identical in {same:,} of {len(ref.scores):,} test rows"
+
+
+def part_b(damping: float = 1e-3, repeats: int = 3, n: int = 3200, m: int = 10000,
+           direct_repeats: int = 1, d: int = 2048) -> None:
+    x, y, xt, yt, w, b = synthetic(n, m, d, 10, seed=1)
     before = _peak_rss()
-    cfg = InfluenceConfig(damping=damping, solver="cholesky", train_targets=True)
-    res = compute_influence(x, y, xt, yt, w, b, cfg)
+    cfg = InfluenceConfig(damping=damping)
+    res, t_auto = timed(lambda: compute_influence(x, y, xt, yt, w, b, cfg), repeats)
+    peak = _peak_rss()
     _RESULTS["b"] = res
     steps = ", ".join(f"{k} {v:.1f}" for k, v in res.timings.items())
-    print("(b) ResNet-50-sized head: 2048 features, 10 classes, 3,200 train, 1,000 test, "
-          f"damping {damping:g}, solver cholesky")
-    print(f"    scores {res.scores.shape} + train {res.train_scores.shape} + self-influence; "
-          f"Hessian {res.info['hessian_dimension']}^2 (sum-zero coordinates of "
-          f"{res.info['parameters']} parameters)")
-    print(f"    time {res.timings['total_s']:.1f} s (target <= 180 s); steps [s]: {steps}")
-    print(f"    peak RSS of the process {_peak_rss() / 2**30:.2f} GB (before: {before / 2**30:.2f} GB; "
-          f"target <= 8 GB)")
-    per_row = _paper_row_seconds(x[:100], y[:100], w, b, rows=100)
-    rows = (w.numel() + b.numel()) * 32
-    print(f"    paper's Hessian at this size, extrapolated: {per_row * 1e3:.2f} ms per autograd row x "
-          f"{rows:,} rows (32 batches of 100) = {per_row * rows / 60:.0f} min, before its pinv; "
-          f"ours: Hessian {res.timings['hessian_s']:.1f} s")
+    print(f"(b) the paper's setting: {d} features, 10 classes, {n:,} train, {m:,} test, damping "
+          f"{damping:g}; test and train targets, self-influence")
+    print(f"    ours (form auto -> {res.info['form']}, float64): {minmed(t_auto)} (target <= 20 s); "
+          f"peak RSS {peak / 2**30:.2f} GB (before: {before / 2**30:.2f} GB; target <= 6 GB); "
+          f"steps [s]: {steps}")
+    ref, t_f64 = timed(lambda: compute_influence(
+        x, y, xt, yt, w, b, InfluenceConfig(damping=damping, form="direct")), direct_repeats)
+    print(f"    direct form, float64: {minmed(t_f64)}; steps [s]: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in ref.timings.items()))
+    mixed, t_mix = timed(lambda: compute_influence(
+        x, y, xt, yt, w, b, InfluenceConfig(damping=damping, form="direct", precision="mixed")), direct_repeats)
+    print(f"    direct form, mixed (float32 + float64 refinement, {mixed.info['refine_iterations']} "
+          f"steps): {minmed(t_mix)}; steps [s]: " + ", ".join(f"{k} {v:.1f}" for k, v in mixed.timings.items()))
+    print(f"    ratios (min): direct float64 / auto {min(t_f64) / min(t_auto):.1f}x, direct float64 / "
+          f"mixed {min(t_f64) / min(t_mix):.2f}x")
+    print(f"    mixed vs direct float64: {compare(mixed, ref)} (target 1e-8, all)")
+    print(f"    {res.info['form']} vs direct float64: {compare(res, ref)}")
 
 
-def _paper_row_seconds(x, y, w, b, rows: int) -> float:
-    """Seconds per Hessian row of the paper's algorithm, single-threaded (its fastest here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _row_seconds(x, y, w, b, rows)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _row_seconds(x, y, w, b, rows: int) -> float:
-    layer = torch.nn.Linear(w.shape[1], w.shape[0]).double()
-    with torch.no_grad():
-        layer.weight.copy_(w)
-        layer.bias.copy_(b)
-    params = [layer.weight, layer.bias]
-    loss = torch.nn.functional.cross_entropy(layer(x), y)
-    grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, params, create_graph=True)])
-    acc = torch.zeros(rows, len(grad), dtype=F64)
-    t0 = time.perf_counter()
-    for r in range(rows):
-        acc[r] += torch.cat([g.flatten() for g in torch.autograd.grad(grad[r], params, retain_graph=True)])
-    return (time.perf_counter() - t0) / rows
+def part_small_n(damping: float = 1e-3, repeats: int = 3, direct_repeats: int = 3) -> None:
+    x, y, xt, yt, w, b = synthetic(200, 1000, 2048, 10, seed=2)
+    res, t_auto = timed(lambda: compute_influence(x, y, xt, yt, w, b, InfluenceConfig(damping=damping)),
+                        repeats)
+    ref, t_dir = timed(lambda: compute_influence(
+        x, y, xt, yt, w, b, InfluenceConfig(damping=damping, form="direct")), direct_repeats)
+    print(f"(c) few images: 200 train, 1,000 test, 2048 features, 10 classes, damping {damping:g}")
+    print(f"    ours (form auto -> {res.info['form']}): {minmed(t_auto)}; direct form: {minmed(t_dir)}; "
+          f"speed-up {min(t_dir) / min(t_auto):.0f}x (median {statistics.median(t_dir) / statistics.median(t_auto):.0f}x; "
+          f"target >= 10x)")
+    print(f"    {compare(res, ref)}")
 
 
 def part_c(damping: float = 1e-3, count: int = 32) -> None:
-    x, y, xt, yt, w, b = synthetic(3200, 1000, 2048, 10, seed=1)
-    xt, yt = xt[:count], yt[:count]
+    x, y, xt, yt, w, b = synthetic(3200, count, 2048, 10, seed=1)  # (b)'s first test rows
     if "b" in _RESULTS and _RESULTS["b"].config.damping == damping:
         ref_scores, ref_note = _RESULTS["b"].scores[:count], "the (b) scores"
     else:
@@ -206,7 +137,7 @@ def part_c(damping: float = 1e-3, count: int = 32) -> None:
                           cg_batch=count)
     res = compute_influence(x, y, xt, yt, w, b, cfg)
     diff = np.abs(res.scores - ref_scores).max() / np.abs(ref_scores).max()
-    print(f"(c) conjugate gradients on the (b) head, {count} test images, tolerance {cfg.cg_tol:g}: "
+    print(f"(d) conjugate gradients on the (b) head, {count} test images, tolerance {cfg.cg_tol:g}: "
           f"{res.timings['total_s']:.1f} s, {res.info['cg_iterations']} iterations, "
           f"max difference to cholesky {diff:.1e} of the largest score ({ref_note})")
 
@@ -226,7 +157,7 @@ def part_d() -> None:
     idx = balanced_subset(train.labels.numpy(), 300, 0, "digits")
     x = (train.images.reshape(len(train), -1).to(F64) / 255.0 @ proj)[idx]
     xt = test.images.reshape(len(test), -1).to(F64) / 255.0 @ proj
-    print("(d) leave-one-out, digits (300 train) through a random projection to 32 features; "
+    print("(e) leave-one-out, digits (300 train) through a random projection to 32 features; "
           "30 removals per test image")
     for damping in (1e-3, 1e-2):
         for selection in ("top", "random"):
@@ -240,13 +171,21 @@ def part_d() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=list("abcd"), choices=list("abcd"),
+    parser.add_argument("--parts", nargs="+", default=list("bcde"), choices=list("bcde"),
                         help="which benchmarks to run (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of (b) and (c)")
+    parser.add_argument("--direct-repeats", type=int, default=1,
+                        help="(b), (c): timed runs of the (slow) direct forms")
+    parser.add_argument("--n", type=int, default=3200, help="(b): training images")
+    parser.add_argument("--d", type=int, default=2048, help="(b): features")
+    parser.add_argument("--m", type=int, default=10000, help="(b): test images")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     for part in args.parts:
-        {"a": part_a, "b": part_b, "c": part_c, "d": part_d}[part]()
+        {"b": lambda: part_b(repeats=args.repeats, n=args.n, m=args.m,
+                                  direct_repeats=args.direct_repeats, d=args.d),
+         "c": lambda: part_small_n(repeats=args.repeats, direct_repeats=args.direct_repeats), "d": part_c, "e": part_d}[part]()
 
 
 if __name__ == "__main__":

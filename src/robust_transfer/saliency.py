@@ -22,9 +22,14 @@ from matplotlib.figure import Figure
 
 from robust_transfer.data import ImageArrays, InputPolicy
 from robust_transfer.errors import ConfigError
-from robust_transfer.influence.core import eval_mode
-from robust_transfer.influence.outputs import prepare_output_dir, write_json, write_npz
-from robust_transfer.influence.plots import save_figure, to_display
+from robust_transfer.models.modes import eval_mode
+from robust_transfer.outputs import (
+    prepare_output_dir,
+    save_figure,
+    to_display,
+    write_json,
+    write_npz,
+)
 
 Tensor = torch.Tensor
 

@@ -209,3 +209,20 @@ def test_unknown_architecture_lists_valid_names():
     for name in ARCHS.names():
         assert name in str(err.value)
     assert {"resnet18", "resnet50", "wide_resnet50_2", "small_resnet"} <= set(ARCHS.names())
+
+
+def test_eval_mode_restores_each_submodules_own_mode():
+    import torch.nn as nn
+
+    from robust_transfer.models.modes import eval_mode
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout())
+    net.train()
+    net[1].eval()  # a frozen BatchNorm inside a training model
+    try:
+        with eval_mode(net):
+            assert not any(m.training for m in net.modules())
+            raise RuntimeError("inside")
+    except RuntimeError:
+        pass
+    assert net.training and net[0].training and not net[1].training and net[2].training

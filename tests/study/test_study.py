@@ -173,7 +173,7 @@ def test_missing_checkpoints_and_datasets_are_all_listed(tmp_path, sources, monk
     assert any(f"imagenet_l2_3_0.pt is not in {tmp_path / 'zoo'}" in f for f in fixes)
     assert any("dataset cifar10" in f and "cifar-10-batches-py" in f for f in fixes)
     plan = plan_study(path, measure=False)  # a dry run reports them instead of refusing
-    assert plan.total_runs == 4 and len(plan.missing) == 3 and plan.estimate.gpu_hours > 0
+    assert plan.total_runs == 4 and len(plan.missing) == 3 and plan.estimate.flops > 0
 
 
 # --- running, the store, resuming ----------------------------------------------------

@@ -204,9 +204,8 @@ def _dry_run(spec, args) -> int:
     est = plan.estimate
     print(f"study '{spec.name}': {plan.total_runs} runs, {plan.finished} already finished, "
           f"{plan.failed} failed, {plan.to_run} to run")
-    print(f"estimated time: {_duration(est.seconds)} on this machine, one run at a time "
-          f"({est.basis})")
-    print(f"estimated GPU-hours: {est.gpu_hours:,.1f} on {_reference()}")
+    for line in est.lines():
+        print(line)
     if plan.other_study:
         print(f"note: {args.out} holds a different study; running this spec there needs --extend")
     if plan.missing:
@@ -215,12 +214,6 @@ def _dry_run(spec, args) -> int:
         for item in plan.missing:
             print(f"  - {item}")
     return 0
-
-
-def _reference() -> str:
-    from robust_transfer.study.estimate import REFERENCE_GPU
-
-    return REFERENCE_GPU
 
 
 def _print_missing(items) -> None:

@@ -1,7 +1,8 @@
 """Last-layer influence functions (Koh & Liang 2017) for fine-tuned transfer models.
 
 ``I(z, z_test) = -g_test^T (H + lambda I)^-1 g_z`` for the softmax cross-entropy of the
-model's linear head on fixed penultimate features, with the closed-form Hessian in float64.
+model's linear head on fixed penultimate features, exact: the closed-form Hessian (or a
+Woodbury form of it) in float64, or in float32 refined to float64 scores.
 
 Typical use::
 
@@ -9,7 +10,8 @@ Typical use::
     curve = class_match_curve(result.scores, result.test_labels, result.train_labels)
 
 Modules: :mod:`.hessian` (gradients, Hessian, HVPs, parameter order), :mod:`.solvers`
-(cholesky / eigh / pinv / cg), :mod:`.core` (the entry points), :mod:`.analysis` (top-k,
+(cholesky / eigh / pinv / cg, mixed precision), :mod:`.forms` (direct, kernel and block
+forms of the damped inverse, chosen by cost), :mod:`.core` (the entry points), :mod:`.analysis` (top-k,
 class-match curves), :mod:`.loo` (leave-one-out validation), :mod:`.plots` (Figs. 5 and
 6), :mod:`.outputs` (arrays, figures and summary in a folder).
 """
@@ -23,13 +25,16 @@ from robust_transfer.influence.analysis import (
     wilson_interval,
 )
 from robust_transfer.influence.core import (
+    ConfigField,
     InfluenceConfig,
     InfluenceResult,
     compute_influence,
+    config_fields,
     eval_mode,
     extract_features,
     influence_for_model,
 )
+from robust_transfer.influence.forms import FORMS, choose_form, flop_estimates
 from robust_transfer.influence.hessian import (
     hessian_vector_product,
     last_layer_hessian,
@@ -40,6 +45,7 @@ from robust_transfer.influence.hessian import (
 from robust_transfer.influence.loo import LeaveOneOutResult, fit_head, leave_one_out_check
 from robust_transfer.influence.outputs import explain_influence, write_influence
 from robust_transfer.influence.solvers import (
+    PRECISIONS,
     SOLVERS,
     ConvergenceError,
     InfluenceMemoryError,
@@ -48,7 +54,8 @@ from robust_transfer.influence.solvers import (
 )
 
 __all__ = [
-    "SOLVERS", "ClassMatchCurve", "ConvergenceError", "InfluenceConfig", "InfluenceMemoryError",
+    "FORMS", "PRECISIONS", "SOLVERS", "ClassMatchCurve", "ConfigField", "choose_form",
+    "config_fields", "flop_estimates", "ConvergenceError", "InfluenceConfig", "InfluenceMemoryError",
     "InfluenceResult", "LeaveOneOutResult", "SingularHessianError", "TopK", "class_match_curve",
     "compute_influence", "estimate_memory", "eval_mode", "explain_influence", "extract_features",
     "fit_head", "hessian_vector_product", "influence_for_model", "last_layer_hessian",

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 from robust_transfer.errors import ConfigError
 
 ORDERS = ("helpful", "harmful", "abs")
-_Z95 = 1.959963984540054
 _CHUNK = 256  # target rows ranked at a time
 
 
@@ -41,10 +41,38 @@ def rank_training(scores: np.ndarray, k: int, order: str = "helpful",
     out = np.empty((m, k), dtype=np.int64)
     for s in range(0, m, _CHUNK):  # bounded temporaries for large score matrices
         rows = np.asarray(scores[s:s + _CHUNK], dtype=np.float64)
-        key = {"helpful": rows, "harmful": -rows, "abs": -np.abs(rows)}[order].copy()
+        key = rows.copy() if order == "helpful" else (-rows if order == "harmful" else -np.abs(rows))
         if exclude_self:
             key[np.arange(len(key)), np.arange(s, s + len(key))] = np.inf
-        out[s:s + _CHUNK] = np.argsort(key, axis=1, kind="stable")[:, :k]
+        out[s:s + _CHUNK] = smallest_k(key, k)
+    return out
+
+
+def smallest_k(key: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the ``k`` smallest entries of each row, smallest first.
+
+    Equal to ``np.argsort(key, axis=1, kind="stable")[:, :k]`` (ties by the lower index)
+    but with a partial selection (``argpartition``) instead of a full sort.
+
+    Args:
+        key: ``[r, n]``.
+        k: ``0 <= k <= n``.
+
+    Returns:
+        ``[r, k]`` int64.
+    """
+    r, n = key.shape
+    if k == 0 or k >= n:
+        return np.argsort(key, axis=1, kind="stable")[:, :k]
+    cand = np.sort(np.argpartition(key, k - 1, axis=1)[:, :k], axis=1)  # index order
+    vals = np.take_along_axis(key, cand, 1)
+    order = np.argsort(vals, axis=1, kind="stable")  # ties keep index order
+    out = np.take_along_axis(cand, order, 1)
+    # a tie at the k-th value may have let the partition pick a higher index: redo those rows
+    kth = np.take_along_axis(vals, order[:, -1:], 1)
+    tied = (key == kth).sum(1) != (vals == kth).sum(1)
+    if tied.any():
+        out[tied] = np.argsort(key[tied], axis=1, kind="stable")[:, :k]
     return out
 
 
@@ -80,23 +108,24 @@ def top_k(scores: np.ndarray, k: int = 10, exclude_self: bool = False) -> TopK:
                 harmful, np.take_along_axis(scores, harmful, 1))
 
 
-def wilson_interval(successes: np.ndarray, trials: int, z: float = _Z95) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a binomial proportion (95% by default).
+def wilson_interval(successes: np.ndarray, trials: int,
+                    confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion, from :func:`scipy.stats.binomtest`.
 
     Args:
         successes: counts, any shape.
         trials: number of trials (> 0).
-        z: normal quantile.
+        confidence: confidence level.
 
     Returns:
         ``(low, high)``, each shaped like ``successes``.
     """
-    s = np.asarray(successes, dtype=np.float64)
-    p = s / trials
-    denom = 1 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denom
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+    counts = np.asarray(successes)
+    low, high = np.empty(counts.shape), np.empty(counts.shape)
+    for idx, k in np.ndenumerate(counts):
+        ci = stats.binomtest(int(k), trials).proportion_ci(confidence, method="wilson")
+        low[idx], high[idx] = ci.low, ci.high
+    return low, high
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,10 @@ import torch
 
 from robust_transfer.data import ImageArrays, InputPolicy
 from robust_transfer.errors import ConfigError
+from robust_transfer.influence.forms import FORMS, choose_form
 from robust_transfer.influence.hessian import augment, head_probs, residuals
 from robust_transfer.influence.solvers import (
+    PRECISIONS,
     SOLVERS,
     GradientProblem,
     available_memory,
@@ -35,38 +37,114 @@ Tensor = torch.Tensor
 class InfluenceConfig:
     """How to compute last-layer influence.
 
+    Each field's metadata holds its command-line help (and choices where there are some);
+    :func:`config_fields` turns them into rows a CLI can add as options.
+
     Attributes:
         damping: ``lambda`` added to the Hessian's diagonal (an L2 term of the mean loss).
         solver: ``cholesky``, ``eigh``, ``pinv`` or ``cg`` (see :data:`SOLVERS`).
         rcond: ``pinv`` only: drop eigenvalues below ``rcond * max`` (the paper: 5e-2).
         train_targets: also score every training image as a target (train-by-train
             matrix, self-influence); costs ``n`` more solves.
+        form: ``cholesky`` only: ``direct`` (factor the Hessian), ``kernel`` (Woodbury
+            through the feature Gram matrix, cheap when ``n < d + 1``), ``block`` (Woodbury
+            around the class blocks, cheap at the paper's setting) or ``auto`` (the cheapest
+            that applies; see :mod:`.forms`).
+        precision: ``float64`` throughout, or ``mixed`` (direct cholesky only): Hessian,
+            factor and solves in float32, then float64 iterative refinement.
+        refine_tol: ``mixed`` only: stop refining when the last correction is below this
+            fraction of the solution.
+        refine_max_iter: ``mixed`` only: refinement steps at most.
         cg_tol: ``cg`` only: relative residual to reach.
         cg_max_iter: ``cg`` only: iterations at most.
         cg_batch: ``cg`` only: right-hand sides solved together.
         memory_limit: bytes allowed; ``None`` means what the OS reports as available.
     """
 
-    damping: float = field(default=1e-3, metadata={"help": "added to the Hessian's diagonal"})
-    solver: str = field(default="cholesky", metadata={"help": "cholesky, eigh, pinv or cg"})
-    rcond: float = field(default=5e-2, metadata={"help": "pinv: relative eigenvalue cutoff"})
-    train_targets: bool = field(default=True, metadata={"help": "score training targets too"})
-    cg_tol: float = field(default=1e-10, metadata={"help": "cg: relative residual"})
-    cg_max_iter: int = field(default=500, metadata={"help": "cg: iterations at most"})
-    cg_batch: int = field(default=256, metadata={"help": "cg: right-hand sides at once"})
-    memory_limit: int | None = field(default=None, metadata={"help": "bytes; None: available"})
+    damping: float = field(default=1e-3, metadata={"help": "lambda added to the Hessian's diagonal"})
+    solver: str = field(default="cholesky", metadata={
+        "help": "how (H + damping*I)^-1 is applied", "choices": lambda: SOLVERS.names()})
+    rcond: float = field(default=5e-2, metadata={
+        "help": "pinv only: drop eigenvalues below rcond*max (the paper's 5e-2)"})
+    train_targets: bool = field(default=True, metadata={
+        "help": "score training images as targets too (self-influence, train curve)",
+        "negative_flag": "--no-train-targets"})
+    form: str = field(default="auto", metadata={
+        "help": "cholesky only: direct, kernel (few images), block (many) or auto (cheapest)",
+        "choices": lambda: list(FORMS)})
+    precision: str = field(default="float64", metadata={
+        "help": "float64, or mixed: float32 factor refined to float64 scores (direct form)",
+        "choices": lambda: list(PRECISIONS)})
+    refine_tol: float = field(default=1e-10, metadata={
+        "help": "mixed only: stop when the correction is below this fraction of the solution"})
+    refine_max_iter: int = field(default=10, metadata={"help": "mixed only: refinement steps at most"})
+    cg_tol: float = field(default=1e-10, metadata={"help": "cg only: relative residual"})
+    cg_max_iter: int = field(default=500, metadata={"help": "cg only: iterations at most"})
+    cg_batch: int = field(default=256, metadata={"help": "cg only: right-hand sides at once"})
+    memory_limit: int | None = field(default=None, metadata={
+        "help": "refuse problems estimated above this many bytes (default: the available memory)"})
 
     def __post_init__(self) -> None:
         SOLVERS.get(self.solver)  # unknown names list the valid ones
+        for name, value, valid in (("form", self.form, FORMS), ("precision", self.precision, PRECISIONS)):
+            if value not in valid:
+                raise ConfigError(f"unknown influence {name} '{value}'; valid: {', '.join(valid)}")
         if not (self.damping >= 0 and np.isfinite(self.damping)):
             raise ConfigError(f"damping must be a finite number >= 0, got {self.damping}")
         if not 0 < self.rcond < 1:
             raise ConfigError(f"rcond must lie in (0, 1), got {self.rcond}")
         if self.cg_batch < 1 or self.cg_max_iter < 1 or not self.cg_tol > 0:
             raise ConfigError("cg_batch and cg_max_iter must be >= 1 and cg_tol > 0")
+        if self.refine_max_iter < 1 or not self.refine_tol > 0:
+            raise ConfigError("refine_max_iter must be >= 1 and refine_tol > 0")
+        if self.precision == "mixed" and (self.solver != "cholesky" or self.form in ("kernel", "block")):
+            raise ConfigError(f"precision 'mixed' applies to solver 'cholesky' with form 'direct' "
+                              f"or 'auto', not solver '{self.solver}' with form '{self.form}'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One :class:`InfluenceConfig` field as a command-line option.
+
+    Attributes:
+        name: the field name.
+        flag: ``--kebab-case`` option (``--no-...`` for a true-by-default switch).
+        type: ``float``, ``int``, ``str`` or ``bool``.
+        default: the field's default.
+        help: one line.
+        choices: valid values, or ``None``.
+    """
+
+    name: str
+    flag: str
+    type: type
+    default: Any
+    help: str
+    choices: list[str] | None = None
+
+
+def config_fields() -> list[ConfigField]:
+    """:class:`InfluenceConfig`'s fields with their help, for building CLI options.
+
+    Returns:
+        One :class:`ConfigField` per field, in declaration order.
+
+    Example:
+        >>> for f in config_fields():
+        ...     parser.add_argument(f.flag, type=f.type, default=f.default, help=f.help)
+    """
+    rows = []
+    for f in fields(InfluenceConfig):
+        meta = f.metadata
+        kind = {"float": float, "int": int, "str": str, "bool": bool}.get(
+            str(f.type).split(" | ")[0], str)
+        choices = meta["choices"]() if "choices" in meta else None
+        flag = meta.get("negative_flag", "--" + f.name.replace("_", "-"))
+        rows.append(ConfigField(f.name, flag, kind, f.default, meta["help"], choices))
+    return rows
 
 
 @dataclass
@@ -164,7 +242,10 @@ def _check_shapes(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tens
 
 
 def _check_memory(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> None:
-    est = estimate_memory(n, m, c, d, cfg.solver, cfg.train_targets, cfg.cg_batch)
+    form = choose_form(cfg.form, n, m, c, d, cfg.damping, cfg.solver, cfg.precision,
+                       cfg.train_targets)
+    est = estimate_memory(n, m, c, d, cfg.solver, cfg.train_targets, cfg.cg_batch, form,
+                          cfg.precision)
     cg_est = estimate_memory(n, m, c, d, "cg", cfg.train_targets, cfg.cg_batch)
     limit = cfg.memory_limit if cfg.memory_limit is not None else available_memory()
     describe = f"{n} training and {m} test images, {c} classes, {d} features"
@@ -237,8 +318,9 @@ def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageA
     f_test = extract_features(model, test.images, policy, batch_size)
     t_feat = time.perf_counter() - t0
     head = model.head
+    # the features are on the CPU (float64); so must the head be when the model is on a GPU
     result = compute_influence(f_train, train.labels, f_test, test.labels,
-                               head.weight.detach(), head.bias.detach(), cfg)
+                               head.weight.detach().cpu(), head.bias.detach().cpu(), cfg)
     result.timings = {"features_s": t_feat, **result.timings}
     return result
 

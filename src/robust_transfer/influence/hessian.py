@@ -189,7 +189,8 @@ def last_layer_hessian(features: Tensor, weight: Tensor, bias: Tensor, reduced: 
 
 
 def hessian_from_probs(x_aug: Tensor, probs: Tensor, reduced: bool = False,
-                       sample_weight: Tensor | None = None) -> Tensor:
+                       sample_weight: Tensor | None = None, *, mirror: bool = True,
+                       dtype: torch.dtype = torch.float64) -> Tensor:
     """The Hessian from its ``K(K+1)/2`` distinct blocks, one matrix product per block row.
 
     Block ``(a, b)`` is ``X~^T diag(A[:, a, b]) X~ / n``. Block row ``a`` computes the blocks
@@ -203,21 +204,27 @@ def hessian_from_probs(x_aug: Tensor, probs: Tensor, reduced: bool = False,
         probs: ``[n, C]`` probabilities.
         reduced: sum-zero coordinates (``K = C - 1``) instead of ``K = C``.
         sample_weight: ``[n]`` per-example weights (see :func:`last_layer_hessian`).
+        mirror: fill the blocks below the diagonal too; without it only the upper block
+            triangle is written (all a Cholesky of ``H^T`` or ``eigh(..., UPLO="U")`` reads)
+            and the rest is left uninitialised.
+        dtype: of the products and the result (curvatures are formed in float64 first).
 
     Returns:
-        ``[K * D, K * D]`` float64, class-major.
+        ``[K * D, K * D]``, class-major.
     """
     n, dim = x_aug.shape
-    a = curvature_weights(probs, reduced)
+    a = curvature_weights(probs.to(torch.float64), reduced)
     if sample_weight is not None:
         a = a * sample_weight.to(a)[:, None, None]
+    a, x_aug = a.to(dtype), x_aug.to(dtype)
     k = a.shape[1]
-    hess = torch.empty(k * dim, k * dim, dtype=torch.float64, device=x_aug.device)
+    hess = torch.empty(k * dim, k * dim, dtype=dtype, device=x_aug.device)
     for i in range(k):
         weighted = (a[:, i, i:, None] * x_aug[:, None, :]).reshape(n, -1)  # [n, (K-i) D]
-        row = x_aug.T @ weighted / n  # blocks (i, i..K-1)
-        hess[i * dim:(i + 1) * dim, i * dim:] = row
-        hess[(i + 1) * dim:, i * dim:(i + 1) * dim] = row[:, dim:].T
+        row = x_aug.T @ weighted  # blocks (i, i..K-1)
+        hess[i * dim:(i + 1) * dim, i * dim:] = row.div_(n)
+        if mirror:
+            hess[(i + 1) * dim:, i * dim:(i + 1) * dim] = row[:, dim:].T
     return hess
 
 

@@ -7,12 +7,11 @@ Layout of an output folder::
     influence_grid.png      Fig. 5, models side by side
     <model>/influence.npz   scores, train_scores, self_influence, top-k, curves, indices
 
-Every file is written to a temporary name and renamed, so it is whole or absent.
+Every file goes through :func:`robust_transfer.io.atomic_write`: whole or absent.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,50 +21,14 @@ import numpy as np
 import torch
 
 from robust_transfer.data import ImageArrays
-from robust_transfer.errors import ConfigError, OutputExistsError
+from robust_transfer.errors import ConfigError
 from robust_transfer.influence.analysis import ClassMatchCurve, class_match_curve, top_k
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
+from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
-
-def prepare_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create ``path``; refuse an existing one unless ``overwrite``.
-
-    Raises:
-        OutputExistsError: ``path`` exists and ``overwrite`` is false.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"output folder {path} already exists; choose another or pass "
-                                f"--overwrite to write into it")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def write_json(path: str | os.PathLike, record: Mapping[str, Any]) -> Path:
-    """Write JSON whole or not at all."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write an ``.npz`` whole or not at all."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **{k: v for k, v in arrays.items() if v is not None})
-    os.replace(tmp, path)
-    return path
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+__all__ = ["curves_for", "explain_influence", "grid_rows", "model_summary", "prepare_output_dir",
+           "write_influence", "write_json", "write_npz"]
 
 
 def curves_for(result: InfluenceResult, max_rank: int = 100,
@@ -83,7 +46,8 @@ def curves_for(result: InfluenceResult, max_rank: int = 100,
 def model_summary(result: InfluenceResult, curves: list[ClassMatchCurve]) -> dict[str, Any]:
     """The JSON-sized facts of one model's result."""
     cfg = result.config
-    record = {"damping": cfg.damping, "solver": cfg.solver, "n_train": len(result.train_labels),
+    record = {"damping": cfg.damping, "solver": cfg.solver, "form": result.info.get("form"),
+              "precision": result.info.get("precision", cfg.precision), "n_train": len(result.train_labels),
               "n_test": len(result.test_labels), "timings_s": result.timings, "info": result.info}
     if cfg.solver == "pinv":
         record["rcond"] = cfg.rcond

@@ -16,25 +16,11 @@ from matplotlib.figure import Figure
 
 from robust_transfer.analysis.palette import source_colors
 from robust_transfer.influence.analysis import ClassMatchCurve
+from robust_transfer.outputs import save_figure, to_display
+
+__all__ = ["InfluenceGrid", "plot_class_match", "plot_influence_grids", "save_figure", "to_display"]
 
 _TARGET_TITLES = {"test": "test images as targets", "train": "training images as targets"}
-
-
-def to_display(image: np.ndarray) -> np.ndarray:
-    """``[C, H, W]`` uint8 or float in [0, 1] -> ``[H, W]`` (one channel) or ``[H, W, 3]``."""
-    img = np.asarray(image)
-    img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
-    img = np.clip(img, 0.0, 1.0)
-    return img[0] if img.shape[0] == 1 else np.transpose(img, (1, 2, 0))
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write a PNG whole or not at all (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
 
 
 def plot_class_match(curves: Mapping[str, Sequence[ClassMatchCurve]],

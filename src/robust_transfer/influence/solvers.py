@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from robust_transfer.errors import RobustTransferError
+from robust_transfer.influence.forms import choose_form, gram, run_block, run_kernel
 from robust_transfer.influence.hessian import (
     hessian_from_probs,
     hessian_vector_product,
@@ -34,6 +35,9 @@ Tensor = torch.Tensor
 _BYTES = 8  # float64
 # eigenvalues of X~^T X~ below this fraction of the largest count as zero at zero damping
 _RANK_RTOL = 1e-10
+_SCORE_CHUNK = 1024  # test gradients formed at a time
+_HVP_CHUNK = 512  # right-hand sides per Hessian-vector product in refinement
+PRECISIONS = ("float64", "mixed")
 
 
 class SingularHessianError(RobustTransferError, ValueError):
@@ -45,7 +49,7 @@ class InfluenceMemoryError(RobustTransferError, MemoryError):
 
 
 class ConvergenceError(RobustTransferError):
-    """Conjugate gradients did not reach the tolerance."""
+    """Conjugate gradients or mixed-precision refinement did not reach the tolerance."""
 
 
 @dataclass
@@ -128,7 +132,8 @@ def available_memory() -> int | None:
 
 
 def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: int,
-                    solver: str, train_targets: bool = True, cg_batch: int = 256) -> int:
+                    solver: str, train_targets: bool = True, cg_batch: int = 256,
+                    form: str = "direct", precision: str = "float64") -> int:
     """Peak bytes of :func:`~robust_transfer.influence.compute_influence`, roughly.
 
     Args:
@@ -138,19 +143,33 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         solver: a name in :data:`SOLVERS`.
         train_targets: training images are scored as targets too.
         cg_batch: right-hand sides per conjugate-gradient batch.
+        form: ``direct``, ``kernel`` or ``block`` (see :mod:`.forms`; cholesky only).
+        precision: ``float64`` or ``mixed`` (direct cholesky only).
 
     Returns:
-        Bytes (float64 throughout).
+        Bytes.
     """
     n, m, c, dim = n_train, n_test, num_classes, feature_dim + 1
-    p = (c - 1) * dim
+    p, k = (c - 1) * dim, c - 1
     total = 2 * (n + m) * (dim + c) + m * n + (n * n + n if train_targets else 0)
     if solver == "cg":
-        k = min(cg_batch, n + m)
-        total += 7 * k * p + 3 * k * c * n + 3 * dim * dim + 2 * c * c
+        b = min(cg_batch, n + m)
+        total += 7 * b * p + 3 * b * c * n + 3 * dim * dim + 2 * c * c
+    elif solver == "cholesky" and form == "kernel":
+        chunk = min(m, 2048)
+        total += 2 * (n * k) ** 2 + 2 * n * k * n + n * k * chunk + 2 * chunk * n + n * k * k
+    elif solver == "cholesky" and form == "block":
+        total += 4 * m * n + 6 * n * n + 3 * dim * dim + 3 * dim * n
     else:
-        # H, the dense gradients, and while building H one block row and the curvatures
-        total += p * p + (n + m) * p + n * p + dim * p + n * c * c
+        build = n * p + dim * p + n * c * c  # one block row and the curvatures
+        total += (p * p // 2 if precision == "mixed" else p * p) + build
+        side = n if train_targets or m >= n else m
+        if solver == "cholesky" and (precision == "mixed" or m > n or not train_targets):
+            total += (5 if precision == "mixed" else 2) * side * p + min(m, _SCORE_CHUNK) * p
+            if precision == "mixed":
+                total += 3 * _HVP_CHUNK * c * n
+        else:
+            total += (n + m) * p
         if solver in ("eigh", "pinv"):
             total += 2 * p * p + (n + m) * p  # eigenvectors, LAPACK's copy, rotated gradients
     return int(total * _BYTES)
@@ -222,8 +241,10 @@ def _factor_failed(damping: float, how: str) -> SingularHessianError:
 # --- direct solvers --------------------------------------------------------------------
 
 
-def _hessian(problem: GradientProblem) -> Tensor:
-    return hessian_from_probs(problem.x_train, problem.probs, reduced=True)
+def _hessian(problem: GradientProblem, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The upper block triangle of ``H'`` (all Cholesky of ``H'^T`` and ``eigh(UPLO="U")`` read)."""
+    return hessian_from_probs(problem.x_train, problem.probs, reduced=True, mirror=False,
+                              dtype=dtype)
 
 
 def _scores_from_whitened(w_test: Tensor, w_train: Tensor, train_targets: bool,
@@ -231,51 +252,148 @@ def _scores_from_whitened(w_test: Tensor, w_train: Tensor, train_targets: bool,
     scores = -(w_test @ w_train.T)
     if not train_targets:
         return SolverOutput(scores, None, None, info, timings)
-    train_scores = -(w_train @ w_train.T)
+    train_scores = -gram(w_train)
     return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
 
 
 def _cholesky_whiten(hess: Tensor, damping: float, grads: list[Tensor]) -> None:
     """Factor ``hess + damping I`` and whiten ``grads``, all in place.
 
-    ``hess`` is symmetric, so its transpose is the same matrix in column-major order,
-    which lets LAPACK overwrite it without a copy.
+    ``hess`` holds ``H'`` in its upper triangle; its transpose is then the lower triangle
+    of the same matrix in column-major order, which lets LAPACK overwrite it without a copy.
     """
-    hess.diagonal().add_(damping)
-    info = torch.empty((), dtype=torch.int32)
-    torch.linalg.cholesky_ex(hess.mT, out=(hess.mT, info))
-    if int(info) != 0:
-        raise _factor_failed(damping, "Cholesky failed")
+    _cholesky_factor(hess, damping)
     for g in grads:
         torch.linalg.solve_triangular(hess.mT, g.mT, upper=False, out=g.mT)
 
 
 def _run_cholesky(problem: GradientProblem, damping: float, opts: dict) -> SolverOutput:
+    n, m = len(problem.r_train), len(problem.r_test)
+    c, d = problem.probs.shape[1], problem.x_train.shape[1] - 1
+    precision = opts.get("precision", "float64")
+    form = choose_form(opts.get("form", "auto"), n, m, c, d, damping, "cholesky", precision,
+                       problem.train_targets)
+    if form in ("kernel", "block"):
+        scores, train, timings = (run_kernel if form == "kernel" else run_block)(problem, damping)
+        own = None if train is None else train.diagonal().clone()
+        return SolverOutput(scores, train, own, {"form": form, "precision": "float64"}, timings)
+    info = {"form": "direct", "precision": precision}
+    if precision == "mixed" or m > n or not problem.train_targets:
+        return _run_direct_solve(problem, damping, opts, info)
+    return _run_direct_whiten(problem, damping, info)
+
+
+def _run_direct_whiten(problem: GradientProblem, damping: float, info: dict) -> SolverOutput:
+    """At most as many test as training targets: whiten all ``n + m`` gradients once
+    (``w = L^-1 g``), which beats solving twice for the ``n`` training gradients."""
     timings = {}
     t0 = time.perf_counter()
     hess = _hessian(problem)
     timings["hessian_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if not problem.train_targets:
-        # test targets only: solving for the m test gradients beats whitening all n + m
-        v_test = problem.grads("test")
-        _cholesky_solve(hess, damping, v_test)
-        timings["factor_solve_s"] = time.perf_counter() - t0
-        return SolverOutput(-problem.dot_train(v_test), None, None, {}, timings)
     w_test, w_train = problem.grads("test"), problem.grads("train")  # whitened in place
     _cholesky_whiten(hess, damping, [w_test, w_train])
     del hess
     timings["factor_solve_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = _scores_from_whitened(w_test, w_train, True, {}, timings)
+    scores = -(w_test @ w_train.T)
+    train_scores = -gram(w_train)
     timings["scores_s"] = time.perf_counter() - t0
-    return out
+    return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
 
 
-def _cholesky_solve(hess: Tensor, damping: float, rows: Tensor) -> None:
-    """``rows <- rows (hess + damping I)^-1``, factoring ``hess`` in place."""
-    _cholesky_whiten(hess, damping, [rows])
-    torch.linalg.solve_triangular(hess, rows.mT, upper=True, out=rows.mT)
+def _run_direct_solve(problem: GradientProblem, damping: float, opts: dict,
+                      info: dict) -> SolverOutput:
+    """``V = (H' + lambda I)^-1 G_train`` (refined when mixed), then scores ``G V^T``.
+
+    ``precision="mixed"``: ``H'``, its factor and the solves in float32; the float64
+    residual ``G - (H' + lambda I) V`` from matrix-free Hessian-vector products is solved
+    again in float32 and added (iterative refinement) until the correction is below
+    ``refine_tol`` of the solution.
+    """
+    mixed = opts.get("precision", "float64") == "mixed"
+    dtype = torch.float32 if mixed else torch.float64
+    timings = {}
+    t0 = time.perf_counter()
+    hess = _hessian(problem, dtype)
+    timings["hessian_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _cholesky_factor(hess, damping)
+    timings["factor_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # solve for the smaller side: test gradients when only they are targets and are fewer
+    side = "test" if not problem.train_targets and len(problem.r_test) < len(problem.r_train) else "train"
+    g = problem.grads(side)
+    v = _factor_solve(hess, g)
+    timings["solve_s"] = time.perf_counter() - t0
+    if mixed:
+        t0 = time.perf_counter()
+        v, steps = _refine(problem, damping, hess, g, v, opts)
+        timings["refine_s"] = time.perf_counter() - t0
+        info.update(steps)
+    del hess
+    t0 = time.perf_counter()
+    if side == "test":
+        timings["scores_s"] = time.perf_counter() - t0
+        return SolverOutput(-problem.dot_train(v), None, None, info, timings)
+    scores = torch.empty(len(problem.r_test), len(v), dtype=torch.float64)
+    for s0 in range(0, len(scores), _SCORE_CHUNK):
+        scores[s0:s0 + _SCORE_CHUNK] = problem.grads("test", slice(s0, s0 + _SCORE_CHUNK)) @ v.T
+    scores.neg_()
+    train = own = None
+    if problem.train_targets:
+        train = -(g @ v.T)
+        train = (train + train.T) / 2
+        own = train.diagonal().clone()
+    timings["scores_s"] = time.perf_counter() - t0
+    return SolverOutput(scores, train, own, info, timings)
+
+
+def _cholesky_factor(hess: Tensor, damping: float) -> None:
+    """``hess + damping I = L L^T`` in place: ``L`` is ``hess.mT``'s lower triangle."""
+    hess.diagonal().add_(damping)
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(hess.mT, out=(hess.mT, info))
+    if int(info) != 0:
+        raise _factor_failed(damping, "Cholesky failed")
+
+
+def _factor_solve(hess: Tensor, rows: Tensor) -> Tensor:
+    """``rows (hess + damping I)^-1`` from the in-place factor, in the factor's dtype, float64 out."""
+    z = rows.to(hess.dtype, copy=True)
+    torch.linalg.solve_triangular(hess.mT, z.mT, upper=False, out=z.mT)
+    torch.linalg.solve_triangular(hess, z.mT, upper=True, out=z.mT)
+    return z.to(torch.float64)
+
+
+def _refine(problem: GradientProblem, damping: float, factor: Tensor, g: Tensor, v: Tensor,
+            opts: dict) -> tuple[Tensor, dict]:
+    """Iterative refinement of ``v (H' + lambda I) = g`` with float64 residuals.
+
+    Raises:
+        ConvergenceError: the correction is still above ``refine_tol`` after
+            ``refine_max_iter`` steps (or grows), saying by how much.
+    """
+    tol, max_iter = opts.get("refine_tol", 1e-10), opts.get("refine_max_iter", 10)
+    rel = float("inf")
+    for it in range(1, max_iter + 1):
+        res = g.clone()
+        for s0 in range(0, len(v), _HVP_CHUNK):
+            rows = v[s0:s0 + _HVP_CHUNK]
+            res[s0:s0 + _HVP_CHUNK] -= hessian_vector_product(
+                problem.x_train, problem.probs, rows, reduced=True).add_(rows, alpha=damping)
+        delta = _factor_solve(factor, res)
+        v += delta
+        prev, rel = rel, float((delta.norm(dim=1) / v.norm(dim=1).clamp_min(1e-300)).max())
+        if rel <= tol:
+            return v, {"refine_iterations": it, "refine_relative_correction": rel}
+        if it > 2 and rel > prev:  # diverging: float32 cannot resolve this Hessian
+            break
+    raise ConvergenceError(
+        f"mixed-precision refinement missed its tolerance: the last correction was {rel:.1e} of "
+        f"the solution after {it} iterations (tolerance {tol:g}, {rel / tol:.1e}x off); the "
+        f"Hessian plus damping {damping:g} is too ill-conditioned for a float32 factor: use "
+        f"precision 'float64' (--precision float64), a larger damping or refine_max_iter")
 
 
 def _eig_scales(evals: Tensor, damping: float, rcond: float | None) -> tuple[Tensor, dict]:
@@ -297,7 +415,7 @@ def _run_eig(problem: GradientProblem, damping: float, opts: dict,
     hess = _hessian(problem)
     timings["hessian_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    evals, evecs = torch.linalg.eigh(hess)
+    evals, evecs = torch.linalg.eigh(hess, UPLO="U")
     del hess
     scales, info = _eig_scales(evals, damping, rcond)
     w_test = (problem.grads("test") @ evecs) * scales

@@ -19,9 +19,11 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         >>> with eval_mode(model):
         ...     x_adv = attack(model, x, y)
     """
-    was_training = module.training
+    # every submodule's own flag: frozen stages of a training model stay in eval mode
+    modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         yield module
     finally:
-        module.train(was_training)
+        for m, was_training in modes:
+            m.training = was_training

@@ -1,34 +1,28 @@
 """What a study will cost, before it runs (``study run --dry-run``).
 
-Each run's work is counted in forward passes of the whole source network at its native
-input size: a backward pass costs about two forwards through the trainable blocks, the
-frozen prefix runs once per image when its outputs can be cached (no augmentation) and
-every epoch otherwise, and input size scales the cost by its square. Work becomes time
-through a throughput: seconds per unit fitted on the study's finished runs when there
-are any, else a forward-pass micro-benchmark of each architecture on this machine. The
-GPU-hours figure uses a stated reference throughput, since this machine may have no GPU.
+Each run's work is counted in FLOPs per part of the network (:mod:`.cost`): the frozen
+prefix (once per cached image), the trainable blocks' forward and backward, and the
+evaluations. A short calibration measures this machine's throughput for each source's
+architecture at the study's resolution and threads (a few seconds for ResNet-50 at 224 px
+on a CPU), which turns the counts into time on this machine: CPU-hours here, GPU-hours
+where the runs' device is a GPU. The same grid is costed without any prefix cache, and
+the ratio is the saving the cache buys; the breakdown says where the rest goes.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from robust_transfer.data import dataset_info
+from robust_transfer.errors import RobustTransferError
+from robust_transfer.study.cost import RunShape, StudyCost, Throughput, calibrate, study_cost
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import DB_NAME, StudyStore
-
-# forward images/s at the architecture's native size on one A100-class GPU with bf16
-# autocast: assumptions (not measured here), used only for the GPU-hours figure
-REFERENCE_GPU_FWD = {"resnet50": 2600.0, "wide_resnet50_2": 1100.0, "resnet18": 9000.0,
-                     "small_resnet": 200000.0}
-REFERENCE_GPU = "one A100-class GPU (assumed ResNet-50 forward 2,600 img/s at 224 px, bf16)"
 
 
 @dataclass
@@ -36,16 +30,68 @@ class CostEstimate:
     """Estimated cost of the runs still to do.
 
     Attributes:
-        seconds: on this machine, one run at a time.
+        seconds: on this machine with the prefix cache, one run at a time (NaN when not
+            measured).
         basis: how ``seconds`` was obtained.
-        gpu_hours: on the reference GPU (:data:`REFERENCE_GPU`).
-        work: forward-pass units still to do, per architecture.
+        cost: the counted work and its time per part, cached and uncached.
+        device: where the calibration ran (``cpu`` or ``cuda``).
     """
 
     seconds: float
     basis: str
-    gpu_hours: float
-    work: dict[str, float] = field(default_factory=dict)
+    cost: StudyCost = field(default_factory=StudyCost)
+    device: str = "cpu"
+
+    @property
+    def flops(self) -> float:
+        """Counted FLOPs with the prefix cache."""
+        return self.cost.cached.flops
+
+    @property
+    def hours_label(self) -> str:
+        return "GPU-hours" if self.device.startswith("cuda") else "CPU-hours"
+
+    def lines(self) -> list[str]:
+        """The dry run's cost report, one line per fact."""
+        c = self.cost
+        out = [f"counted work: {c.cached.flops / 1e15:,.3f} PFLOP with the prefix cache, "
+               f"{c.uncached.flops / 1e15:,.3f} PFLOP without ({_times(c.uncached.flops, c.cached.flops)} "
+               "fewer FLOPs)"]
+        if c.uncounted:
+            out.append(f"not counted: {c.uncounted} run(s) whose source is missing here")
+        if math.isnan(self.seconds):
+            out.append(f"time: not estimated ({self.basis})")
+            return out
+        hours = self.hours_label
+        out.append(f"estimated time on this machine ({self.basis}): "
+                   f"{_hours(c.total_cached)} {hours} with caching, "
+                   f"{_hours(c.total_uncached)} {hours} without; "
+                   f"caching makes it {_times(c.total_uncached, c.total_cached)} cheaper")
+        parts = ", ".join(f"{share:.0%} {name}" for name, _, share in c.breakdown() if share >= 0.005)
+        out.append(f"where the cached cost goes: {parts}")
+        if len(c.by_target) > 1:
+            total = sum(c.by_target.values())
+            targets = ", ".join(f"{t} {s / total:.0%}" for t, s in
+                                sorted(c.by_target.items(), key=lambda kv: -kv[1]))
+            out.append(f"by target: {targets}")
+        for (arch, res), t in c.throughput.items():
+            out.append(f"measured for {arch} at {res} px on {t.device} ({t.threads} thread(s)): "
+                       f"forward {t.forward / 1e9:,.1f} GFLOP/s, training step {t.train / 1e9:,.1f} "
+                       f"GFLOP/s, {1e3 * (t.prepare + t.augment):.1f} ms/image input preparation")
+        return out
+
+
+def _hours(seconds: float) -> str:
+    """Hours, with seconds or minutes beside them when that is easier to read."""
+    if seconds < 120:
+        return f"{seconds / 3600:.3f} ({seconds:.0f} s)"
+    if seconds < 7200:
+        return f"{seconds / 3600:.2f} ({seconds / 60:.1f} min)"
+    return f"{seconds / 3600:,.1f}"
+
+
+def _times(big: float, small: float) -> str:
+    return f"{big / small:,.1f}x" if small else "n/a"
 
 
 @dataclass
@@ -82,7 +128,8 @@ def plan_study(spec: StudySpec | str | Path, out_dir: str | Path | None = None,
         out_dir: a study directory to compare with (may not exist yet).
         retry_failed: count failed runs as to run.
         data_root: dataset folder override.
-        measure: micro-benchmark architectures when the store has no finished runs.
+        measure: calibrate this machine's throughput (a few seconds per architecture);
+            without it only FLOPs are counted.
 
     Raises:
         RobustTransferError: a bad spec (missing inputs are reported, not raised).
@@ -90,110 +137,94 @@ def plan_study(spec: StudySpec | str | Path, out_dir: str | Path | None = None,
     spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
     resolved = resolve_study(spec, data_root)
     runs = spec.runs()
-    statuses, timings, other = _stored(out_dir, [r.run_id for r in runs])
+    statuses, other = _stored(out_dir, [r.run_id for r in runs])
     finished = sum(s == "finished" for s in statuses.values())
     failed = sum(s == "failed" for s in statuses.values())
     skip = {"finished"} | ({"failed"} if not retry_failed else set())
     todo = [r for r in runs if statuses.get(r.run_id) not in skip]
-    estimate = estimate_cost(resolved, todo, timings, measure)
+    estimate = estimate_cost(resolved, todo, measure)
     return StudyPlan(spec, len(runs), finished, failed, len(todo), resolved.missing, estimate,
                      other)
 
 
-def _stored(out_dir, run_ids: list[str]) -> tuple[dict[str, str], list, bool]:
-    """Statuses of ``run_ids``, timings of finished runs, whether the store is another study."""
+def _stored(out_dir, run_ids: list[str]) -> tuple[dict[str, str], bool]:
+    """Statuses of ``run_ids`` and whether the store holds another study."""
     if out_dir is None or not (Path(out_dir) / DB_NAME).is_file():
-        return {}, [], False
+        return {}, False
     with StudyStore(out_dir, readonly=True) as store:
         specs = store.specs()
         other = bool(specs) and run_set_id(run_ids) not in {s["run_set"] for s in specs}
-        return store.statuses(run_ids), store.mean_seconds(), other
+        return store.statuses(run_ids), other
 
 
-def estimate_cost(resolved: ResolvedStudy, todo: list[RunConfig], timings: list,
-                  measure: bool = True) -> CostEstimate:
-    """Seconds on this machine and reference GPU-hours for ``todo``."""
-    work: dict[str, float] = {}
+def estimate_cost(resolved: ResolvedStudy, todo: list[RunConfig], measure: bool = True) -> CostEstimate:
+    """Counted work of ``todo`` and, when ``measure``, its time on this machine.
+
+    Args:
+        resolved: the study as found on this machine.
+        todo: the runs to cost.
+        measure: calibrate the throughput of each (architecture, resolution).
+    """
+    shapes, uncounted = [], 0
     for run in todo:
-        arch = resolved.sources[run.source].arch
-        work[arch] = work.get(arch, 0.0) + run_work(resolved, run)
-    gpu_seconds = sum(w / REFERENCE_GPU_FWD.get(a, 2600.0) for a, w in work.items())
-    seconds, basis = _local_seconds(resolved, work, timings, measure)
-    return CostEstimate(seconds, basis, gpu_seconds / 3600, work)
+        shape = run_shape(resolved, run)
+        if shape is None:
+            uncounted += 1
+        else:
+            shapes.append((shape, (run.source, run.target, run.seed)))
+    device = _device(resolved.spec.device)
+    rates: dict[tuple, Throughput] = {}
+    if measure:
+        threads = resolved.spec.resources.threads
+        for shape, _ in shapes:
+            key = (shape.arch, shape.resolution)
+            if key not in rates:
+                rates[key] = calibrate(shape.arch, shape.resolution, device, threads,
+                                       image_size=_image_size(shape))
+    cost = study_cost(shapes, resolved.spec.feature_cache, rates)
+    cost.uncounted = uncounted
+    if not measure:
+        return CostEstimate(math.nan, "no calibration asked", cost, device)
+    basis = (f"{device}, {resolved.spec.resources.threads} thread(s), one run at a time, "
+             "calibrated now")
+    return CostEstimate(cost.total_cached if shapes else 0.0, basis, cost, device)
 
 
-def run_work(resolved: ResolvedStudy, run: RunConfig) -> float:
-    """Forward-pass units of one run (see the module docstring)."""
+def run_shape(resolved: ResolvedStudy, run: RunConfig) -> RunShape | None:
+    """What the cost of ``run`` depends on; ``None`` when its source is missing here."""
     source = resolved.sources[run.source]
+    if source.arch == "unknown":
+        return None
     target = resolved.targets[run.target]
     n = run.n or target.train_size
-    g = _trainable_fraction(run.unfrozen_blocks, source.n_blocks)
-    scale = ((run.recipe.resolution or source.input_size) / max(source.input_size, 1)) ** 2
-    cached = not _augmented(run) and g < 1
-    evals = math.ceil(run.epochs / run.recipe.eval_every)
-    if cached:
-        units = (n + target.test_size) * (1 - g) + run.epochs * n * 3 * g + evals * target.test_size * g
-    else:
-        units = run.epochs * n * (1 + 2 * g) + evals * target.test_size
-    return units * scale
+    classes, size = _target_facts(run.target)
+    return RunShape(source.arch, run.recipe.resolution or source.input_size, run.unfrozen_blocks,
+                    n, run.epochs, math.ceil(run.epochs / run.recipe.eval_every),
+                    target.test_size, _augmented(run), classes, target.train_size, size)
 
 
-def _trainable_fraction(unfrozen: str, n_blocks: int) -> float:
-    if unfrozen == "all" or not n_blocks:
-        return 1.0
-    return min(1.0, int(unfrozen) / n_blocks)
+def _target_facts(name: str) -> tuple[int, int]:
+    try:
+        info = dataset_info(name)
+        return info.num_classes, info.size
+    except RobustTransferError:  # a folder: dataset missing here
+        return 10, 32
+
+
+def _image_size(shape: RunShape) -> int:
+    return shape.image_size
 
 
 def _augmented(run: RunConfig) -> bool:
     if run.recipe.augment == "auto":
         try:
             return not dataset_info(run.target).grayscale_like
-        except Exception:  # a folder: dataset that is missing here
+        except RobustTransferError:  # a folder: dataset that is missing here
             return True
     return bool(run.recipe.augment)
 
 
-def _local_seconds(resolved: ResolvedStudy, work: dict[str, float], timings: list,
-                   measure: bool) -> tuple[float, str]:
-    fitted = _fit_from_runs(resolved, timings)
-    if fitted is not None:
-        per_unit, count = fitted
-        return sum(work.values()) * per_unit, f"fitted on {count} finished run(s) in the study directory"
-    if not measure:
-        return math.nan, "not measured"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    rates = {arch: forward_throughput(arch, device) for arch in work}
-    return (sum(w / rates[a] for a, w in work.items()),
-            f"forward-pass benchmark on this machine ({device}), one run at a time")
-
-
-def _fit_from_runs(resolved: ResolvedStudy, timings: list) -> tuple[float, int] | None:
-    units = seconds = 0.0
-    count = 0
-    for config_json, secs in timings:
-        run = RunConfig.from_dict(json.loads(config_json))
-        if run.source in resolved.sources and run.target in resolved.targets and secs:
-            units += run_work(resolved, run)
-            seconds += secs
-            count += 1
-    return (seconds / units, count) if count and units else None
-
-
-def forward_throughput(arch: str, device: str = "cpu", seconds: float = 1.0) -> float:
-    """Images per second of a randomly initialised ``arch`` at its native input size."""
-    from robust_transfer.models import create_model
-
-    if arch == "unknown":
-        return REFERENCE_GPU_FWD["resnet50"] / 50
-    model = create_model(arch, 10).to(device).eval()
-    batch = 8 if model.input_size >= 128 else 256
-    x = torch.rand(batch, model.channels, model.input_size, model.input_size, device=device)
-    with torch.no_grad():
-        model(x)  # warm-up
-        start, count = time.perf_counter(), 0
-        while count == 0 or time.perf_counter() - start < seconds:
-            model(x)
-            count += batch
-        if device == "cuda":
-            torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if device.startswith("cuda") and torch.cuda.is_available() else "cpu"
