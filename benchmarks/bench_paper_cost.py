@@ -1,7 +1,7 @@
-"""Counted cost of the paper's grid (studies/paper.yaml), cached against uncached, and a
+"""Counted cost of the paper's grid (the paper preset), cached against uncached, and a
 check of the cost model against measured wall time on rehearsal-sized runs.
 
-1. ``paper``: every run of ``studies/paper.yaml`` counted in FLOPs per part
+1. ``paper``: every run of the ``paper`` preset counted in FLOPs per part
    (:mod:`robust_transfer.study.cost`), turned into CPU-hours (or GPU-hours on a GPU) by
    a calibration of ResNet-50 at 224 px on this machine, with the prefix cache and without
    it; the ratio, and where the cached cost goes (by part, by target, by n). Nothing of
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -30,9 +29,8 @@ from robust_transfer.models import create_model
 from robust_transfer.study import plan_study
 from robust_transfer.study.cost import PART_NAMES, RunShape, calibrate, run_work, study_cost
 from robust_transfer.study.estimate import run_shape
+from robust_transfer.study.presets import resolve_spec_path
 from robust_transfer.study.resolve import resolve_study
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,7 +43,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def paper(threads: int) -> None:
-    spec_path = REPO / "studies" / "paper.yaml"
+    spec_path = resolve_spec_path("paper")
     t0 = time.perf_counter()
     plan = plan_study(spec_path, measure=False)
     resolved = resolve_study(plan.spec)
@@ -56,7 +54,7 @@ def paper(threads: int) -> None:
     shapes = [(run_shape(resolved, r), (r.source, r.target, r.seed)) for r in runs]
     cost = study_cost(shapes, plan.spec.feature_cache, rates)
     unit = "GPU-hours" if device == "cuda" else "CPU-hours"
-    print(f"== studies/paper.yaml: {len(runs)} runs, counted in {time.perf_counter() - t0:.0f} s")
+    print(f"== paper preset: {len(runs)} runs, counted in {time.perf_counter() - t0:.0f} s")
     print(f"calibration ({device}, {threads} thread(s)): ResNet-50 at 224 px forward "
           f"{rate.forward / 1e9:.1f} GFLOP/s, training step {rate.train / 1e9:.1f} GFLOP/s, "
           f"input preparation {1e3 * rate.prepare:.2f} ms/image, augmentation "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,7 @@ from robust_transfer.study.cost import (
     run_work,
     study_cost,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from robust_transfer.study.presets import resolve_spec_path
 
 
 def test_resnet50_forward_is_the_known_4_gmac_per_image():
@@ -116,7 +114,7 @@ def test_throughput_turns_work_into_seconds():
 def test_paper_grid_cost_counts_every_run_and_reports_the_ratio():
     from robust_transfer.study import plan_study
 
-    plan = plan_study(REPO / "studies" / "paper.yaml", measure=False)
+    plan = plan_study(resolve_spec_path("paper"), measure=False)
     est = plan.estimate
     assert est.cost.uncounted == 0 and math.isnan(est.seconds)
     assert est.cost.uncached.flops > est.cost.cached.flops > 0

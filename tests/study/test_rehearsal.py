@@ -3,7 +3,7 @@
 Two robustness-library ResNet-50 files with random weights (a natural and an L2 eps 3
 source, named and laid out as published), a colour ``folder:`` target resized to 224 px
 with augmentation on, a study through ``robust-transfer study run`` (the recipe of
-``studies/paper.yaml``) with 0, 1, 3, 9 and all blocks unfrozen, then ``analyze``,
+the ``paper`` preset) with 0, 1, 3, 9 and all blocks unfrozen, then ``analyze``,
 ``influence`` on the 2,048-feature head of two runs, and ``saliency``. Sizes are tiny
 (10 training images, 10 test images, 1 epoch): ResNet-50 costs about 4 GFLOP per image
 forward, so the whole rehearsal is a few hundred image passes.
@@ -29,8 +29,8 @@ from torchvision.models import resnet18, resnet50
 from robust_transfer.cli import main
 from robust_transfer.errors import ConfigError
 from robust_transfer.study import plan_study, run_study
+from robust_transfer.study.presets import resolve_spec_path
 
-REPO = Path(__file__).resolve().parents[2]
 CLASSES = 10
 TRAIN_PER_CLASS, TEST_PER_CLASS = 2, 1
 N_TRAIN = 10
@@ -39,7 +39,7 @@ UNFROZEN = [0, 1, 3, 9, "all"]
 # the one place where a second thread pays, but only on an otherwise idle machine: two
 # threads competing with other processes run several times slower than one
 THREADS = 2 if (os.cpu_count() or 1) >= 2 and os.getloadavg()[0] < 1.0 else 1
-# the published files the paper's spec names (studies/paper.yaml)
+# the published files the paper's spec names (the paper preset)
 SOURCES = {"natural": ("resnet50-l2-eps0", "resnet50_l2_eps0.ckpt"),
            "l2-eps3": ("robustness-resnet50-l2-eps3", "imagenet_l2_3_0.pt")}
 
@@ -112,8 +112,8 @@ def write_folder_target(root: Path) -> Path:
 
 
 def rehearsal_spec(path: Path, target: str) -> Path:
-    """studies/paper.yaml with the rehearsal's sources, target and tiny grid."""
-    paper = yaml.safe_load((REPO / "studies" / "paper.yaml").read_text())
+    """The paper preset with the rehearsal's sources, target and tiny grid."""
+    paper = yaml.safe_load(resolve_spec_path("paper").read_text())
     spec = {"name": "rehearsal", "description": "the paper's path at tiny n",
             "sources": [{"model": model, "label": label} for label, (model, _) in SOURCES.items()],
             "targets": [target], "unfrozen_blocks": UNFROZEN,
@@ -253,6 +253,6 @@ def test_cuda_device_without_a_gpu_is_refused_up_front(tmp_path, capsys):
     with pytest.raises(ConfigError, match="no CUDA GPU"):  # the Python API refuses too
         run_study(spec, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    err = _one_line_refusal(capsys, "study", "run", REPO / "studies" / "embedded.yaml",
+    err = _one_line_refusal(capsys, "study", "run", resolve_spec_path("embedded"),
                             "--out", tmp_path / "out", "--device", "cuda:0")
     assert "device 'cuda:0'" in err
