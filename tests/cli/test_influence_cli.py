@@ -129,3 +129,20 @@ def test_options_contradicting_the_checkpoint_are_refused(tmp_path, finetuned, c
     if extra[0] != "--n":
         code, _, err = run(["saliency", "-c", finetuned, *extra, "--out", out], capsys)
         assert code == 2 and message in err
+
+
+def test_form_and_precision_options_reach_the_solver(tmp_path, checkpoints, capsys):
+    """Each exact form gives the same scores; the summary records which ran."""
+    scores = {}
+    for form, precision in (("direct", "float64"), ("kernel", "float64"), ("direct", "mixed")):
+        out = tmp_path / f"{form}-{precision}"
+        code, _, err = run(influence_args(checkpoints, out, "--form", form, "--precision", precision),
+                           capsys)
+        assert code == 0, err
+        summary = json.loads((out / "summary.json").read_text())["models"]["robust"]
+        assert (summary["form"], summary["precision"]) == (form, precision)
+        with np.load(out / "robust" / "influence.npz") as z:
+            scores[form, precision] = z["scores"]
+    ref = scores["direct", "float64"]
+    for key, value in scores.items():
+        assert np.allclose(value, ref, rtol=0, atol=1e-8 * np.abs(ref).max()), key

@@ -14,7 +14,9 @@ from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import command_help, n_images
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
 from robust_transfer.data import balanced_subset, load_dataset
-from robust_transfer.influence import SOLVERS, InfluenceConfig, explain_influence
+from robust_transfer.influence import SOLVERS, InfluenceConfig, config_fields, explain_influence
+from robust_transfer.influence.forms import FORMS
+from robust_transfer.influence.solvers import PRECISIONS
 from robust_transfer.progress import Progress
 
 _DEFAULT_TEST_N = 500
@@ -48,6 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cg-tol", type=v.positive_float, default=d.cg_tol, help="cg only: relative residual")
     p.add_argument("--cg-max-iter", type=v.positive_int, default=d.cg_max_iter, help="cg only: iterations at most")
     p.add_argument("--cg-batch", type=v.positive_int, default=d.cg_batch, help="cg only: right-hand sides at once")
+    fields = {f.name: f for f in config_fields()}  # help text lives on InfluenceConfig
+    p.add_argument("--form", choices=FORMS, default=d.form, help=fields["form"].help)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help=fields["precision"].help)
+    p.add_argument("--refine-tol", type=v.positive_float, default=d.refine_tol,
+                   help=fields["refine_tol"].help)
+    p.add_argument("--refine-max-iter", type=v.positive_int, default=d.refine_max_iter,
+                   help=fields["refine_max_iter"].help)
     p.add_argument("--memory-limit-gb", type=v.positive_float, default=None,
                    help="refuse problems estimated above this (default: the available memory)")
     p.set_defaults(func=_influence)
@@ -58,7 +68,8 @@ def _influence(args: argparse.Namespace) -> int:
     cfg = InfluenceConfig(damping=args.damping, solver=args.solver, rcond=args.rcond,
                           train_targets=not args.no_train_targets, cg_tol=args.cg_tol,
                           cg_max_iter=args.cg_max_iter, cg_batch=args.cg_batch,
-                          memory_limit=limit)
+                          memory_limit=limit, form=args.form, precision=args.precision,
+                          refine_tol=args.refine_tol, refine_max_iter=args.refine_max_iter)
     inputs = explain_inputs(args)
     train = load_dataset(inputs.dataset, "train", root=args.data_root)
     test = load_dataset(inputs.dataset, "test", root=args.data_root)
