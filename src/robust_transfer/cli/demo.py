@@ -47,6 +47,9 @@ def _demo(args) -> int:
     for run_id, error in summary.failures[:5]:
         print(f"  failed {run_id}: {error}", file=sys.stderr)
     result = analyze_study(args.out)
+    print("\nThe answer:")
+    for line in result.sentences:
+        print(f"  - {line}")
     print("\nHeadline findings:")
     for line in result.headlines:
         print(f"  - {line}")
