@@ -62,15 +62,23 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | None]) 
     return Path(path)
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write a figure as PNG.
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, **savefig_kwargs: Any) -> Path:
+    """Write a figure whole or not at all, in the format its suffix names (PNG, SVG, PDF).
+
+    Args:
+        fig: the figure.
+        path: where; its suffix picks the format.
+        dpi: resolution of raster formats.
+        savefig_kwargs: passed to ``Figure.savefig`` (default ``bbox_inches="tight"``).
 
     Returns:
         ``path``.
     """
+    path = Path(path)
+    savefig_kwargs.setdefault("bbox_inches", "tight")
     with atomic_write(path, "wb") as f:
-        fig.savefig(f, dpi=dpi, format="png", bbox_inches="tight")
-    return Path(path)
+        fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png", **savefig_kwargs)
+    return path
 
 
 def to_display(image: np.ndarray) -> np.ndarray:

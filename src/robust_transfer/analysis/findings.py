@@ -44,14 +44,14 @@ class _Context:
     pct: str
 
 
-def _num(value: float) -> str:
+def _factor_text(value: float) -> str:
     return f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
 
 
 def _ratio(factor: float, unit: str) -> str:
     if factor >= 1:
-        return f"{_num(factor)}x fewer {unit}"
-    return f"{_num(1 / factor)}x more {unit}"
+        return f"{_factor_text(factor)}x fewer {unit}"
+    return f"{_factor_text(1 / factor)}x more {unit}"
 
 
 def factor_sentence(row: pd.Series, ctx: _Context) -> str:
@@ -60,14 +60,14 @@ def factor_sentence(row: pd.Series, ctx: _Context) -> str:
     c = ctx
     if verdict == "fewer":
         text = (f"{c.who} reaches the {c.base} source's accuracy on {c.target} with "
-                f"{_num(f)}x fewer {c.unit} ({c.pct} CI {_num(lo)}-{_num(hi)}; {c.where}).")
+                f"{_factor_text(f)}x fewer {c.unit} ({c.pct} CI {_factor_text(lo)}-{_factor_text(hi)}; {c.where}).")
     elif verdict == "more":
-        text = (f"{c.who} needs {_num(1 / f)}x more {c.unit} than the {c.base} source to reach "
-                f"its accuracy on {c.target} ({c.pct} CI {_num(1 / hi)}-{_num(1 / lo)}; "
+        text = (f"{c.who} needs {_factor_text(1 / f)}x more {c.unit} than the {c.base} source to reach "
+                f"its accuracy on {c.target} ({c.pct} CI {_factor_text(1 / hi)}-{_factor_text(1 / lo)}; "
                 f"{c.where}).")
     elif verdict == "no clear difference":
         text = (f"{c.who} shows no clear difference from the {c.base} source in {c.unit} needed on "
-                f"{c.target}: factor {_num(f)}x, {c.pct} CI {_num(lo)}-{_num(hi)} includes 1 "
+                f"{c.target}: factor {_factor_text(f)}x, {c.pct} CI {_factor_text(lo)}-{_factor_text(hi)} includes 1 "
                 f"({c.where}).")
     elif verdict == "one seed" and f == f:
         text = (f"{c.who} on {c.target}: only one seed, so no interval; the single estimate is "
@@ -93,7 +93,7 @@ def _unmeasured_sentence(row: pd.Series, c: _Context) -> str:
                 f"{_FINER[c.xname]} ({c.where}).")
     if row["verdict"] == CENSORED:
         return (f"{c.who} already beats the {c.base} source's accuracy on {c.target} "
-                f"{_FIRST[c.xname]}: at least {_num(row['censored_bound'])}x fewer {c.unit}, "
+                f"{_FIRST[c.xname]}: at least {_factor_text(row['censored_bound'])}x fewer {c.unit}, "
                 f"but the exact factor would need {_FINER[c.xname]} ({c.where}).")
     if row["verdict"] == NOT_REACHED:
         return (f"{c.who} never reaches the {c.base} source's accuracy on {c.target} within the "

@@ -321,7 +321,7 @@ def make_figures(result: AnalysisResult, directory: Path) -> list[plots.FigureSp
         result.captions[spec.key] = spec.caption
         if spec.figure is not None:  # SVG for the paper's figures; the rest as PNG only
             formats = plots.FORMATS if spec.key.startswith(("fig1", "fig2")) else ("png",)
-            result.figures[spec.key] = plots.save_figure(spec.figure, directory, spec.key,
+            result.figures[spec.key] = plots.save_figures(spec.figure, directory, spec.key,
                                                          formats)
     return specs
 

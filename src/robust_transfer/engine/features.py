@@ -41,7 +41,6 @@ whole study before any run starts).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -53,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write, atomic_write_text
@@ -205,13 +205,10 @@ def _key_dtype(key: dict) -> str:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path``: released by the kernel if the process dies."""
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    """An exclusive lock on ``path`` (``flock`` on Linux: released by the kernel if the
+    process dies), shared with the study driver's lock through the ``filelock`` package."""
+    with FileLock(path):
+        yield
 
 
 def row_crc(rows: np.ndarray) -> np.ndarray:

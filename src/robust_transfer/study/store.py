@@ -353,13 +353,13 @@ class StudyStore:
     def record(self, outcome: RunOutcome) -> None:
         """Write one run's outcome and its epochs in a single transaction."""
         final = outcome.final
-        values = {"n": outcome.n, "status": outcome.status, "test_acc": _num(final.get("test_acc")),
-                  "test_loss": _num(final.get("test_loss")), "train_acc": _num(final.get("train_acc")),
-                  "train_loss": _num(final.get("train_loss")), "seconds": outcome.seconds,
+        values = {"n": outcome.n, "status": outcome.status, "test_acc": _sql_float(final.get("test_acc")),
+                  "test_loss": _sql_float(final.get("test_loss")), "train_acc": _sql_float(final.get("train_acc")),
+                  "train_loss": _sql_float(final.get("train_loss")), "seconds": outcome.seconds,
                   "started_at": outcome.started_at, "finished_at": outcome.finished_at,
                   "device": outcome.device, "host": outcome.host, "worker": outcome.worker,
                   "cached_prefix": int(outcome.cached_prefix), "error": outcome.error,
-                  "val_acc": _num(final.get("val_acc")), "robust_acc": _num(final.get("robust_acc"))}
+                  "val_acc": _sql_float(final.get("val_acc")), "robust_acc": _sql_float(final.get("robust_acc"))}
         sets = ", ".join(f"{k}=?" for k in RESULT_COLUMNS)
         with self.transaction() as c:
             cur = c.execute(f"UPDATE runs SET {sets} WHERE run_id=?",
@@ -369,7 +369,7 @@ class StudyStore:
             c.execute("DELETE FROM epochs WHERE run_id=?", (outcome.run_id,))
             c.executemany(f"INSERT INTO epochs (run_id, epoch, {', '.join(EPOCH_COLUMNS)}) "
                           f"VALUES ({', '.join('?' * (len(EPOCH_COLUMNS) + 2))})",
-                          [(outcome.run_id, int(h["epoch"]), *(_num(h.get(k)) for k in EPOCH_COLUMNS))
+                          [(outcome.run_id, int(h["epoch"]), *(_sql_float(h.get(k)) for k in EPOCH_COLUMNS))
                            for h in outcome.history])
 
     def status(self, live: bool = False) -> StudyStatus:
@@ -480,7 +480,7 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def _num(value: Any) -> float | None:
+def _sql_float(value: Any) -> float | None:
     """SQLite has no NaN: epochs that were not evaluated are stored as NULL."""
     if value is None:
         return None
