@@ -30,7 +30,6 @@ from robust_transfer.influence.core import (
     InfluenceResult,
     compute_influence,
     config_fields,
-    eval_mode,
     extract_features,
     influence_for_model,
 )
@@ -57,7 +56,7 @@ __all__ = [
     "FORMS", "PRECISIONS", "SOLVERS", "ClassMatchCurve", "ConfigField", "choose_form",
     "config_fields", "flop_estimates", "ConvergenceError", "InfluenceConfig", "InfluenceMemoryError",
     "InfluenceResult", "LeaveOneOutResult", "SingularHessianError", "TopK", "class_match_curve",
-    "compute_influence", "estimate_memory", "eval_mode", "explain_influence", "extract_features",
+    "compute_influence", "estimate_memory", "explain_influence", "extract_features",
     "fit_head", "hessian_vector_product", "influence_for_model", "last_layer_hessian",
     "leave_one_out_check", "per_example_grads", "rank_training", "sum_zero_basis", "top_k",
     "torch_order_permutation", "wilson_interval", "write_influence",

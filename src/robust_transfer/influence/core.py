@@ -9,7 +9,6 @@ by about ``-I / n``.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -253,18 +252,6 @@ def _check_memory(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> None:
 
 
 # --- from a model ----------------------------------------------------------------------
-
-
-@contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Eval mode inside, every submodule's own train/eval flag restored after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def extract_features(model: torch.nn.Module, images: Tensor, policy: InputPolicy,
