@@ -13,6 +13,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	# torchattacks (the benchmarks' and tests' reference PGD) pins requests~=2.25.1, which
+	# sends pip's resolver into an endless backtrack beside huggingface_hub and ray: its
+	# own imports need only torch, numpy, scipy, tqdm and requests, all installed above
+	$(BIN)/python -m pip install --quiet --no-deps torchattacks==3.5.1
 	touch $@
 
 setup: $(BIN)/.installed
