@@ -117,5 +117,8 @@ def test_two_processes_under_torchrun_end_with_identical_weights(tmp_path):
     assert meta["world_size"] == 2 and meta["training"] == "pgd"
     for key, value in model.state_dict().items():
         assert torch.equal(value, s0[key]), key
+    # rank 0 alone also wrote the per-epoch metrics: one row for the one epoch
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "ddp.json", "ddp.safetensors", "rank0.pt", "rank1.pt", "worker.py"]
+        "ddp.json", "ddp.metrics.csv", "ddp.safetensors", "rank0.pt", "rank1.pt", "worker.py"]
+    lines = (tmp_path / "ddp.metrics.csv").read_text().strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("epoch") and lines[1].startswith("1,")
