@@ -18,8 +18,7 @@ robust_transfer`` (and ``robust-transfer --help``) does not import torch::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from robust_transfer.errors import (
     CheckpointError,
@@ -29,6 +28,7 @@ from robust_transfer.errors import (
     RobustTransferError,
     UnknownNameError,
 )
+from robust_transfer.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -67,13 +67,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'robust_transfer' has no attribute '{name}'")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -7,8 +7,9 @@ once); everything else imports torch as usual.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from robust_transfer.lazy import lazy_exports
 
 _EXPORTS = {
     "ARCHS": "arch", "IMAGENET_MEAN": "arch", "IMAGENET_STD": "arch", "Normalize": "arch",
@@ -47,13 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'robust_transfer.models' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"robust_transfer.models.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, {k: f".{v}" for k, v in _EXPORTS.items()}, globals())

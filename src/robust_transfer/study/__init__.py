@@ -14,8 +14,9 @@ neither torch nor the runner.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from robust_transfer.lazy import lazy_exports
 
 _EXPORTS = {
     "CostEstimate": "estimate", "StudyPlan": "estimate", "plan_study": "estimate",
@@ -51,13 +52,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'robust_transfer.study' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"robust_transfer.study.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, {k: f".{v}" for k, v in _EXPORTS.items()}, globals())
