@@ -72,7 +72,8 @@ def require_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) ->
                           f"(needs {', '.join(columns)})")
 
 
-def prepare_runs(runs: pd.DataFrame, total: int | None = None) -> tuple[pd.DataFrame, Coverage]:
+def prepare_runs(runs: pd.DataFrame, total: int | None = None, *,
+                 by_rate: bool = False) -> tuple[pd.DataFrame, Coverage]:
     """Check a runs frame against the contract and keep the finished runs.
 
     Codes other code's logs use are read with their meaning made explicit: ``-1`` for n
@@ -81,6 +82,9 @@ def prepare_runs(runs: pd.DataFrame, total: int | None = None) -> tuple[pd.DataF
     Args:
         runs: one row per run (see :mod:`robust_transfer.analysis` for the columns).
         total: number of runs the study defines, if the producer knows it.
+        by_rate: allow one run per cell, seed *and* learning rate (``lr``), as a study
+            that tunes the rate has; the caller then picks the runs of one rate
+            (:func:`~.tuning.shared_rate_runs`).
 
     Returns:
         The finished runs with normalised dtypes, and a :class:`Coverage`.
@@ -101,7 +105,7 @@ def prepare_runs(runs: pd.DataFrame, total: int | None = None) -> tuple[pd.DataF
         keep = frame["status"].astype(str) == "finished"
     excluded = int((~keep).sum())
     frame = _coerce_runs(frame[keep].reset_index(drop=True))
-    _check_runs(frame)
+    _check_runs(frame, [*CELL_KEYS, "lr"] if by_rate and "lr" in frame.columns else CELL_KEYS)
     return frame, Coverage(finished=len(frame), total=total, excluded=excluded)
 
 
@@ -166,7 +170,7 @@ def n_label(value: object) -> str:
     return str(int(number)) if number == round(number) else text
 
 
-def _check_runs(frame: pd.DataFrame) -> None:
+def _check_runs(frame: pd.DataFrame, keys: list[str]) -> None:
     acc = frame["test_acc"]
     if acc.isna().any():
         row = frame.loc[acc.isna(), CELL_KEYS].iloc[0].to_dict()
@@ -181,11 +185,11 @@ def _check_runs(frame: pd.DataFrame) -> None:
     if (eps_per_source > 1).any():
         raise ConfigError(f"source label(s) {', '.join(eps_per_source[eps_per_source > 1].index)}"
                           " have several eps values; give each source its own label")
-    dup = frame.duplicated(CELL_KEYS, keep=False)
+    dup = frame.duplicated(keys, keep=False)
     if dup.any():
-        row = frame.loc[dup, CELL_KEYS].iloc[0].to_dict()
-        raise ConfigError(f"{int(dup.sum())} runs share a (source, target, n, unfrozen_blocks, "
-                          f"epochs, seed), e.g. {row}; they would be mixed: filter the frame "
+        row = frame.loc[dup, keys].iloc[0].to_dict()
+        raise ConfigError(f"{int(dup.sum())} runs share a ({', '.join(keys)}), e.g. {row}; "
+                          "they would be mixed: filter the frame "
                           "so each cell and seed has one run (per-epoch rows belong in the "
                           "epochs frame: CLI --epochs-csv)")
 
@@ -335,9 +339,39 @@ def load_study(study_dir: str | Path) -> StudyResults:
     runs, epochs = store.load_results(study_dir)
     with store.StudyStore(study_dir, readonly=True) as db:
         sources = db.sources()
+        runs = _with_evaluation_recipe(db.conn, runs)
     return StudyResults(runs=runs, epochs=epochs, total_runs=store.study_status(study_dir).total,
                         spec_text=store.spec_text(study_dir) or None,
                         source_info=source_metadata(sources))
+
+
+# Recipe fields of the evaluations after training, with the values a recipe that leaves
+# them out means (robust_transfer.engine.transfer.Recipe's defaults; a test checks them)
+EVALUATION_DEFAULTS = {"val_images": 0, "robust_norm": "linf", "robust_eps": None,
+                       "robust_steps": 20, "robust_images": 500}
+
+
+def _with_evaluation_recipe(conn, runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` plus the validation and robust-evaluation recipe (``val_images``,
+    ``robust_norm``, ``robust_eps``, ``robust_steps``, ``robust_images``), read from the
+    runs' configs, when some run measured validation or robust accuracy (else unchanged).
+    """
+    measured = [c for c in ("val_acc", "robust_acc") if c in runs and runs[c].notna().any()]
+    if not measured:
+        return runs
+    where = " OR ".join(f"{c} IS NOT NULL" for c in measured)
+    rows = []
+    for run_id, config in conn.execute(f"SELECT run_id, config FROM runs WHERE status='finished' "
+                                       f"AND ({where})"):
+        try:
+            recipe = json.loads(config).get("recipe") or {}
+        except (json.JSONDecodeError, AttributeError):
+            recipe = {}
+        rows.append({"run_id": run_id, **{k: recipe.get(k, d) for k, d in
+                                          EVALUATION_DEFAULTS.items()}})
+    extra = pd.DataFrame(rows, columns=["run_id", *EVALUATION_DEFAULTS])
+    extra.loc[extra["robust_eps"].isna(), ["robust_norm", "robust_steps", "robust_images"]] = None
+    return runs.merge(extra, on="run_id", how="left")
 
 
 SOURCE_INFO_COLUMNS = ("source", "arch", "norm", "eps", "clean_acc", "robust_acc",

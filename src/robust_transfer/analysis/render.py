@@ -3,8 +3,9 @@
 The HTML embeds its figures as base64 PNG data URIs and its style inline, so it opens
 anywhere with no other file; the Markdown links the PNGs in ``figures/``. Both open with
 the verdict (two sentences and a heatmap per target), then the details: what was
-analysed, the sources, figures, the "why" (influence, saliency), tables, the study spec,
-the method and the environment.
+analysed, the sources, figures, the "why" (influence, saliency), robustness after
+transfer and learning rates tuned on validation (each only when the runs measured it),
+tables, the study spec, the method and the environment.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import pandas as pd
 
 from robust_transfer.analysis.budgets import epochs_text
 from robust_transfer.analysis.explain import paired_sentence
-from robust_transfer.analysis.frames import display_name, unfrozen_text
+from robust_transfer.analysis.frames import display_name, unfrozen_key, unfrozen_text
 from robust_transfer.analysis.result import AnalysisResult
 from robust_transfer.analysis.stats import BY_BUDGET
 from robust_transfer.analysis.tables import to_markdown
 
 PACKAGES = ("robust-transfer", "numpy", "pandas", "scipy", "matplotlib", "torch", "torchvision")
 TABLE_KINDS = ("accuracy", "delta", "blocks", "image_factors", "epoch_factors")
-VERDICT, FIGURES, WHY = "verdict_", ("fig1", "fig2", "fig3"), "why_"
+VERDICT, FIGURES, WHY, ROBUST = "verdict_", ("fig1", "fig2", "fig3"), "why_", "robust_"
+ROBUST_HEADING, TUNING_HEADING = "Robustness after transfer", "Tuned on validation"
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1150px;
 margin:1.2em auto;padding:0 1em;color:#1d1d1d;line-height:1.45}
@@ -186,6 +188,130 @@ def _why_lines(result: AnalysisResult) -> list[str]:
     return lines
 
 
+def _interval_text(mean: float, lo: float, hi: float, signed: bool = False) -> str:
+    sign = "+" if signed else ""
+    if math.isnan(lo) or math.isnan(hi):
+        return f"{100 * mean:{sign}.1f}"
+    return f"{100 * mean:{sign}.1f} [{100 * lo:{sign}.1f}, {100 * hi:{sign}.1f}]"
+
+
+def _names(result: AnalysisResult) -> dict[str, str]:
+    return dict(zip(result.sources["source"], result.sources["name"], strict=True))
+
+
+def _setting_columns(frame: pd.DataFrame, several_budgets: bool) -> dict[str, list[str]]:
+    cols = {"target": list(frame["target"].astype(str)),
+            "n": list(frame["n_label"] if "n_label" in frame else frame["n"].astype(str)),
+            "unfrozen": [unfrozen_text(str(u)) for u in frame["unfrozen_blocks"]]}
+    if several_budgets:
+        cols["epochs"] = list(frame["epochs"].astype(str))
+    return cols
+
+
+def robustness_lines(result: AnalysisResult) -> list[str]:
+    """The robustness section's text: what was measured, notes (no gap sentences)."""
+    section = result.robustness
+    if section is None:
+        return []
+    rate = result.runs["lr"].dropna().unique() if "lr" in result.runs else []
+    rate_text = f", all at lr {float(rate[0]):g}" if len(rate) == 1 else ""
+    return [f"Robust accuracy: each fine-tuned model's test accuracy under "
+            f"{' / '.join(section.attacks)}, measured once after its final epoch; clean "
+            f"accuracy is the same runs' final test accuracy{rate_text}. Tables give the mean "
+            f"[{result.options.percent} interval] over seeds in %; the sentences give each "
+            f"robust source's robust accuracy minus {base_name(result)}'s, paired by seed, in "
+            "points.", *section.notes]
+
+
+def robustness_frames(result: AnalysisResult) -> list[tuple[str, pd.DataFrame]]:
+    """The robustness table as text, one ``(title, frame)`` per attack."""
+    section = result.robustness
+    if section is None or section.table.empty:
+        return []
+    table, names = section.table, _names(result)
+    order = {s: i for i, s in enumerate(result.sources["source"])}
+    several = "epochs" in table and table["epochs"].nunique() > 1
+    out = []
+    attacks = table["attack"] if "attack" in table else pd.Series("", index=table.index)
+    for attack in sorted(attacks.unique()):
+        t = table[attacks == attack].copy()
+        t["_order"] = [order.get(s, len(order)) for s in t["source"]]
+        t["_u"] = [unfrozen_key(str(u)) for u in t["unfrozen_blocks"]]
+        t = t.sort_values(["target", "n", "_u", "epochs" if several else "_u", "_order"])
+        frame = pd.DataFrame({
+            **_setting_columns(t, several),
+            "source": [names.get(s, s) for s in t["source"]],
+            "clean (%)": [_interval_text(*v) for v in
+                          zip(t["clean"], t["clean_lo"], t["clean_hi"], strict=True)],
+            "robust (%)": [_interval_text(*v) for v in
+                           zip(t["robust"], t["robust_lo"], t["robust_hi"], strict=True)],
+            "seeds": list(t["seeds"].astype(int))})
+        title = (f"Clean and robust test accuracy (%) after fine-tuning, mean "
+                 f"[{result.options.percent} interval] over seeds — robust: "
+                 f"{attack or 'attack not recorded'}")
+        out.append((title, frame))
+    return out
+
+
+def tuning_lines(result: AnalysisResult) -> list[str]:
+    """The tuning section's text: how rates were chosen, then notes (no verdicts)."""
+    section = result.tuning
+    if section is None:
+        return []
+    held = (f"{section.val_images} training images held out of every run"
+            if section.val_images else "images held out of the training set")
+    rates = ", ".join(f"{r:g}" for r in section.rates)
+    lines = [f"The learning rate was chosen on validation accuracy, never on test accuracy: "
+             f"for each source, target, n and unfrozen setting, the rate (of {rates or 'none'})"
+             f" with the highest mean validation accuracy over seeds on {held}; ties go to the "
+             "smaller rate."]
+    if len(section.deltas):
+        lines.append(f"Deltas: {base_name(result)} subtracted, test accuracy in points, paired "
+                     "by seed, 95% t-interval over seeds, final epoch; 'shared' is every source "
+                     f"at lr {section.shared_lr:g} (the rate every other section uses), 'tuned' "
+                     f"each source and {base_name(result)} at its own chosen rate.")
+    return [*lines, *section.notes]
+
+
+def tuning_frames(result: AnalysisResult) -> list[tuple[str, pd.DataFrame]]:
+    """The chosen rates (one column per source) and the deltas, as text tables."""
+    section = result.tuning
+    if section is None or section.chosen.empty:
+        return []
+    names, several = _names(result), section.chosen["epochs"].nunique() > 1
+    chosen = section.chosen.assign(_u=[unfrozen_key(str(u)) for u in
+                                       section.chosen["unfrozen_blocks"]])
+    chosen["cell"] = [f"{lr:g} ({100 * v:.1f}%)" for lr, v in
+                      zip(chosen["lr"], chosen["val_acc"], strict=True)]
+    keys = ["target", "n", "_u", "unfrozen_blocks", "epochs"]
+    wide = chosen.pivot_table(index=keys, columns="source", values="cell", aggfunc="first")
+    wide = wide.reset_index().sort_values(keys)
+    sources = [s for s in result.sources["source"] if s in wide.columns]
+    pick = pd.DataFrame({**_setting_columns(wide.assign(n_label=wide["n"].astype(str)), several),
+                         **{names.get(s, s): list(wide[s].fillna("")) for s in sources}})
+    out = [(f"Learning rate each source chose (its mean validation accuracy), of "
+            f"{', '.join(f'{r:g}' for r in section.rates)}", pick)]
+    d = section.deltas
+    if len(d):
+        d = d.assign(_u=[unfrozen_key(str(u)) for u in d["unfrozen_blocks"]],
+                     _order=[list(result.sources["source"]).index(s)
+                             if s in set(result.sources["source"]) else 99 for s in d["source"]])
+        d = d.sort_values(["target", "n", "_u", "epochs", "_order"])
+        deltas = pd.DataFrame({
+            **_setting_columns(d.assign(n_label=d["n"].astype(str)), several),
+            "source": [names.get(s, s) for s in d["source"]],
+            f"shared lr {section.shared_lr:g}": [_interval_text(*v, signed=True) for v in zip(
+                d["shared_delta"], d["shared_lo"], d["shared_hi"], strict=True)],
+            "tuned": [_interval_text(*v, signed=True) for v in zip(
+                d["tuned_delta"], d["tuned_lo"], d["tuned_hi"], strict=True)],
+            "tuned lr (source vs base)": [f"{a:g} vs {b:g}" for a, b in
+                                          zip(d["lr"], d["baseline_lr"], strict=True)],
+            "seeds": list(d["seeds"].astype(int))})
+        out.append((f"Accuracy minus {base_name(result)} (points) at the shared rate and at "
+                    "each source's own rate chosen on validation [95% t-interval]", deltas))
+    return out
+
+
 # --- HTML --------------------------------------------------------------------------------
 def html_report(result: AnalysisResult, title: str) -> str:
     """The whole report as one HTML document (figures embedded)."""
@@ -205,6 +331,19 @@ def html_report(result: AnalysisResult, title: str) -> str:
     if why:
         parts += ["<h2>Why: influence and saliency</h2>", *(f"<p>{esc(s)}</p>" for s in why),
                   *_html_figures(result, lambda k: k.startswith(WHY))]
+    if result.robustness is not None:
+        parts += [f"<h2>{ROBUST_HEADING}</h2>",
+                  *(f"<p>{esc(s)}</p>" for s in robustness_lines(result)),
+                  *(f"<p class='verdict'>{esc(s)}</p>" for s in result.robustness.sentences),
+                  *_html_titled(robustness_frames(result)),
+                  *_html_figures(result, lambda k: k.startswith(ROBUST))]
+    if result.tuning is not None:
+        parts += [f"<h2>{TUNING_HEADING}</h2>",
+                  *(f"<p>{esc(s)}</p>" for s in tuning_lines(result)),
+                  *_html_titled(tuning_frames(result))]
+        if result.tuning.sentences:
+            parts += ["<ul class='headlines'>",
+                      *(f"<li>{esc(s)}</li>" for s in result.tuning.sentences), "</ul>"]
     for kind in TABLE_KINDS:
         parts += _html_tables(result, kind)
     if result.spec_text:
@@ -231,6 +370,11 @@ def _html_figures(result: AnalysisResult, wanted) -> list[str]:
     if not result.captions and wanted("fig1"):
         parts.append("<p class='meta'>Figures were not drawn.</p>")
     return parts
+
+
+def _html_titled(frames: list[tuple[str, pd.DataFrame]]) -> list[str]:
+    return [part for title, frame in frames for part in
+            (f"<h3>{html.escape(title)}</h3>", frame.to_html(escape=True, border=0, index=False))]
 
 
 def _html_tables(result: AnalysisResult, kind: str) -> list[str]:
@@ -261,6 +405,16 @@ def markdown_report(result: AnalysisResult, title: str, figure_dir: str) -> str:
     if why:
         parts += ["## Why: influence and saliency", "", *(f"- {s}" for s in why), ""]
         parts += _md_figures(result, figure_dir, lambda k: k.startswith(WHY))
+    if result.robustness is not None:
+        parts += [f"## {ROBUST_HEADING}", "", *(f"{s}\n" for s in robustness_lines(result)),
+                  *(f"**{s}**\n" for s in result.robustness.sentences)]
+        parts += _md_titled(robustness_frames(result))
+        parts += _md_figures(result, figure_dir, lambda k: k.startswith(ROBUST))
+    if result.tuning is not None:
+        parts += [f"## {TUNING_HEADING}", "", *(f"{s}\n" for s in tuning_lines(result))]
+        parts += _md_titled(tuning_frames(result))
+        if result.tuning.sentences:
+            parts += [*(f"- {s}" for s in result.tuning.sentences), ""]
     for kind in TABLE_KINDS:
         tables = result.tables.get(kind, {})
         if kind == "blocks" and not tables:
@@ -273,6 +427,11 @@ def markdown_report(result: AnalysisResult, title: str, figure_dir: str) -> str:
     parts += ["## Method", "", *(f"- {s}" for s in method_notes(result)), "",
               "## Environment", "", *(f"- {k}: {v}" for k, v in environment().items()), ""]
     return "\n".join(parts)
+
+
+def _md_titled(frames: list[tuple[str, pd.DataFrame]]) -> list[str]:
+    return [part for title, frame in frames for part in
+            (f"### {title}", "", to_markdown(frame), "")]
 
 
 def _md_figures(result: AnalysisResult, figure_dir: str, wanted) -> list[str]:

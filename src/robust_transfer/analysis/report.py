@@ -16,7 +16,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from robust_transfer.analysis import efficiency, findings, plots, render, stats, tables, verdict
+from robust_transfer.analysis import (
+    efficiency,
+    findings,
+    plots,
+    render,
+    robustness,
+    stats,
+    tables,
+    tuning,
+    verdict,
+)
 from robust_transfer.analysis.budgets import POOLED, apply_policy
 from robust_transfer.analysis.explain import (
     class_match_figure,
@@ -148,13 +158,18 @@ def compute(runs: pd.DataFrame, epochs: pd.DataFrame | None, baseline: str | Non
             reference: findings.Reference | None = None, *, epoch_policy: str = "final",
             block_baseline: str | None = None, notes: Sequence[str] = ()) -> AnalysisResult:
     """The numbers of :func:`analyze`, without writing anything."""
-    runs, coverage = prepare_runs(runs, total_runs)
+    runs, coverage = prepare_runs(runs, total_runs, by_rate=True)
     if runs.empty:
         raise RobustTransferError(f"no finished runs to analyse ({coverage.sentence()}); "
                                   "run the study or wait for runs to finish")
+    every_rate = runs
+    runs, shared_lr = tuning.shared_rate_runs(runs)
     baseline = resolve_baseline(runs, baseline)
     epoch_rows = prepare_epochs(epochs, runs)
+    final_runs = runs  # the robustness and tuning sections read final-epoch accuracies
     runs, policy_notes = apply_policy(runs, epoch_rows, epoch_policy)
+    if shared_lr is not None:
+        policy_notes.insert(0, _rate_note(every_rate, runs, shared_lr))
     reference = check_reference(runs, reference)
     sources = source_table(runs, baseline)
     curves = stats.epoch_curves(runs, epoch_rows)
@@ -181,7 +196,20 @@ def compute(runs: pd.DataFrame, epochs: pd.DataFrame | None, baseline: str | Non
         view=view, verdict_cells=cells, sentences=("", ""), notes=[*notes, *policy_notes],
         block_baseline=block_ref, block_summary=block_summary, **frames)
     result.sentences = verdict_sentences(result)
+    result.robustness = robustness.robustness_section(final_runs, baseline, sources, options)
+    result.tuning = tuning.tuning_section(every_rate, baseline)
     return result
+
+
+def _rate_note(every_rate: pd.DataFrame, runs: pd.DataFrame, shared_lr: float) -> str:
+    rates = sorted(pd.to_numeric(every_rate["lr"], errors="coerce").dropna().unique())
+    tuned = ("the 'Tuned on validation' section uses them all" if "val_acc" in every_rate
+             and every_rate["val_acc"].notna().any() else
+             "the others are not used (no validation accuracy to choose a rate by)")
+    return (f"Runs were trained at {len(rates)} learning rates ({', '.join(f'{r:g}' for r in rates)}): "
+            f"every table and figure outside 'Tuned on validation' uses the shared rate "
+            f"{shared_lr:g} (the largest, as the paper's one rate; {len(runs)} of "
+            f"{len(every_rate)} runs); {tuned}.")
 
 
 def _one(values: dict[str, str]) -> str | None:
@@ -282,6 +310,12 @@ def long_tables(result: AnalysisResult) -> dict[str, pd.DataFrame]:
         frames["source_metadata"] = result.source_info
     if result.explanations is not None and len(result.explanations.paired):
         frames["class_match_paired"] = result.explanations.paired
+    if result.robustness is not None:
+        frames["robustness"] = result.robustness.table
+        frames["robustness_gaps"] = result.robustness.gaps
+    if result.tuning is not None and len(result.tuning.chosen):
+        frames["tuning_chosen_lr"] = result.tuning.chosen
+        frames["tuning_deltas"] = result.tuning.deltas
     return frames
 
 
@@ -317,6 +351,7 @@ def make_figures(result: AnalysisResult, directory: Path) -> list[plots.FigureSp
     specs += plots.eps_sweep_figures(result.summary, result.sources, result.view.epochs,
                                      result.view.unfrozen)
     specs += explain_specs(result)
+    specs += robustness_specs(result)
     for spec in specs:
         result.captions[spec.key] = spec.caption
         if spec.figure is not None:  # SVG for the paper's figures; the rest as PNG only
@@ -337,6 +372,21 @@ def verdict_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
                              verdict.verdict_figure(result.verdict_cells, target, result.sources,
                                                     result.view.epochs))
             for target in sorted(result.runs["target"].unique())]
+
+
+def robustness_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
+    """Clean and robust accuracy against source eps, one figure per target."""
+    section = result.robustness
+    if section is None:
+        return []
+    attack = section.attacks[0] if len(section.attacks) == 1 else "the most common attack"
+    return [plots.FigureSpec(f"{render.ROBUST}{target}", f"Robustness after transfer on "
+                             f"{target}: clean (solid) and robust (dashed) test accuracy of the "
+                             "fine-tuned models against the source's training eps (L2 and "
+                             f"Linf sources on one axis), a line per n; robust under {attack}; "
+                             "mean over seeds, final epoch.",
+                             robustness.robustness_figure(section.table, target))
+            for target in sorted(section.table["target"].unique())]
 
 
 def explain_specs(result: AnalysisResult) -> list[plots.FigureSpec]:

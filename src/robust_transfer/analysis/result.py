@@ -12,7 +12,9 @@ from robust_transfer.analysis.efficiency import Factors
 from robust_transfer.analysis.explain import Explanations
 from robust_transfer.analysis.frames import Coverage
 from robust_transfer.analysis.intervals import CIOptions
+from robust_transfer.analysis.robustness import RobustnessSection
 from robust_transfer.analysis.tables import Tables
+from robust_transfer.analysis.tuning import TuningSection
 from robust_transfer.analysis.verdict import VerdictView
 
 
@@ -48,6 +50,12 @@ class AnalysisResult:
         source_info: the sources' metadata (architecture, accuracies), when known.
         explanations: influence and saliency outputs shown in the report.
         spec_text: the study specification, if given.
+        robustness: clean and robust accuracy after transfer, with the robust-minus-
+            baseline gap sentences (:func:`~.robustness.robustness_section`); ``None``
+            when no run measured robust accuracy.
+        tuning: learning rates chosen on validation and the deltas at them
+            (:func:`~.tuning.tuning_section`); ``None`` when no run has a validation
+            accuracy.
         figures: ``{figure key: {"png": path, "svg": path}}`` of written figures.
         captions: ``{figure key: caption}``.
         html_path: the HTML report, if written.
@@ -79,6 +87,8 @@ class AnalysisResult:
     source_info: pd.DataFrame | None = None
     explanations: Explanations | None = None
     spec_text: str | None = None
+    robustness: RobustnessSection | None = None
+    tuning: TuningSection | None = None
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
     html_path: Path | None = None

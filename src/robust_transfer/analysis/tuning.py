@@ -10,16 +10,140 @@ deltas at one shared rate. Deltas are paired by seed (the same training images).
 
 Every number here comes from the runs' final epoch. ``select_epochs_on_validation``
 instead picks each run's epoch by validation accuracy, for studies that compare epochs.
+
+:func:`tuning_section` gathers all of this for the analysis report ("Tuned on
+validation"); :func:`shared_rate_runs` picks the runs the rest of the report uses.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pandas as pd
 
+from robust_transfer.analysis.frames import CELL_KEYS, unfrozen_text
 from robust_transfer.analysis.intervals import mean_t_interval
-from robust_transfer.errors import ConfigError
+from robust_transfer.errors import ConfigError, RobustTransferError
 
 KEYS = ["target", "n", "unfrozen_blocks"]
+
+
+@dataclass
+class TuningSection:
+    """The report's "Tuned on validation" section (all from the runs' final epochs).
+
+    Attributes:
+        rates: the learning rates the runs were trained with, ascending.
+        shared_lr: the one rate of the paper-style comparison (the largest).
+        val_images: validation images held out, when the runs record it (else ``None``).
+        chosen: :func:`choose_lr` per epoch budget (column ``epochs``); empty with one rate.
+        deltas: :func:`tuned_deltas` per epoch budget (column ``epochs``); empty with one rate.
+        sentences: :func:`verdict_sentences` of ``deltas``.
+        notes: what was left out and why, in sentences.
+    """
+
+    rates: list[float]
+    shared_lr: float
+    val_images: int | None = None
+    chosen: pd.DataFrame = field(default_factory=pd.DataFrame)
+    deltas: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sentences: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def shared_rate_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
+    """The runs at one learning rate, when cells were trained at several (a tuning study).
+
+    Args:
+        runs: prepared runs; a (source, target, n, unfrozen_blocks, epochs, seed) may
+            occur once per ``lr``.
+
+    Returns:
+        ``(runs, None)`` unchanged when every cell has one run; else the runs at the
+        largest rate (the paper's single rate, 0.1, in the presets) and that rate.
+
+    Raises:
+        ConfigError: cells repeat but ``lr`` holds no numbers.
+    """
+    if "lr" not in runs.columns or not runs.duplicated(CELL_KEYS).any():
+        return runs, None
+    lr = pd.to_numeric(runs["lr"], errors="coerce")
+    if lr.isna().all():
+        raise ConfigError("runs share a (source, target, n, unfrozen_blocks, epochs, seed) and "
+                          "their lr column holds no numbers; keep one run per cell and seed")
+    shared = float(lr.max())
+    return runs[lr == shared].reset_index(drop=True), shared
+
+
+def tuning_section(runs: pd.DataFrame, baseline: str) -> TuningSection | None:
+    """Rates chosen on validation and the deltas at them, for the analysis report.
+
+    Args:
+        runs: prepared runs of every rate (final-epoch accuracies), with ``val_acc``.
+        baseline: the baseline source's label.
+
+    Returns:
+        ``None`` when no run has a validation accuracy (the section is left out).
+        Runs without one are left out of the section (a note says how many); a cell the
+        comparison cannot be made in becomes a note, not an error.
+
+    Raises:
+        ConfigError: ``val_acc`` holds text or values outside [0, 1].
+    """
+    if "val_acc" not in runs.columns or not runs["val_acc"].notna().any():
+        return None
+    val = fraction_column(runs, "val_acc")
+    notes = []
+    if val.isna().any():
+        notes.append(f"{int(val.isna().sum())} of {len(runs)} runs have no validation accuracy "
+                     "and are left out of this section.")
+    runs = runs.assign(val_acc=val)[val.notna()]
+    lr = pd.to_numeric(runs["lr"], errors="coerce") if "lr" in runs.columns else None
+    if lr is None or lr.isna().any():
+        return TuningSection([], float("nan"), _val_images(runs), notes=[
+            *notes, "Some runs record no learning rate, so no rate is chosen."])
+    runs = runs.assign(lr=lr)
+    rates = sorted(float(r) for r in lr.unique())
+    section = TuningSection(rates, rates[-1], _val_images(runs), notes=notes)
+    if len(rates) < 2:
+        section.notes.append(f"Every run used lr {rates[0]:g}, so there was no rate to choose.")
+        return section
+    chosen, deltas = [], []
+    for budget, part in runs.groupby("epochs", sort=True):
+        try:
+            chosen.append(choose_lr(part).assign(epochs=budget))
+            deltas.append(tuned_deltas(part, baseline, section.shared_lr).assign(epochs=budget))
+        except RobustTransferError as err:
+            section.notes.append(f"{budget}-epoch runs: {err}")
+    section.chosen = pd.concat(chosen, ignore_index=True) if chosen else pd.DataFrame()
+    section.deltas = pd.concat(deltas, ignore_index=True) if deltas else pd.DataFrame()
+    section.sentences = verdict_sentences(section.deltas, baseline)
+    return section
+
+
+def _val_images(runs: pd.DataFrame) -> int | None:
+    if "val_images" not in runs.columns:
+        return None
+    sizes = pd.to_numeric(runs["val_images"], errors="coerce").dropna().unique()
+    return int(sizes[0]) if len(sizes) == 1 else None
+
+
+def fraction_column(runs: pd.DataFrame, col: str) -> pd.Series:
+    """``runs[col]`` as floats in [0, 1] (NaN where missing).
+
+    Raises:
+        ConfigError: text where numbers belong, or values outside [0, 1].
+    """
+    values = pd.to_numeric(runs[col], errors="coerce").astype(float)
+    text = values.isna() & runs[col].notna() & (runs[col].astype(str).str.strip() != "")
+    if text.any():
+        raise ConfigError(f"column '{col}' must hold numbers, found "
+                          f"'{runs.loc[text, col].iloc[0]}' in {int(text.sum())} row(s)")
+    bad = (values < 0) | (values > 1)
+    if bad.any():
+        raise ConfigError(f"{col} must be a fraction in [0, 1], found {values[bad].iloc[0]:g} "
+                          "(divide percentages by 100)")
+    return values
 
 
 def _require_validation(runs: pd.DataFrame) -> None:
@@ -142,26 +266,32 @@ def select_epochs_on_validation(epochs: pd.DataFrame) -> pd.DataFrame:
     return rows.groupby("run_id").head(1)[["run_id", "epoch", "val_acc", "test_acc"]]
 
 
-def verdict_sentences(deltas: pd.DataFrame) -> list[str]:
-    """Plain sentences: where the sign or significance of a delta changes with tuning."""
+def verdict_sentences(deltas: pd.DataFrame, baseline: str = "natural") -> list[str]:
+    """Plain sentences: where the sign or significance of a delta changes with tuning.
+
+    Args:
+        deltas: :func:`tuned_deltas` output.
+        baseline: the baseline source's label, as the sentences name it.
+    """
     out = []
     for r in deltas.itertuples():
-        shared = _word(r.shared_delta, r.shared_lo, r.shared_hi)
-        tuned = _word(r.tuned_delta, r.tuned_lo, r.tuned_hi)
-        where = f"{r.source} vs natural on {r.target}, n={r.n}, {r.unfrozen_blocks} unfrozen"
+        shared = _word(r.shared_delta, r.shared_lo, r.shared_hi, baseline)
+        tuned = _word(r.tuned_delta, r.tuned_lo, r.tuned_hi, baseline)
+        where = (f"{r.source} vs {baseline} on {r.target}, n={r.n}, "
+                 f"{unfrozen_text(str(r.unfrozen_blocks))}")
         if shared == tuned:
             out.append(f"{where}: {shared} at lr {r.shared_lr:g} and after tuning "
-                       f"({r.tuned_delta:+.1%} at lr {r.lr:g} vs {r.baseline_lr:g})")
+                       f"({100 * r.tuned_delta:+.1f} points at lr {r.lr:g} vs {r.baseline_lr:g})")
         else:
-            out.append(f"{where}: {shared} at lr {r.shared_lr:g} ({r.shared_delta:+.1%}) but "
-                       f"{tuned} after tuning ({r.tuned_delta:+.1%} at lr {r.lr:g} vs "
-                       f"{r.baseline_lr:g})")
+            out.append(f"{where}: {shared} at lr {r.shared_lr:g} ({100 * r.shared_delta:+.1f} "
+                       f"points) but {tuned} after tuning ({100 * r.tuned_delta:+.1f} points at "
+                       f"lr {r.lr:g} vs {r.baseline_lr:g})")
     return out
 
 
-def _word(mean: float, lo: float, hi: float) -> str:
+def _word(mean: float, lo: float, hi: float, baseline: str = "natural") -> str:
     if lo > 0:
         return "robust ahead"
     if hi < 0:
-        return "natural ahead"
+        return f"{baseline} ahead"
     return "no clear difference"
