@@ -198,3 +198,13 @@ def test_evaluation_defaults_match_the_engine():
 
     recipe = Recipe()
     assert {k: getattr(recipe, k) for k in EVALUATION_DEFAULTS} == EVALUATION_DEFAULTS
+
+
+def test_several_rates_without_validation_use_the_largest():
+    runs, epochs = make_study(STUDY)
+    slow = runs.assign(lr=0.01, run_id=runs["run_id"] + "-slow", test_acc=runs["test_acc"] - 0.1)
+    result = analyze(pd.concat([runs, slow], ignore_index=True), epochs)
+    assert set(result.runs["lr"]) == {0.1} and result.tuning is None
+    assert np.allclose(result.runs.sort_values("run_id")["test_acc"],
+                       runs.sort_values("run_id")["test_acc"])
+    assert any("the others are not used (no validation accuracy" in s for s in result.notes)
