@@ -166,18 +166,22 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
     timings = {"kernel_factor_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     m = len(problem.r_test)
+    total = 1 + -(-m // _CHUNK) + int(problem.train_targets)
+    problem.step(1, total, "kernel matrix")
     scores = torch.empty(m, n, dtype=torch.float64)
     for s0 in range(0, m, _CHUNK):
         xt, rt = problem.x_test[s0:s0 + _CHUNK], problem.r_test[s0:s0 + _CHUNK]
         gt = xt @ x.T  # [t, n]
         j_test = (torch.einsum("jba,ta->jbt", s, rt) * gt.T[:, None, :]).reshape(n * k, -1)
         scores[s0:s0 + _CHUNK] = ((rt @ r.T) * gt - j_test.T @ z).div_(-damping)
+        problem.step(2 + s0 // _CHUNK, total, "test rows")
     train = None
     if problem.train_targets:
         train = ((r @ r.T) * g - j_train.T @ z).div_(-damping)
-        train = ((train + train.T) / 2).to(torch.float64)
+        train = (train + train.T) / 2
+        problem.step(total, total, "training rows")
     timings["scores_s"] = time.perf_counter() - t0
-    return scores.to(torch.float64), train, timings
+    return scores, train, timings
 
 
 # --- block form --------------------------------------------------------------------------
@@ -213,6 +217,8 @@ def run_block(problem, damping: float,
     p_rows, r_rows = p.T.contiguous(), r.T.contiguous()  # [C, n]: one class per row
     zbz, e_train, base_train = (torch.zeros(n, n, dtype=dtype) for _ in range(3))
     solved = torch.empty(c, dim, n, dtype=dtype)  # B_c^-1 X~^T, class by class
+    rows = min(m, _BLOCK_ROWS)
+    total = c + -(-m // rows)  # progress: class blocks, then passes over test rows
     for cls in range(c):
         pc, rc = p_rows[cls], r_rows[cls]
         block = gram((x * pc.sqrt()[:, None]).T).div_(n)  # X~^T diag(p_c) X~ / n
@@ -229,6 +235,7 @@ def run_block(problem, damping: float,
         zbz.addcmul_(kc, pc[None, :])
         e_train.addcmul_(kc, rc[None, :])  # (Z B^-1 g_i)_j
         del kc
+        problem.step(cls + 1, total, "class blocks")
     schur = zbz.neg_()
     schur.diagonal().add_(n)
     factor, info = torch.linalg.cholesky_ex(schur)
@@ -239,7 +246,6 @@ def run_block(problem, damping: float,
     timings = {"class_blocks_s": time.perf_counter() - t0}  # factors and the training side
     t0 = time.perf_counter()
     scores = torch.empty(m, n, dtype=dtype)
-    rows = min(m, _BLOCK_ROWS)
     base, e_test, tc = (torch.empty(rows, n, dtype=dtype) for _ in range(3))
     for s0 in range(0, m, rows):
         k = min(rows, m - s0)
@@ -250,6 +256,7 @@ def run_block(problem, damping: float,
             b_k.addcmul_(t_k, r_rows[cls][None, :])
             e_k.addcmul_(t_k, p_rows[cls][None, :])  # (Z B^-1 g_t)_j
         torch.addmm(b_k, e_k, sol, out=scores[s0:s0 + k]).neg_()
+        problem.step(c + s0 // rows + 1, total, "test rows")
     train = None
     if problem.train_targets:
         train = base_train.add_(e_train.T @ sol).neg_()
