@@ -285,12 +285,18 @@ def block_flops(n: int, m: int, d: int, c: int, train_targets: bool = True) -> d
     return {"class blocks": classes + woodbury, "test pass": test}
 
 
-def product_rate(dtype: torch.dtype, rows: int = 256, inner: int = 2049, cols: int = 3200) -> float:
-    """flop/s of torch's matrix product at the block form's test-pass shape."""
+def product_rate(dtype: torch.dtype, rows: int = 256, inner: int = 2049, cols: int = 3200,
+                 library: str = "torch") -> float:
+    """flop/s of torch's (MKL) or numpy's (OpenBLAS) matrix product at this shape."""
     a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
     out = torch.empty(rows, cols, dtype=dtype)
-    _, t = timed(lambda: [torch.matmul(a, b, out=out) for _ in range(8)], 3)
-    return 8 * 2 * rows * inner * cols / min(t)
+    reps = max(1, 2048 // rows)
+    if library == "numpy":
+        an, bn, on = a.numpy(), b.numpy(), out.numpy()
+        _, t = timed(lambda: [np.matmul(an, bn, out=on) for _ in range(reps)], 3)
+    else:
+        _, t = timed(lambda: [torch.matmul(a, b, out=out) for _ in range(reps)], 3)
+    return reps * 2 * rows * inner * cols / min(t)
 
 
 def part_floor(x, y, xt, yt, w, b, res, t_ours: float, t_paper: float) -> None:
@@ -300,10 +306,17 @@ def part_floor(x, y, xt, yt, w, b, res, t_ours: float, t_paper: float) -> None:
 
     n, m, (c, d) = len(y), len(yt), w.shape
     flops = block_flops(n, m, d, c)
-    r64, r32 = product_rate(torch.float64), product_rate(torch.float32)
     work = sum(flops.values())
+    r64, r32 = product_rate(torch.float64), product_rate(torch.float32)
     print(f"  matrix products here, TIMED at the test pass's shape (256 x {d + 1:,} x {n:,}): "
           f"float64 {r64 / 1e9:.0f} GFLOP/s, float32 {r32 / 1e9:.0f} GFLOP/s")
+    best32 = max(r32, *(product_rate(torch.float32, 2048, d + 1, n, lib) for lib in ("torch", "numpy")))
+    best64 = max(r64, *(product_rate(torch.float64, 2048, d + 1, n, lib) for lib in ("torch", "numpy")))
+    print(f"  best rates TIMED here (2,048 rows, torch/MKL and numpy/OpenBLAS): float64 "
+          f"{best64 / 1e9:.0f} GFLOP/s, float32 {best32 / 1e9:.0f} GFLOP/s; a vector unit does half as "
+          f"many float64 as float32 operations, so float64 cannot run above about "
+          f"{best32 / 2e9:.0f} GFLOP/s on this processor: the block form's exact work needs at least "
+          f"{fmt(work / (best32 / 2))}")
     print(f"  block form, COUNTED: {work / 1e12:.2f} TFLOP (" + ", ".join(
         f"{k} {v / 1e12:.2f}" for k, v in flops.items()) + f"); at the float64 rate that is "
         f"{fmt(work / r64)} (test pass alone {fmt(flops['test pass'] / r64)}) against {fmt(t_ours)} "
