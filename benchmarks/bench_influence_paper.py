@@ -271,6 +271,65 @@ def part_paper(n: int = 3200, m: int = 10000, d: int = 2048, c: int = 10,
     print(f"  speed-up: total {total / min(t_ours):,.0f}x (median {total / statistics.median(t_ours):,.0f}x; "
           f"target >= 1,000x); Hessian {t_hess / min(t_oh):,.0f}x (median "
           f"{t_hess / statistics.median(t_oh):,.0f}x; target >= 500x)")
+    if res.info["form"] == "block":
+        part_floor(x, y, xt, yt, w, b, res, min(t_ours), total)
+
+
+def block_flops(n: int, m: int, d: int, c: int, train_targets: bool = True) -> dict[str, float]:
+    """Floating-point operations of the block form (``forms.run_block``), counted from its
+    steps; a symmetric product counts half of a general one."""
+    dim = d + 1
+    classes = c * (n * dim * dim + dim ** 3 / 3 + 2 * dim * dim * n + n * n * dim)
+    woodbury = n ** 3 / 3 + 2 * n ** 3 + (2 * n ** 3 if train_targets else 0)
+    test = c * 2 * m * n * dim + 2 * m * n * n  # class products, then the Woodbury term
+    return {"class blocks": classes + woodbury, "test pass": test}
+
+
+def product_rate(dtype: torch.dtype, rows: int = 256, inner: int = 2049, cols: int = 3200,
+                 library: str = "torch") -> float:
+    """flop/s of torch's (MKL) or numpy's (OpenBLAS) matrix product at this shape."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+    out = torch.empty(rows, cols, dtype=dtype)
+    reps = max(1, 2048 // rows)
+    if library == "numpy":
+        an, bn, on = a.numpy(), b.numpy(), out.numpy()
+        _, t = timed(lambda: [np.matmul(an, bn, out=on) for _ in range(reps)], 3)
+    else:
+        _, t = timed(lambda: [torch.matmul(a, b, out=out) for _ in range(reps)], 3)
+    return reps * 2 * rows * inner * cols / min(t)
+
+
+def part_floor(x, y, xt, yt, w, b, res, t_ours: float, t_paper: float) -> None:
+    """Where the time goes against this machine's matrix-product rate, and what float32 loses."""
+    from robust_transfer.influence.core import _gradient_problem
+    from robust_transfer.influence.forms import run_block
+
+    n, m, (c, d) = len(y), len(yt), w.shape
+    flops = block_flops(n, m, d, c)
+    work = sum(flops.values())
+    r64, r32 = product_rate(torch.float64), product_rate(torch.float32)
+    print(f"  matrix products here, TIMED at the test pass's shape (256 x {d + 1:,} x {n:,}): "
+          f"float64 {r64 / 1e9:.0f} GFLOP/s, float32 {r32 / 1e9:.0f} GFLOP/s")
+    best32 = max(r32, *(product_rate(torch.float32, 2048, d + 1, n, lib) for lib in ("torch", "numpy")))
+    best64 = max(r64, *(product_rate(torch.float64, 2048, d + 1, n, lib) for lib in ("torch", "numpy")))
+    print(f"  best rates TIMED here (2,048 rows, torch/MKL and numpy/OpenBLAS): float64 "
+          f"{best64 / 1e9:.0f} GFLOP/s, float32 {best32 / 1e9:.0f} GFLOP/s; a vector unit does half as "
+          f"many float64 as float32 operations, so float64 cannot run above about "
+          f"{best32 / 2e9:.0f} GFLOP/s on this processor: the block form's exact work needs at least "
+          f"{fmt(work / (best32 / 2))}")
+    print(f"  block form, COUNTED: {work / 1e12:.2f} TFLOP (" + ", ".join(
+        f"{k} {v / 1e12:.2f}" for k, v in flops.items()) + f"); at the float64 rate that is "
+        f"{fmt(work / r64)} (test pass alone {fmt(flops['test pass'] / r64)}) against {fmt(t_ours)} "
+        f"measured; {t_paper / 1000:.1f} s would be 1,000x")
+    problem = _gradient_problem(x, y, xt, yt, w, b, True)
+    (low, _, _), t32 = timed(lambda: run_block(problem, res.config.damping, dtype=torch.float32))
+    ref = torch.from_numpy(res.scores)
+    err = float((low - ref).abs().max() / ref.abs().max())
+    top = lambda s: torch.topk(s, 10, dim=1).indices  # noqa: E731
+    same = int((top(low) == top(ref)).all(1).sum())
+    print(f"  block form in float32 throughout (not offered: for the record), TIMED: {fmt(t32[0])}; "
+          f"max difference {err:.1e} of the largest score (target 1e-8); top-10 identical in "
+          f"{same:,} of {m:,} test rows")
 
 
 def main() -> None:

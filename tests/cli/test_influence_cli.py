@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -41,9 +42,12 @@ def influence_args(checkpoints, out, *extra):
 
 def test_influence_command_writes_outputs(tmp_path, checkpoints, capsys):
     out = tmp_path / "inf"
-    code, stdout, _ = run(influence_args(checkpoints, out), capsys)
+    code, stdout, err = run(influence_args(checkpoints, out), capsys)
     assert code == 0
     assert "robust: solver cholesky, damping 0.001; top-1 class match (test targets)" in stdout
+    # progress on stderr: the solver's steps counted over both models, to the end
+    done = re.search(r"influence: done (\d+)/(\d+) steps", err)
+    assert done and done[1] == done[2] and int(done[2]) % 2 == 0, err
     assert (out / "class_match.png").is_file() and (out / "influence_grid.png").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "digits" and summary["models"]["natural"]["n_train"] == 100

@@ -61,6 +61,28 @@ def test_woodbury_forms_with_test_targets_only():
         assert np.abs(out.scores - ref.scores).max() <= 1e-9 * np.abs(ref.scores).max()
 
 
+def test_block_form_over_several_test_row_passes_equals_the_direct_form():
+    # 600 test rows: two full passes of 256 rows and a partial one of 88
+    x, y, xt, yt, w, b = clustered(40, 600, 10)
+    ref = compute_influence(x, y, xt, yt, w, b, InfluenceConfig(form="direct"))
+    out = compute_influence(x, y, xt, yt, w, b, InfluenceConfig(form="block"))
+    scores_close(out, ref, 1e-9)
+    assert not np.array_equal(out.scores[:256], out.scores[256:512])  # each pass its own rows
+
+
+def test_block_form_in_float32_is_measurably_less_exact():
+    from robust_transfer.influence.core import _gradient_problem
+    from robust_transfer.influence.forms import run_block
+
+    x, y, xt, yt, w, b = clustered(60, 300, 12)
+    problem = _gradient_problem(x, y, xt, yt, w, b, True)
+    ref, ref_train, _ = run_block(problem, 1e-3)
+    low, low_train, _ = run_block(problem, 1e-3, dtype=torch.float32)
+    assert low.dtype == F64 and low_train.dtype == F64
+    err = (low - ref).abs().max() / ref.abs().max()
+    assert 1e-9 < err < 1e-2  # float32 rounding, amplified by the conditioning, not a wrong formula
+
+
 def test_auto_picks_the_cheapest_form_that_applies():
     pick = lambda n, m, d, lam=1e-3, solver="cholesky", prec="float64": choose_form(  # noqa: E731
         "auto", n, m, 10, d, lam, solver, prec)
@@ -121,6 +143,12 @@ def test_gram_is_the_symmetric_product():
     a = torch.randn(50, 30, dtype=F64)
     assert torch.allclose(gram(a), a @ a.T, atol=1e-12)
     assert torch.allclose(gram(a.float()), (a @ a.T).float(), atol=1e-4)
+    for rows, cols in ((900, 300), (1203, 170)):  # banded: 2 bands, then 3 with a ragged last
+        a = torch.randn(rows, cols, dtype=F64)
+        for t, tol in ((a, 1e-12), (a.float(), 1e-4)):
+            out = gram(t)
+            assert out.dtype == t.dtype and torch.equal(out, out.T)  # exactly symmetric
+            assert torch.allclose(out, t @ t.T, rtol=tol, atol=tol * cols)
 
 
 def test_config_fields_give_cli_rows():
@@ -156,3 +184,36 @@ def test_faithful_paper_path_equals_our_pinv_solver():
                                                                  train_targets=False))
     assert h.shape == (3 * 6, 3 * 6) and h.dtype == np.float64
     assert np.abs(-len(x) * scores - ours.scores).max() <= 1e-5 * np.abs(ours.scores).max()
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(form="direct"), dict(form="direct", train_targets=False), dict(form="direct", precision="mixed"),
+    dict(form="kernel"), dict(form="block"), dict(solver="eigh"), dict(solver="pinv", damping=0.0),
+    dict(solver="cg", cg_batch=7),
+], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_every_solve_reports_its_steps_to_the_end(cfg):
+    x, y, xt, yt, w, b = clustered(30, 300, 8)  # 300 test rows: two passes of the block form
+    events = []
+    out = compute_influence(x, y, xt, yt, w, b, InfluenceConfig(**cfg),
+                            callback=lambda event, info: events.append((event, dict(info))))
+    assert out.scores.shape == (300, 30) and events
+    assert {e for e, _ in events} == {"step"}
+    done = [info["done"] for _, info in events]
+    totals = {info["total"] for _, info in events}
+    assert len(totals) == 1 and done == sorted(done) and done[-1] == totals.pop()
+    assert all(info["what"] for _, info in events)
+    if cfg == dict(form="block"):  # 5 class blocks, then 2 passes over test rows
+        assert done == list(range(1, 8)) and events[-1][1]["what"] == "test rows"
+
+
+def test_steps_of_several_models_count_over_all_of_them():
+    from robust_transfer.influence.outputs import _per_model
+
+    seen = []
+    for i, name in enumerate(("robust", "natural")):
+        step = _per_model(lambda e, info: seen.append(info), name, i, 2)
+        for done in (1, 2, 3):
+            step("step", {"done": done, "total": 3, "what": "class blocks"})
+    assert [s["done"] for s in seen] == [1, 2, 3, 4, 5, 6] and {s["total"] for s in seen} == {6}
+    assert seen[0]["what"] == "robust: class blocks" and seen[-1]["what"] == "natural: class blocks"
+    assert _per_model(None, "robust", 0, 2) is None

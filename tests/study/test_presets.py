@@ -46,3 +46,9 @@ def test_cli_lists_prints_and_runs_presets(tmp_path, capsys):
     assert main(["study", "run", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "neither a YAML file nor a preset" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_load_spec_takes_a_preset_name_or_says_which_exist(tmp_path):
+    assert load_spec("paper").name == "paper" and load_spec("embedded").name == "embedded"
+    with pytest.raises(ConfigError, match="neither a YAML file nor a preset name .*embedded"):
+        load_spec(tmp_path / "missing.yaml")

@@ -201,7 +201,7 @@ def test_paper_path_rehearsal(tmp_path, monkeypatch, capsys, threads):
     # 2,048-feature, 10-class head (about 3 TFLOP each) whatever n is; with 10 images the
     # damped Hessian is the identity plus a rank <= 100 term and CG converges in ~100 steps
     cli(capsys, "influence", "--study", study, *runs, "--out", tmp_path / "influence",
-        "--solver", "cg", "--no-train-targets", "--top-k", 3, "--max-rank", 5)
+        "--top-k", 3, "--max-rank", 5)  # the defaults: exact, form auto
     summary = json.loads((tmp_path / "influence" / "summary.json").read_text())
     assert set(summary["models"]) == set(SOURCES)
     for label in SOURCES:
@@ -210,6 +210,7 @@ def test_paper_path_rehearsal(tmp_path, monkeypatch, capsys, threads):
             assert scores.shape == (CLASSES * TEST_PER_CLASS, N_TRAIN)
             assert np.isfinite(scores).all()
         assert summary["models"][label]["info"]["parameters"] == 2048 * CLASSES + CLASSES
+        assert summary["models"][label]["info"]["form"] == "kernel"  # fewer images than features
 
     cli(capsys, "saliency", "--study", study, *runs, "--out", tmp_path / "saliency", "--count", 2)
     with np.load(tmp_path / "saliency" / "gradients.npz") as npz:

@@ -80,11 +80,11 @@ def _influence(args: argparse.Namespace) -> int:
     test_idx = balanced_subset(test.labels.numpy(), test_n, inputs.seed, f"{inputs.dataset}:test")
     extra = {"dataset": inputs.dataset, "seed": inputs.seed, "n": len(train_idx),
              "test_n": args.test_n, **inputs.provenance}
-    # no events from the influence code yet: start, end and a line every interval
-    with Progress("influence", unit="models"):
+    # the solver's steps (class blocks, passes over test rows, ...) over all models
+    with Progress("influence", unit="steps") as progress:
         summary = explain_influence(
             inputs.models, train.subset(train_idx), test.subset(test_idx), args.out, cfg,
-            overwrite=args.overwrite, batch_size=args.batch_size, top=args.top_k,
+            overwrite=args.overwrite, batch_size=args.batch_size, callback=progress, top=args.top_k,
             max_rank=args.max_rank, grid_size=tuple(args.grid), train_indices=train_idx,
             test_indices=test_idx, extra=extra)
     for name, rec in summary["models"].items():

@@ -9,6 +9,7 @@ by about ``-I / n``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -172,7 +173,8 @@ class InfluenceResult:
 
 def compute_influence(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
                       test_labels: Tensor, weight: Tensor, bias: Tensor,
-                      config: InfluenceConfig | None = None) -> InfluenceResult:
+                      config: InfluenceConfig | None = None,
+                      callback: Callable[[str, dict], None] | None = None) -> InfluenceResult:
     """Influence of each training point on each test point for a softmax linear head.
 
     Args:
@@ -183,6 +185,8 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
         weight: ``[C, d]`` head weight.
         bias: ``[C]`` head bias.
         config: damping, solver, ...; defaults to :class:`InfluenceConfig`.
+        callback: ``callback("step", {"done", "total", "what"})`` as the solve advances
+            (a :class:`~robust_transfer.progress.Progress` takes these), or ``None``.
 
     Returns:
         An :class:`InfluenceResult`.
@@ -198,6 +202,7 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
     t0 = time.perf_counter()
     problem = _gradient_problem(train_features, train_labels, test_features, test_labels,
                                 weight, bias, cfg.train_targets)
+    problem.callback = callback
     if cfg.damping == 0 and cfg.solver != "pinv":
         check_nonsingular(problem.x_train, weight.shape[0])
     t_grads = time.perf_counter() - t0
@@ -275,7 +280,8 @@ def extract_features(model: torch.nn.Module, images: Tensor, policy: InputPolicy
 
 def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageArrays,
                         policy: InputPolicy | None = None, config: InfluenceConfig | None = None,
-                        batch_size: int = 256) -> InfluenceResult:
+                        batch_size: int = 256,
+                        callback: Callable[[str, dict], None] | None = None) -> InfluenceResult:
     """Last-layer influence of ``train`` on ``test`` for a fine-tuned model.
 
     Features are computed once with the frozen backbone; the model's own head
@@ -288,6 +294,7 @@ def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageA
         policy: input mapping; default: the model's channels and size, no augmentation.
         config: see :class:`InfluenceConfig`.
         batch_size: images per forward pass.
+        callback: progress events of the solve (see :func:`compute_influence`).
 
     Returns:
         An :class:`InfluenceResult`; ``timings["features_s"]`` holds the forward passes.
@@ -307,7 +314,8 @@ def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageA
     head = model.head
     # the features are on the CPU (float64); so must the head be when the model is on a GPU
     result = compute_influence(f_train, train.labels, f_test, test.labels,
-                               head.weight.detach().cpu(), head.bias.detach().cpu(), cfg)
+                               head.weight.detach().cpu(), head.bias.detach().cpu(), cfg,
+                               callback)
     result.timings = {"features_s": t_feat, **result.timings}
     return result
 

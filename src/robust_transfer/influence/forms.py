@@ -36,29 +36,43 @@ from robust_transfer.influence.hessian import curvature_weights, from_sum_zero
 Tensor = torch.Tensor
 FORMS = ("auto", "direct", "kernel", "block")
 _CHUNK = 2048  # test rows at a time in the kernel form
-_SYRK_MIN = 2e8  # multiply-adds below which a general product is faster than scipy's syrk
+_BLOCK_ROWS = 256  # test rows at a time in the block form: three [rows, n] float64 sums fit in cache
+_SYRK_MIN = 2e8  # multiply-adds below which one general product beats the banded one
+_GRAM_PARTS, _GRAM_BAND = 8, 400  # bands of the banded symmetric product, and their least rows
 # flop-equivalent of one library call (thread start-up and synchronisation): small problems
 # are decided by the number of calls, not their flops
 _CALL = 2e7
 
 
 def gram(a: Tensor) -> Tensor:
-    """``a @ a.T`` with a symmetric rank-k update (half the flops of a general product).
+    """``a @ a.T``, exactly symmetric, computing only the upper block triangle.
+
+    The rows are cut into up to ``_GRAM_PARTS`` bands; band ``i`` against bands ``i..`` is one
+    general product, mirrored into the lower triangle. That is ``1/2 + 1/(2 parts)`` of a
+    full product's flops at the general product's rate: on the 2-core development machine
+    1.5x faster than BLAS's own symmetric rank-k update (``dsyrk``), which runs at about half
+    the rate of its general product there.
 
     Args:
-        a: ``[k, j]`` float32 or float64 on the CPU.
+        a: ``[k, j]`` float32 or float64.
 
     Returns:
         ``[k, k]``, both triangles filled.
     """
-    from scipy.linalg import blas
-
-    if a.shape[0] ** 2 * a.shape[1] < _SYRK_MIN:  # small: the call overhead dominates
-        return a @ a.T
-    syrk = blas.dsyrk if a.dtype == torch.float64 else blas.ssyrk
-    # a row-major [k, j] is a column-major [j, k] = a^T: ask for (a^T)^T (a^T), no copy
-    upper = torch.from_numpy(syrk(1.0, a.contiguous().numpy().T, trans=1, lower=0))
-    return upper.triu() + upper.triu(1).T
+    k = a.shape[0]
+    parts = max(1, min(_GRAM_PARTS, k // _GRAM_BAND))
+    if parts == 1 or k * k * a.shape[1] < _SYRK_MIN:  # small: one call beats several
+        out = a @ a.T
+        return out.triu_().add_(out.triu(1).mT)
+    out = torch.empty(k, k, dtype=a.dtype, device=a.device)
+    edges = [k * i // parts for i in range(parts + 1)]
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        band = a[lo:hi] @ a[lo:].T  # [hi - lo, k - lo]
+        out[lo:hi, lo:] = band
+        out[hi:, lo:hi] = band[:, hi - lo:].T
+        diag = out[lo:hi, lo:hi]
+        diag.copy_(diag.triu().add_(diag.triu(1).mT))  # the band's own square: exactly symmetric
+    return out
 
 
 def flop_estimates(n: int, m: int, num_classes: int, feature_dim: int,
@@ -152,16 +166,20 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
     timings = {"kernel_factor_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     m = len(problem.r_test)
+    total = 1 + -(-m // _CHUNK) + int(problem.train_targets)
+    problem.step(1, total, "kernel matrix")
     scores = torch.empty(m, n, dtype=torch.float64)
     for s0 in range(0, m, _CHUNK):
         xt, rt = problem.x_test[s0:s0 + _CHUNK], problem.r_test[s0:s0 + _CHUNK]
         gt = xt @ x.T  # [t, n]
         j_test = (torch.einsum("jba,ta->jbt", s, rt) * gt.T[:, None, :]).reshape(n * k, -1)
         scores[s0:s0 + _CHUNK] = ((rt @ r.T) * gt - j_test.T @ z).div_(-damping)
+        problem.step(2 + s0 // _CHUNK, total, "test rows")
     train = None
     if problem.train_targets:
         train = ((r @ r.T) * g - j_train.T @ z).div_(-damping)
         train = (train + train.T) / 2
+        problem.step(total, total, "training rows")
     timings["scores_s"] = time.perf_counter() - t0
     return scores, train, timings
 
@@ -169,27 +187,40 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
 # --- block form --------------------------------------------------------------------------
 
 
-def run_block(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
+def run_block(problem, damping: float,
+              dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor | None, dict]:
     """Scores through the class blocks of ``H`` and one ``n x n`` matrix (full coordinates).
+
+    Two passes. First, per class, the factor of ``B_c + lambda I``, the Gram matrix
+    ``X~ B_c^-1 X~^T`` (which gives the ``n x n`` Woodbury matrix and the train-by-train
+    scores) and ``B_c^-1 X~^T``, kept for the second pass. Second, ``_BLOCK_ROWS`` test rows
+    at a time, ``(r_tc x~_t)^T B_c^-1 X~^T`` for every class, summed into two running
+    ``[rows, n]`` matrices small enough to stay in the processor's cache: the weighted sums
+    over classes are then cache-bound rather than passes over ``[m, n]`` matrices in memory.
 
     Args:
         problem: a :class:`~robust_transfer.influence.solvers.GradientProblem`.
         damping: ``lambda > 0``.
+        dtype: of every step. float64 is the form; float32 throughout is kept only to
+            measure what it would lose (``benchmarks/bench_influence_paper.py``): at the
+            paper's setting its scores are off by about 1e-3 of the largest.
 
     Returns:
-        ``(scores [m, n], train_scores [n, n] or None, timings)``.
+        ``(scores [m, n], train_scores [n, n] or None, timings)``, float64.
     """
     from robust_transfer.influence.solvers import _factor_failed
 
     t0 = time.perf_counter()
-    x, xt, p = problem.x_train, problem.x_test, problem.probs
-    r, rt = from_sum_zero(problem.r_train), from_sum_zero(problem.r_test)  # p - y
-    n, c, m = len(x), p.shape[1], len(xt)
-    f64 = torch.float64
-    base, e_test = torch.zeros(m, n, dtype=f64), torch.zeros(m, n, dtype=f64)
-    zbz, e_train, base_train = (torch.zeros(n, n, dtype=f64) for _ in range(3))
+    x, xt, p = problem.x_train.to(dtype), problem.x_test.to(dtype), problem.probs.to(dtype)
+    r, rt = from_sum_zero(problem.r_train).to(dtype), from_sum_zero(problem.r_test).to(dtype)  # p - y
+    n, c, m, dim = len(x), p.shape[1], len(xt), x.shape[1]
+    p_rows, r_rows = p.T.contiguous(), r.T.contiguous()  # [C, n]: one class per row
+    zbz, e_train, base_train = (torch.zeros(n, n, dtype=dtype) for _ in range(3))
+    solved = torch.empty(c, dim, n, dtype=dtype)  # B_c^-1 X~^T, class by class
+    rows = min(m, _BLOCK_ROWS)
+    total = c + -(-m // rows)  # progress: class blocks, then passes over test rows
     for cls in range(c):
-        pc, rc, rtc = p[:, cls], r[:, cls], rt[:, cls]
+        pc, rc = p_rows[cls], r_rows[cls]
         block = gram((x * pc.sqrt()[:, None]).T).div_(n)  # X~^T diag(p_c) X~ / n
         block.diagonal().add_(damping)
         factor, info = torch.linalg.cholesky_ex(block)
@@ -197,25 +228,38 @@ def run_block(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
             raise _factor_failed(damping, f"Cholesky of class block {cls} failed")
         w = torch.linalg.solve_triangular(factor, x.T, upper=False)  # L^-1 X~^T
         kc = gram(w.T)  # x~_j^T B_c^-1 x~_i
-        tc = xt @ torch.linalg.solve_triangular(factor.T, w, upper=True)  # x~_t^T B_c^-1 x~_i
-        zbz.addcmul_(pc[:, None] * kc, pc[None, :])
-        e_train.addcmul_(pc[:, None] * kc, rc[None, :])  # (Z B^-1 g_i)_j
+        torch.linalg.solve_triangular(factor.T, w, upper=True, out=solved[cls])
+        del w
         base_train.addcmul_(rc[:, None] * kc, rc[None, :])
-        tc.mul_(rtc[:, None])
-        base.addcmul_(tc, rc[None, :])
-        e_test.addcmul_(tc, pc[None, :])  # (Z B^-1 g_t)_j, stored [t, j]
-    schur = -zbz
+        kc.mul_(pc[:, None])
+        zbz.addcmul_(kc, pc[None, :])
+        e_train.addcmul_(kc, rc[None, :])  # (Z B^-1 g_i)_j
+        del kc
+        problem.step(cls + 1, total, "class blocks")
+    schur = zbz.neg_()
     schur.diagonal().add_(n)
     factor, info = torch.linalg.cholesky_ex(schur)
     if int(info) != 0:
         raise _factor_failed(damping, "Cholesky of the n x n Woodbury matrix failed")
     sol = torch.cholesky_solve(e_train, factor)  # S^-1 Z B^-1 g_i
-    timings = {"class_blocks_s": time.perf_counter() - t0}  # factors and all Gram products
+    del schur, factor
+    timings = {"class_blocks_s": time.perf_counter() - t0}  # factors and the training side
     t0 = time.perf_counter()
-    scores = base.add_(e_test @ sol).neg_()
+    scores = torch.empty(m, n, dtype=dtype)
+    base, e_test, tc = (torch.empty(rows, n, dtype=dtype) for _ in range(3))
+    for s0 in range(0, m, rows):
+        k = min(rows, m - s0)
+        b_k, e_k, t_k = base[:k].zero_(), e_test[:k].zero_(), tc[:k]
+        xs, rs = xt[s0:s0 + k], rt[s0:s0 + k]
+        for cls in range(c):
+            torch.matmul(xs * rs[:, cls, None], solved[cls], out=t_k)  # r_tc x~_t^T B_c^-1 x~_i
+            b_k.addcmul_(t_k, r_rows[cls][None, :])
+            e_k.addcmul_(t_k, p_rows[cls][None, :])  # (Z B^-1 g_t)_j
+        torch.addmm(b_k, e_k, sol, out=scores[s0:s0 + k]).neg_()
+        problem.step(c + s0 // rows + 1, total, "test rows")
     train = None
     if problem.train_targets:
         train = base_train.add_(e_train.T @ sol).neg_()
-        train = (train + train.T) / 2
+        train = ((train + train.T) / 2).to(torch.float64)
     timings["scores_s"] = time.perf_counter() - t0
-    return scores, train, timings
+    return scores.to(torch.float64), train, timings

@@ -13,7 +13,7 @@ Every file goes through :func:`robust_transfer.io.atomic_write`: whole or absent
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +138,24 @@ def write_influence(out_dir: str | os.PathLike, results: Mapping[str, InfluenceR
     return summary
 
 
+def _per_model(callback: Callable[[str, dict], None] | None, name: str, index: int,
+               count: int) -> Callable[[str, dict], None] | None:
+    """The solver's steps of model ``index`` of ``count`` as steps over all models."""
+    if callback is None:
+        return None
+
+    def on_step(event: str, info: dict) -> None:
+        total = info["total"]
+        callback(event, {"done": index * total + info["done"], "total": count * total,
+                         "what": f"{name}: {info['what']}"})
+
+    return on_step
+
+
 def explain_influence(models: Mapping[str, torch.nn.Module], train: ImageArrays, test: ImageArrays,
                       out_dir: str | os.PathLike, config: InfluenceConfig | None = None, *,
                       overwrite: bool = False, batch_size: int = 256,
+                      callback: Callable[[str, dict], None] | None = None,
                       **write_kwargs: Any) -> dict[str, Any]:
     """Influence for each model (e.g. ``robust`` and ``natural``) and all outputs in a folder.
 
@@ -151,6 +166,8 @@ def explain_influence(models: Mapping[str, torch.nn.Module], train: ImageArrays,
         config: see :class:`InfluenceConfig`.
         overwrite: write into an existing folder.
         batch_size: images per forward pass.
+        callback: progress events, counted over all models: ``("step", {"done", "total",
+            "what"})`` with ``what`` naming the model and the solver's step.
         **write_kwargs: passed to :func:`write_influence` (``top``, ``max_rank``, ...).
 
     Returns:
@@ -158,7 +175,9 @@ def explain_influence(models: Mapping[str, torch.nn.Module], train: ImageArrays,
     """
     if Path(out_dir).exists() and not overwrite:
         prepare_output_dir(out_dir, overwrite)  # raises now, not after the computation
-    results = {name: influence_for_model(m, train, test, None, config, batch_size)
-               for name, m in models.items()}
+    results = {}
+    for i, (name, model) in enumerate(models.items()):
+        results[name] = influence_for_model(model, train, test, None, config, batch_size,
+                                            _per_model(callback, name, i, len(models)))
     out = prepare_output_dir(out_dir, overwrite=True)
     return write_influence(out, results, train, test, **write_kwargs)

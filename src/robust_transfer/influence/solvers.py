@@ -66,6 +66,8 @@ class GradientProblem:
         x_test: ``[m, D]`` augmented test features.
         r_test: ``[m, C-1]`` test residuals.
         train_targets: also score training images as targets (and self-influence).
+        callback: ``callback("step", {"done", "total", "what"})`` as the solve advances
+            (the events :class:`~robust_transfer.progress.Progress` shows), or ``None``.
     """
 
     x_train: Tensor
@@ -74,6 +76,12 @@ class GradientProblem:
     x_test: Tensor
     r_test: Tensor
     train_targets: bool = True
+    callback: Callable[[str, dict], None] | None = None
+
+    def step(self, done: int, total: int, what: str) -> None:
+        """Report ``done`` of ``total`` steps of the solve to the callback, if any."""
+        if self.callback is not None:
+            self.callback("step", {"done": done, "total": total, "what": what})
 
     def grads(self, split: str, rows: slice = slice(None)) -> Tensor:
         """Dense gradients ``[k, P]`` of some ``train`` or ``test`` rows."""
@@ -159,7 +167,8 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         chunk = min(m, 2048)
         total += 2 * (n * k) ** 2 + 2 * n * k * n + n * k * chunk + 2 * chunk * n + n * k * k
     elif solver == "cholesky" and form == "block":
-        total += 4 * m * n + 6 * n * n + 3 * dim * dim + 3 * dim * n
+        # B_c^-1 X~^T for every class, three [256, n] running sums, the n x n matrices
+        total += c * dim * n + 3 * min(m, 256) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
     else:
         build = n * p + dim * p + n * c * c  # one block row and the curvatures
         total += (p * p // 2 if precision == "mixed" else p * p) + build
@@ -290,15 +299,18 @@ def _run_direct_whiten(problem: GradientProblem, damping: float, info: dict) -> 
     t0 = time.perf_counter()
     hess = _hessian(problem)
     timings["hessian_s"] = time.perf_counter() - t0
+    problem.step(1, 3, "Hessian")
     t0 = time.perf_counter()
     w_test, w_train = problem.grads("test"), problem.grads("train")  # whitened in place
     _cholesky_whiten(hess, damping, [w_test, w_train])
     del hess
     timings["factor_solve_s"] = time.perf_counter() - t0
+    problem.step(2, 3, "factor and solves")
     t0 = time.perf_counter()
     scores = -(w_test @ w_train.T)
     train_scores = -gram(w_train)
     timings["scores_s"] = time.perf_counter() - t0
+    problem.step(3, 3, "scores")
     return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
 
 
@@ -314,27 +326,33 @@ def _run_direct_solve(problem: GradientProblem, damping: float, opts: dict,
     mixed = opts.get("precision", "float64") == "mixed"
     dtype = torch.float32 if mixed else torch.float64
     timings = {}
+    total = 5 if mixed else 4
     t0 = time.perf_counter()
     hess = _hessian(problem, dtype)
     timings["hessian_s"] = time.perf_counter() - t0
+    problem.step(1, total, "Hessian")
     t0 = time.perf_counter()
     _cholesky_factor(hess, damping)
     timings["factor_s"] = time.perf_counter() - t0
+    problem.step(2, total, "factor")
     t0 = time.perf_counter()
     # solve for the smaller side: test gradients when only they are targets and are fewer
     side = "test" if not problem.train_targets and len(problem.r_test) < len(problem.r_train) else "train"
     g = problem.grads(side)
     v = _factor_solve(hess, g)
     timings["solve_s"] = time.perf_counter() - t0
+    problem.step(3, total, "solves")
     if mixed:
         t0 = time.perf_counter()
         v, steps = _refine(problem, damping, hess, g, v, opts)
         timings["refine_s"] = time.perf_counter() - t0
+        problem.step(4, total, "refinement")
         info.update(steps)
     del hess
     t0 = time.perf_counter()
     if side == "test":
         timings["scores_s"] = time.perf_counter() - t0
+        problem.step(total, total, "scores")
         return SolverOutput(-problem.dot_train(v), None, None, info, timings)
     scores = torch.empty(len(problem.r_test), len(v), dtype=torch.float64)
     for s0 in range(0, len(scores), _SCORE_CHUNK):
@@ -346,6 +364,7 @@ def _run_direct_solve(problem: GradientProblem, damping: float, opts: dict,
         train = (train + train.T) / 2
         own = train.diagonal().clone()
     timings["scores_s"] = time.perf_counter() - t0
+    problem.step(total, total, "scores")
     return SolverOutput(scores, train, own, info, timings)
 
 
@@ -414,6 +433,7 @@ def _run_eig(problem: GradientProblem, damping: float, opts: dict,
     t0 = time.perf_counter()
     hess = _hessian(problem)
     timings["hessian_s"] = time.perf_counter() - t0
+    problem.step(1, 3, "Hessian")
     t0 = time.perf_counter()
     evals, evecs = torch.linalg.eigh(hess, UPLO="U")
     del hess
@@ -421,7 +441,10 @@ def _run_eig(problem: GradientProblem, damping: float, opts: dict,
     w_test = (problem.grads("test") @ evecs) * scales
     w_train = (problem.grads("train") @ evecs) * scales
     timings["factor_solve_s"] = time.perf_counter() - t0
-    return _scores_from_whitened(w_test, w_train, problem.train_targets, info, timings)
+    problem.step(2, 3, "eigendecomposition")
+    out = _scores_from_whitened(w_test, w_train, problem.train_targets, info, timings)
+    problem.step(3, 3, "scores")
+    return out
 
 
 SOLVERS.register("cholesky", SolverSpec(
@@ -537,8 +560,10 @@ def _cg_solver(problem: GradientProblem, damping: float,
 
 
 def _cg_scores(problem: GradientProblem, split: str, solve: Callable, batch: int,
-               info: dict) -> tuple[Tensor, Tensor]:
+               info: dict, steps: tuple[int, int] = (0, 0)) -> tuple[Tensor, Tensor]:
     """Scores of every ``split`` target against all training images, ``batch`` at a time.
+
+    ``steps``: the batches done before these and all batches, for progress events.
 
     Returns:
         ``[k, n]`` scores and ``[k]`` ``-g^T (H' + lambda I)^-1 g`` (self-influence).
@@ -554,19 +579,23 @@ def _cg_scores(problem: GradientProblem, split: str, solve: Callable, batch: int
         info["cg_iterations"] = max(info.get("cg_iterations", 0), step["iterations"])
         info["cg_max_relative_residual"] = max(info.get("cg_max_relative_residual", 0.0),
                                                step["max_relative_residual"])
+        problem.step(steps[0] + s // batch + 1, steps[1], f"conjugate gradients, {split} targets")
     return scores, own
 
 
 def _run_cg(problem: GradientProblem, damping: float, opts: dict) -> SolverOutput:
     timings, info = {}, {"cg_tol": opts.get("cg_tol", 1e-10)}
     solve, batch = _cg_solver(problem, damping, opts), opts.get("cg_batch", 256)
+    m, n = len(problem.r_test), len(problem.r_train)
+    test_batches = -(-m // batch)
+    total = test_batches + (-(-n // batch) if problem.train_targets else 0)
     t0 = time.perf_counter()
-    scores, _ = _cg_scores(problem, "test", solve, batch, info)
+    scores, _ = _cg_scores(problem, "test", solve, batch, info, (0, total))
     timings["solve_test_s"] = time.perf_counter() - t0
     if not problem.train_targets:
         return SolverOutput(scores, None, None, info, timings)
     t0 = time.perf_counter()
-    train_scores, own = _cg_scores(problem, "train", solve, batch, info)
+    train_scores, own = _cg_scores(problem, "train", solve, batch, info, (test_batches, total))
     train_scores = (train_scores + train_scores.T) / 2  # exact in theory; CG leaves ~tol asymmetry
     timings["solve_train_s"] = time.perf_counter() - t0
     return SolverOutput(scores, train_scores, own, info, timings)

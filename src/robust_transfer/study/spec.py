@@ -198,20 +198,23 @@ def load_spec(spec: str | Path | dict, base_dir: str | Path | None = None) -> St
     """Parse and check a study spec.
 
     Args:
-        spec: a YAML file path, or the spec as a dict.
+        spec: a YAML file path, a preset name (``embedded``, ``paper``, ``tuning``: see
+            ``robust-transfer study presets``), or the spec as a dict.
         base_dir: folder that relative checkpoint paths are relative to (default: the
             spec file's folder, or the working directory).
 
     Raises:
-        ConfigError: malformed YAML, unknown keys (the valid ones listed), bad values;
-            the message gives the spec's line.
+        ConfigError: neither a file nor a preset, malformed YAML, unknown keys (the valid
+            ones listed), bad values; the message gives the spec's line.
     """
     if isinstance(spec, dict):
         import yaml
 
         text, path = yaml.safe_dump(spec, sort_keys=False), None
     else:
-        path = Path(spec)
+        from robust_transfer.study.presets import resolve_spec_path
+
+        path = resolve_spec_path(spec)
         text = read_text(path)
     where = str(path) if path else "study spec"
     data, lines = load_yaml(text, where)
