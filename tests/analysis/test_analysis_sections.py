@@ -208,3 +208,14 @@ def test_several_rates_without_validation_use_the_largest():
     assert np.allclose(result.runs.sort_values("run_id")["test_acc"],
                        runs.sort_values("run_id")["test_acc"])
     assert any("the others are not used (no validation accuracy" in s for s in result.notes)
+
+
+def test_analyze_command_prints_the_sections_sentences(study, tmp_path, capsys):
+    from robust_transfer.cli import main
+
+    path, result = study
+    assert main(["analyze", str(path), "--out", str(tmp_path / "report")]) == 0
+    out = capsys.readouterr().out
+    assert "robustness after transfer:" in out and "tuned on validation:" in out
+    for sentence in (*result.robustness.sentences, *result.tuning.sentences):
+        assert f"- {sentence}" in out

@@ -87,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         print(sentence)
     for line in result.headlines:
         print(f"- {line}")
+    for title, section in (("robustness after transfer", result.robustness),
+                           ("tuned on validation", result.tuning)):
+        if section is not None and section.sentences:
+            print(f"{title}:")
+            for sentence in section.sentences:
+                print(f"- {sentence}")
     print(f"report: {result.html_path}")
     print(f"markdown: {result.markdown_path}")
     return 0
