@@ -10,9 +10,11 @@ choice) are removed one at a time and the head refitted by Newton's method.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from robust_transfer.data import balanced_subset
+from robust_transfer.errors import ConfigError
 from robust_transfer.influence import InfluenceConfig, fit_head, leave_one_out_check
 
 
@@ -30,6 +32,8 @@ def test_fit_head_reaches_the_regularised_optimum(digits_train):
     # removing nothing from a warm start changes nothing
     w2, b2, _ = fit_head(x, y, 10, 1e-3, w, b, torch.ones(len(y), dtype=torch.float64))
     assert torch.allclose(w, w2, atol=1e-12) and torch.allclose(b, b2, atol=1e-12)
+    with pytest.raises(ConfigError, match="starting weight needs its bias"):
+        fit_head(x, y, 10, 1e-3, w)
 
 
 def test_leave_one_out_correlates_with_influence(digits_train, digits_test):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from robust_transfer.influence.solvers import (
     check_nonsingular,
     estimate_memory,
 )
+
+if TYPE_CHECKING:
+    from robust_transfer.models.arch import TransferModel
 
 Tensor = torch.Tensor
 
@@ -263,7 +266,7 @@ def _check_memory(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> None:
 # --- from a model ----------------------------------------------------------------------
 
 
-def extract_features(model: torch.nn.Module, images: Tensor, policy: InputPolicy,
+def extract_features(model: TransferModel, images: Tensor, policy: InputPolicy,
                      batch_size: int = 256) -> Tensor:
     """Pooled penultimate features of the frozen model, batched, without autograd.
 
@@ -282,7 +285,7 @@ def extract_features(model: torch.nn.Module, images: Tensor, policy: InputPolicy
     return prefix_outputs(model, images, policy, depth, True, batch_size=batch_size).to(torch.float64)
 
 
-def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageArrays,
+def influence_for_model(model: TransferModel, train: ImageArrays, test: ImageArrays,
                         policy: InputPolicy | None = None, config: InfluenceConfig | None = None,
                         batch_size: int = 256,
                         callback: Callable[[str, dict], None] | None = None) -> InfluenceResult:
@@ -324,7 +327,7 @@ def influence_for_model(model: torch.nn.Module, train: ImageArrays, test: ImageA
     return result
 
 
-def _check_classes(model: torch.nn.Module, data: ImageArrays) -> None:
+def _check_classes(model: TransferModel, data: ImageArrays) -> None:
     c = model.head.out_features
     if c != data.info.num_classes:
         raise ConfigError(

@@ -118,7 +118,7 @@ def choose_form(form: str, n: int, m: int, num_classes: int, feature_dim: int, d
     if why:
         return "direct"
     costs = flop_estimates(n, m, num_classes, feature_dim, train_targets)
-    return min(costs, key=costs.get)
+    return min(costs, key=lambda name: costs[name])
 
 
 def _woodbury_unavailable(damping: float, solver: str, precision: str) -> str:

@@ -62,6 +62,8 @@ def fit_head(features: Tensor, labels: Tensor, num_classes: int, damping: float,
     s = torch.ones(n, dtype=torch.float64) if sample_weight is None else sample_weight.to(torch.float64)
     theta = torch.zeros(num_classes, dim, dtype=torch.float64)
     if weight is not None:
+        if bias is None:
+            raise ConfigError("fit_head: a starting weight needs its bias")
         theta = torch.cat([weight.to(torch.float64), bias.to(torch.float64)[:, None]], 1)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported

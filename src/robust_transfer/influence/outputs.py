@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from robust_transfer.influence.analysis import ClassMatchCurve, class_match_curv
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
+
+if TYPE_CHECKING:
+    from robust_transfer.models.arch import TransferModel
 
 __all__ = ["curves_for", "explain_influence", "grid_rows", "model_summary", "prepare_output_dir",
            "write_influence", "write_json", "write_npz"]
@@ -152,7 +155,7 @@ def _per_model(callback: Callable[[str, dict], None] | None, name: str, index: i
     return on_step
 
 
-def explain_influence(models: Mapping[str, torch.nn.Module], train: ImageArrays, test: ImageArrays,
+def explain_influence(models: Mapping[str, TransferModel], train: ImageArrays, test: ImageArrays,
                       out_dir: str | os.PathLike, config: InfluenceConfig | None = None, *,
                       overwrite: bool = False, batch_size: int = 256,
                       callback: Callable[[str, dict], None] | None = None,

@@ -94,7 +94,7 @@ def plot_influence_grids(panels: Mapping[str, InfluenceGrid], path: str | os.Pat
     first = next(iter(panels.values()))
     rows, k = first.train_labels.shape
     fig = Figure(figsize=(1.2 * (k + 1) * len(panels) + 0.4, 1.35 * rows + 0.6))
-    subfigs = np.atleast_1d(fig.subfigures(1, len(panels), wspace=0.04))
+    subfigs = np.atleast_1d(fig.subfigures(1, len(panels), wspace=0.04))  # type: ignore[arg-type]
     for sub, (name, grid) in zip(subfigs, panels.items(), strict=True):
         _draw_grid(sub, grid)
         sub.suptitle(name, fontsize=11)
