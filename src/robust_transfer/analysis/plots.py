@@ -212,7 +212,7 @@ def eps_sweep_figures(summary: pd.DataFrame, sources: pd.DataFrame,
     part = part.assign(eps=part["source"].map(info["eps"]), norm=part["source"].map(info["norm"]))
     norms = [m for m in ("l2", "linf") if part.loc[part["norm"] == m, "eps"].nunique() >= 1
              and (part.loc[part["norm"].isin([m, "none"]), "eps"].nunique() >= 2)]
-    if not norms:
+    if not norms or chosen is None:
         return [FigureSpec("fig3_accuracy_vs_eps", "Accuracy against source eps: needs sources "
                            "of at least two eps values of one norm.", None)]
     panels = [(t, m, chosen) for t in sorted(part["target"].unique()) for m in norms]

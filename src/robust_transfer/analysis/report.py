@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -104,7 +105,7 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
 
 
 def analyze_study(study_dir: str | Path, out_dir: str | Path | None = None,
-                  **kwargs: object) -> AnalysisResult:
+                  **kwargs: Any) -> AnalysisResult:
     """:func:`analyze` a study directory (read with :func:`~.frames.load_study`).
 
     Influence and saliency outputs inside the study directory are shown in the report,
@@ -135,7 +136,7 @@ def _union(found: list[Path], given: Sequence[str | Path]) -> list[Path]:
 
 def analyze_csv(csv_path: str | Path, out_dir: str | Path | None = None, *,
                 epochs_csv: str | Path | None = None, n_all: Mapping[str, int] | None = None,
-                **kwargs: object) -> AnalysisResult:
+                **kwargs: Any) -> AnalysisResult:
     """:func:`analyze` results of other code (see :mod:`~robust_transfer.analysis.inputs`).
 
     Args:
@@ -323,11 +324,11 @@ def export_tables(result: AnalysisResult, directory: Path) -> dict[str, dict[str
     """Write :func:`long_tables` as CSV (and Parquet when pyarrow is installed)."""
     try:
         import pyarrow  # noqa: F401
-        formats = ("csv", "parquet")
+        formats: tuple[str, ...] = ("csv", "parquet")
     except ImportError:
         formats = ("csv",)
     directory.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written: dict[str, dict[str, Path]] = {}
     for stem, frame in long_tables(result).items():
         written[stem] = {}
         for fmt in formats:

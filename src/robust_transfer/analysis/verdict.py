@@ -65,7 +65,8 @@ def choose_view(delta_summary: pd.DataFrame, epoch_summary: pd.DataFrame,
         budget = _largest_budget(part["budget"], epochs)
         part = part[part["budget"] == budget]
         budget_by_target[target] = budget
-        n_by_target[target] = n_label if n_label in set(part["n_label"]) else _n_with_seeds(part)
+        n_by_target[target] = (n_label if n_label is not None and n_label in set(part["n_label"])
+                                else _n_with_seeds(part))
     return VerdictView(chosen, n_by_target, budget_by_target, unfrozen)
 
 
@@ -175,7 +176,7 @@ def few_epochs_sentence(epoch_delta_summary: pd.DataFrame, epoch_factor_summary:
         part = epoch_delta_summary[(epoch_delta_summary["target"] == target)
                                    & (epoch_delta_summary["budget"] == budget)
                                    & (epoch_delta_summary["n_label"] == n_label)]
-        if part.empty:
+        if budget is None or part.empty:
             continue
         factors = epoch_factor_summary[(epoch_factor_summary["target"] == target)
                                        & (epoch_factor_summary["budget"] == budget)
@@ -296,7 +297,8 @@ def verdict_figure(cells: pd.DataFrame, target: str, sources: pd.DataFrame,
     fig.subplots_adjust(left=0.11, right=0.9, top=1 - 0.55 / height, bottom=0.42 / height,
                         wspace=0.06, hspace=0.55)
     cax = fig.add_axes((0.915, 0.42 / height, 0.012, 1 - 0.97 / height))
-    fig.colorbar(image, cax=cax).ax.tick_params(labelsize=8)
+    if image is not None:
+        fig.colorbar(image, cax=cax).ax.tick_params(labelsize=8)
     return fig
 
 
