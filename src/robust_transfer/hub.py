@@ -215,8 +215,9 @@ def _verify(path: Path, sha256: str, url: str, remove: bool) -> None:
 
 def _reason(err: BaseException) -> str:
     """One line: the innermost reason (``Connection refused``) rather than a traceback."""
-    while err.__cause__ is not None or err.__context__ is not None:  # the root cause
-        err = err.__cause__ or err.__context__
+    inner_err: BaseException | None = err
+    while inner_err is not None:  # down to the root cause
+        err, inner_err = inner_err, inner_err.__cause__ or inner_err.__context__
     inner = getattr(err, "reason", None)
     text = str(inner if inner is not None else err)
     first = " ".join(text.split())[:200]

@@ -58,7 +58,8 @@ def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray | None]) 
         ``path``.
     """
     with atomic_write(path, "wb") as f:
-        np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
+        kept: dict[str, Any] = {k: v for k, v in arrays.items() if v is not None}
+        np.savez(f, **kept)
     return Path(path)
 
 

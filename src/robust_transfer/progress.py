@@ -125,9 +125,9 @@ def configure_logging(level: str = "info", interval: float | None = None,
     package = logging.getLogger(_PACKAGE)
     for old in [h for h in package.handlers if getattr(h, "_robust_transfer", False)]:
         package.removeHandler(old)
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(_Formatter(timestamps=not _isatty(stream or sys.stderr)))
-    handler._robust_transfer = True  # type: ignore[attr-defined]
+    handler._robust_transfer = True  # type: ignore[attr-defined]  # ours: the next call removes it
     package.addHandler(handler)
     package.setLevel(level.upper())
     package.propagate = False  # the CLI owns stderr: no second copy through the root logger

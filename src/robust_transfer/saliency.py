@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from robust_transfer.outputs import (
     write_json,
     write_npz,
 )
+
+if TYPE_CHECKING:
+    from robust_transfer.models.arch import TransferModel
 
 Tensor = torch.Tensor
 
@@ -148,7 +151,7 @@ def plot_saliency(images: Tensor | np.ndarray, gradients: Mapping[str, Tensor | 
     return save_figure(fig, path)
 
 
-def explain_saliency(models: Mapping[str, torch.nn.Module], data: ImageArrays,
+def explain_saliency(models: Mapping[str, TransferModel], data: ImageArrays,
                      indices: np.ndarray, out_dir: str | os.PathLike, *, samples: int = 0,
                      sigma: float = 0.0, seed: int = 0, overwrite: bool = False,
                      extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -188,7 +191,7 @@ def explain_saliency(models: Mapping[str, torch.nn.Module], data: ImageArrays,
     return summary
 
 
-def _check_models(models: Mapping[str, torch.nn.Module], data: ImageArrays) -> None:
+def _check_models(models: Mapping[str, TransferModel], data: ImageArrays) -> None:
     if not models:
         raise ConfigError("no models given")
     for name, model in models.items():

@@ -49,7 +49,7 @@ says which labels could be marked.
 
 from __future__ import annotations
 
-import importlib
+from robust_transfer.lazy import lazy_exports
 
 # name -> submodule; loaded on first use (PEP 562), so that importing one light submodule
 # (the CLI reads interval names from ``intervals``) does not load pandas, scipy, matplotlib
@@ -67,11 +67,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> object:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, {k: f".{v}" for k, v in _EXPORTS.items()}, globals())

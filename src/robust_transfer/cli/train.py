@@ -191,8 +191,9 @@ def _finetune(args: argparse.Namespace) -> int:
     unfrozen = args.unfrozen_blocks
     if args.out:
         refuse_existing(args.out, args.overwrite)
+    augment: bool | str = "auto" if args.augment == "auto" else args.augment == "on"
     recipe = Recipe(args.lr, args.momentum, args.weight_decay, args.schedule, args.batch_size,
-                    {"auto": "auto", "on": True, "off": False}[args.augment], args.resolution,
+                    augment, args.resolution,
                     args.head_init)
     model = load_source(args.source)
     record = model.source_record

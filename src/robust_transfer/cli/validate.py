@@ -162,6 +162,8 @@ def require_device(name: str) -> None:
     import torch
 
     found = _DEVICE.match(name)
+    if found is None:
+        raise argparse.ArgumentTypeError(f"'{name}' is not a device (auto, cpu, mps, cuda or cuda:N)")
     kind, index = found.group(1), int(found.group(3) or 0)
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

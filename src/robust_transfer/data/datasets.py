@@ -275,8 +275,11 @@ def _load_fmnist(info: DatasetInfo, split: str, root: Path, download: bool) -> I
         tvd.FashionMNIST(str(root), train=True, download=True)
         folder = root / "FashionMNIST" / "raw"
     prefix = "train" if split == "train" else "t10k"
-    images = read_idx(_idx_path(folder, f"{prefix}-images-idx3-ubyte"))
-    labels = read_idx(_idx_path(folder, f"{prefix}-labels-idx1-ubyte"))
+    paths = [_idx_path(folder, f"{prefix}-{kind}-idx{dims}-ubyte") for kind, dims in (("images", 3), ("labels", 1))]
+    if paths[0] is None or paths[1] is None:
+        raise DatasetError(f"{folder} lacks the Fashion-MNIST {split} IDX files "
+                           f"({prefix}-images-idx3-ubyte, {prefix}-labels-idx1-ubyte); re-download them")
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
     return ImageArrays(_to_nchw(images, "NHW"), torch.as_tensor(labels.astype(np.int64)),
                        info, split, source=str(folder))
 
@@ -392,7 +395,7 @@ def _load_folder(path: Path, split: str, name: str) -> ImageArrays:
             if p.suffix.lower() not in _IMAGE_EXTS:
                 continue
             with _open_image(p) as im:
-                im = im.convert(mode).resize((_FOLDER_SIZE, _FOLDER_SIZE), Image.BILINEAR)
+                im = im.convert(mode).resize((_FOLDER_SIZE, _FOLDER_SIZE), Image.Resampling.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
             labels.append(label)

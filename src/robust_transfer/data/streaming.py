@@ -49,7 +49,7 @@ class StreamingSplit:
 
     @property
     def num_images(self) -> int:
-        return len(self.loader.dataset)
+        return len(self.loader.dataset)  # type: ignore[arg-type]  # an ImageFolder: sized
 
     seed_base: int = 0
 
@@ -73,7 +73,7 @@ def streaming_split(name: str, split: str, size: int, batch_size: int, augment: 
     from torchvision.datasets import ImageFolder
 
     root = folder_path(name)
-    if not root.is_dir():
+    if root is None or not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
     train = split == "train"
     try:
@@ -83,7 +83,7 @@ def streaming_split(name: str, split: str, size: int, batch_size: int, augment: 
     if distributed is None:
         distributed = train and dist.is_available() and dist.is_initialized()
     gen = torch.Generator().manual_seed(seed)
-    sampler = DistributedSampler(ds, shuffle=True, seed=seed) if distributed else None
+    sampler: DistributedSampler | None = DistributedSampler(ds, shuffle=True, seed=seed) if distributed else None
     loader = DataLoader(ds, batch_size=batch_size, shuffle=train and sampler is None,
                         sampler=sampler, num_workers=workers, generator=gen,
                         pin_memory=torch.cuda.is_available(), drop_last=False,

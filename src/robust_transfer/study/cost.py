@@ -78,7 +78,7 @@ class PartFlops:
         return self.prefix + self.suffix_forward
 
 
-def count_flops(arch: str, resolution: int, unfrozen: str, num_classes: int = 10) -> PartFlops:
+def count_flops(arch: str, resolution: int, unfrozen: int | str, num_classes: int = 10) -> PartFlops:
     """Count per-image FLOPs of the prefix, suffix forward and suffix training step.
 
     Args:
@@ -167,12 +167,12 @@ def cached_splits(depth: int, augmented: bool, n_blocks: int | None = None) -> t
         n_blocks: the architecture's blocks (needed to ask the engine).
     """
     try:
-        from robust_transfer.engine.transfer import cache_plan
+        from robust_transfer.engine.transfer import cache_plan as plan_fn
     except ImportError:
-        cache_plan = None
-    if cache_plan is not None and n_blocks is not None:
+        plan_fn = None  # type: ignore[assignment]
+    if plan_fn is not None and n_blocks is not None:
         unfrozen = "all" if depth == 0 else n_blocks + 1 - depth
-        plan = cache_plan(n_blocks, unfrozen, augmented, test_on_disk=True)
+        plan = plan_fn(n_blocks, unfrozen, augmented, test_on_disk=True)
         return plan.train, plan.test
     has_prefix = depth > 0
     return has_prefix and not augmented, has_prefix
@@ -221,7 +221,7 @@ class RunShape:
 
     arch: str
     resolution: int
-    unfrozen: str
+    unfrozen: int | str
     n: int
     epochs: int
     evals: int

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.registry import Registry
@@ -156,6 +157,8 @@ class _Pool:
                 continue
             task, outcome = worker.task, self._receive(worker)
             worker.task = None
+            if task is None:  # busy workers hold a task; nothing to report otherwise
+                continue
             if outcome is None:
                 outcome = _died(task, self.ctx, worker.process, worker.started)
                 self._replace(worker)
@@ -320,7 +323,8 @@ def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
                                              max_retries=RAY_RETRIES, retry_exceptions=False)
     ctx_ref = ray.put(ctx)  # shipped once, not with every task
     limit = options.workers or _ray_capacity(ray, res)
-    queue, running = list(reversed(tasks)), {}
+    queue = list(reversed(tasks))
+    running: dict[Any, tuple[RunTask, float]] = {}  # Ray object ref -> (task, start time)
     while queue or running:
         while queue and len(running) < limit:
             task = queue.pop()

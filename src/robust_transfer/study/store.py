@@ -282,7 +282,10 @@ class StudyStore:
         with self.transaction() as c:
             cur = c.execute("INSERT INTO specs (added_at, run_set, n_runs, name, text) "
                             "VALUES (?, ?, ?, ?, ?)", (time.time(), run_set, n_runs, name, text))
-            return int(cur.lastrowid)
+            rowid = cur.lastrowid
+            if rowid is None:  # sqlite sets it for every INSERT
+                raise RuntimeError("sqlite gave no row id for the new spec")
+            return int(rowid)
 
     def sources(self) -> dict[str, dict[str, Any]]:
         cur = self.conn.execute("SELECT * FROM sources")
@@ -677,8 +680,8 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
     finally:
         conn.close()
     # one epochs row per epoch (NULL test metrics where not evaluated): all of them or none
-    complete = [r for r in runs if epochs[r["run_id"]] is not None
-                and len(epochs[r["run_id"]]) == r["epochs"]]
+    complete = [r for r in runs
+                if (rows := epochs[r["run_id"]]) is not None and len(rows) == r["epochs"]]
     _write_salvage(out, specs, sources, complete, epochs)
     spec_copy = Path(study_dir) / "spec.yaml"
     if spec_copy.is_file():

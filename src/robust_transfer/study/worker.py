@@ -148,12 +148,12 @@ def planned_cache_bytes(resolved, runs=None) -> dict[tuple, int]:
                           test_on_disk=True)
         key = (source.sha256, run.target, size, plan.depth, plan.pooled, run.recipe.feature_dtype)
         if plan.test:
-            planned[(*key[:2], "test", *key[2:])] = target.test_size * per_image
+            planned[key[:2] + ("test",) + key[2:]] = target.test_size * per_image
         if plan.train:
-            seeds = train_rows.setdefault((*key[:2], "train", *key[2:]), {})
+            seeds = train_rows.setdefault(key[:2] + ("train",) + key[2:], {})
             seeds[run.seed] = max(seeds.get(run.seed, 0), n)
             rows = min(target.train_size or n, sum(seeds.values()))
-            planned[(*key[:2], "train", *key[2:])] = rows * per_image
+            planned[key[:2] + ("train",) + key[2:]] = rows * per_image
     return planned
 
 

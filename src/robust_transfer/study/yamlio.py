@@ -50,8 +50,8 @@ def _walk(node: yaml.Node, path: tuple, lines: Lines, where: str) -> None:
                 raise ConfigError(f"{where} line {key_node.start_mark.line + 1}: key '{key}' "
                                   "is given twice")
             seen.add(key)
-            _walk(value_node, (*path, key), lines, where)
-            lines[(*path, key)] = key_node.start_mark.line + 1
+            _walk(value_node, path + (key,), lines, where)
+            lines[path + (key,)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             _walk(item, (*path, i), lines, where)
