@@ -9,6 +9,7 @@ training or write files, and fail here.
 
 from __future__ import annotations
 
+import re
 import shlex
 import textwrap
 from pathlib import Path
@@ -325,3 +326,14 @@ def test_bad_input_is_refused_in_one_line_leaving_nothing(argv, fx, tmp_path, ca
     assert _tree(tmp_path) == before_tmp, "a refused command left files"
     # a refused second study may rewrite the driver's pid file, never add or remove files
     assert _tree(fx["fx"]).keys() == before_fx.keys(), "a refused command changed the fixtures"
+
+
+def test_a_device_name_that_is_none_is_refused_by_the_device_check():
+    import argparse
+
+    from robust_transfer.cli import validate as v
+
+    for bad in ("gpu0", "auto:1", "cuda:x"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"unknown device '{re.escape(bad)}'"):
+            v.require_device(bad)
+    v.require_device("cpu")  # exists everywhere

@@ -173,6 +173,22 @@ def test_fmnist_missing_names_expected_files(tmp_path, monkeypatch):
     assert "download" in msg and "\n" not in msg
 
 
+def test_fmnist_download_without_the_files_is_one_clear_line(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    monkeypatch.setattr(ds, "DEBIAN_FMNIST", tmp_path / "not-installed")
+    # a download that leaves the raw folder without the test files (interrupted, renamed)
+    def fake(root, train, download):
+        raw = Path(root) / "FashionMNIST" / "raw"
+        write_mnist_like(raw, 4, 2)
+        (raw / "t10k-labels-idx1-ubyte").unlink()
+
+    monkeypatch.setattr(tvd, "FashionMNIST", fake)
+    with pytest.raises(DatasetError, match="lacks the Fashion-MNIST test IDX files") as err:
+        ds._load_fmnist(dataset_info("fmnist"), "test", tmp_path, download=True)
+    assert "\n" not in str(err.value)
+
+
 def test_idx_reader_refuses_truncated_and_foreign_files(tmp_path):
     path = tmp_path / "x-idx3-ubyte"
     write_idx(path, np.zeros((4, 28, 28), np.uint8))

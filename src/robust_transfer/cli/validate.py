@@ -145,9 +145,15 @@ def unfrozen(text: str) -> str:
 def device_name(text: str) -> str:
     """A device of a known kind (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``), not
     checked against this machine (a study may run on a cluster's GPUs)."""
-    if not _DEVICE.match(text) or text.startswith("auto:"):
-        raise _fail(f"unknown device '{text}'; valid: auto, cpu, cuda, cuda:N, mps")
+    _device_match(text)
     return text
+
+
+def _device_match(text: str) -> re.Match[str]:
+    found = _DEVICE.match(text)
+    if found is None or text.startswith("auto:"):
+        raise _fail(f"unknown device '{text}'; valid: auto, cpu, cuda, cuda:N, mps")
+    return found
 
 
 def device(text: str) -> str:
@@ -161,9 +167,7 @@ def require_device(name: str) -> None:
     """Raise :class:`argparse.ArgumentTypeError` unless ``name`` exists on this machine."""
     import torch
 
-    found = _DEVICE.match(name)
-    if found is None:
-        raise argparse.ArgumentTypeError(f"'{name}' is not a device (auto, cpu, mps, cuda or cuda:N)")
+    found = _device_match(name)
     kind, index = found.group(1), int(found.group(3) or 0)
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
