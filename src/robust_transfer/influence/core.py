@@ -80,7 +80,8 @@ class InfluenceConfig:
         "help": "cholesky only: direct, kernel (few images), block (many) or auto (cheapest)",
         "choices": lambda: list(FORMS)})
     precision: str = field(default="float64", metadata={
-        "help": "float64, or mixed: float32 factor refined to float64 scores (direct form)",
+        "help": "float64, or mixed: float32 factor refined to float64 scores (direct form; "
+                "slower than float64 when there are many targets)",
         "choices": lambda: list(PRECISIONS)})
     refine_tol: float = field(default=1e-10, metadata={
         "help": "mixed only: stop when the correction is below this fraction of the solution"})
