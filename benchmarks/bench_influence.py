@@ -59,7 +59,7 @@ def synthetic(n: int, m: int, d: int, c: int, seed: int, spread: float = 3.0):
 # --- (b) a ResNet-50-sized head -----------------------------------------------------------
 
 
-def timed(fn, repeats: int):
+def timed(fn, repeats: int = 1):
     """``(last result, [seconds of each call])``."""
     times, out = [], None
     for _ in range(repeats):

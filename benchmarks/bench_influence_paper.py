@@ -41,7 +41,7 @@ import torch
 from torch import autograd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_influence import synthetic  # noqa: E402
+from bench_influence import synthetic, timed  # noqa: E402
 
 from robust_transfer.influence import (  # noqa: E402
     InfluenceConfig,
@@ -117,16 +117,6 @@ def paper_influences(test_g: np.ndarray, h_inv: np.ndarray, train_g: np.ndarray)
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-def timed(fn, repeats: int = 1):
-    """``(last result, [seconds of each call])``."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, times
 
 
 def fmt(seconds: float) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -22,16 +23,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def clustered(n, m, d, c=5, seed=0, spread=3.0):
-    """Non-negative class-clustered features and a class-mean head (as the benchmarks)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(c, d, generator=g, dtype=F64)
-    y, yt = torch.arange(n) % c, torch.arange(m) % c
-    x = torch.relu(centres[y] + 1.5 * torch.randn(n, d, generator=g, dtype=F64))
-    xt = torch.relu(centres[yt] + 1.5 * torch.randn(m, d, generator=g, dtype=F64))
-    means = torch.stack([x[y == k].mean(0) for k in range(c)])
-    w = means - means.mean(0)
-    w *= spread / (x @ w.T).std()
-    return x, y, xt, yt, w, -(x @ w.T).mean(0)
+    """Non-negative class-clustered features and a class-mean head: the benchmarks' own."""
+    return _bench("bench_influence").synthetic(n, m, d, c, seed, spread)
 
 
 def scores_close(out, ref, tol):
@@ -161,11 +154,12 @@ def test_config_fields_give_cli_rows():
     assert all(f.help for f in rows.values())
 
 
-def _paper_module():
+@functools.cache
+def _bench(name):
+    """A benchmark module of ``benchmarks/`` (they import each other by name)."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_influence_paper",
-                                                      BENCH / "bench_influence_paper.py")
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
@@ -174,7 +168,7 @@ def _paper_module():
 
 
 def test_faithful_paper_path_equals_our_pinv_solver():
-    paper = _paper_module()
+    paper = _bench("bench_influence_paper")
     x, y, xt, yt, w, b = clustered(24, 6, 5, c=3)
     layer = paper.paper_head(w.float(), b.float())
     h = paper.paper_hessian(layer, x.float(), y)  # batch size 1, summed

@@ -26,6 +26,7 @@ forms need ``lambda > 0``; at zero damping only ``direct`` applies.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -37,7 +38,7 @@ Tensor = torch.Tensor
 FORMS = ("auto", "direct", "kernel", "block")
 _CHUNK = 2048  # test rows at a time in the kernel form
 _BLOCK_ROWS = 256  # test rows at a time in the block form: three [rows, n] float64 sums fit in cache
-_SYRK_MIN = 2e8  # multiply-adds below which one general product beats the banded one
+_BANDED_MIN = 2e8  # multiply-adds below which one general product beats the banded one
 _GRAM_PARTS, _GRAM_BAND = 8, 400  # bands of the banded symmetric product, and their least rows
 # flop-equivalent of one library call (thread start-up and synchronisation): small problems
 # are decided by the number of calls, not their flops
@@ -60,13 +61,11 @@ def gram(a: Tensor) -> Tensor:
         ``[k, k]``, both triangles filled.
     """
     k = a.shape[0]
-    parts = max(1, min(_GRAM_PARTS, k // _GRAM_BAND))
-    if parts == 1 or k * k * a.shape[1] < _SYRK_MIN:  # small: one call beats several
-        out = a @ a.T
-        return out.triu_().add_(out.triu(1).mT)
+    # small: one product (a single band) beats several calls
+    parts = 1 if k * k * a.shape[1] < _BANDED_MIN else max(1, min(_GRAM_PARTS, k // _GRAM_BAND))
     out = torch.empty(k, k, dtype=a.dtype, device=a.device)
     edges = [k * i // parts for i in range(parts + 1)]
-    for lo, hi in zip(edges, edges[1:], strict=False):
+    for lo, hi in itertools.pairwise(edges):
         band = a[lo:hi] @ a[lo:].T  # [hi - lo, k - lo]
         out[lo:hi, lo:] = band
         out[hi:, lo:hi] = band[:, hi - lo:].T

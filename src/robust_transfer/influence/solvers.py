@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from robust_transfer.errors import RobustTransferError
-from robust_transfer.influence.forms import choose_form, gram, run_block, run_kernel
+from robust_transfer.influence.forms import _BLOCK_ROWS, choose_form, gram, run_block, run_kernel
 from robust_transfer.influence.hessian import (
     hessian_from_probs,
     hessian_vector_product,
@@ -167,8 +167,8 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         chunk = min(m, 2048)
         total += 2 * (n * k) ** 2 + 2 * n * k * n + n * k * chunk + 2 * chunk * n + n * k * k
     elif solver == "cholesky" and form == "block":
-        # B_c^-1 X~^T for every class, three [256, n] running sums, the n x n matrices
-        total += c * dim * n + 3 * min(m, 256) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
+        # B_c^-1 X~^T for every class, three [_BLOCK_ROWS, n] running sums, the n x n matrices
+        total += c * dim * n + 3 * min(m, _BLOCK_ROWS) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
     else:
         build = n * p + dim * p + n * c * c  # one block row and the curvatures
         total += (p * p // 2 if precision == "mixed" else p * p) + build
