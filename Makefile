@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,slurm,explain]'
 	# torchattacks (the benchmarks' and tests' reference PGD) pins requests~=2.25.1, which
 	# sends pip's resolver into an endless backtrack beside huggingface_hub and ray: its
 	# own imports need only torch, numpy, scipy, tqdm and requests, all installed above
