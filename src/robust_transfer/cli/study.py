@@ -41,7 +41,7 @@ def _register_run(sub) -> None:
                        "--out. Safe to interrupt and rerun: finished runs are kept and skipped. "
                        "Exit status 1 when runs failed (recorded with their errors; "
                        "--retry-failed reruns them), 2 for bad input (nothing is run).")
-    p.add_argument("spec", help="study spec: a preset name (embedded, paper; see `study presets`) "
+    p.add_argument("spec", help="study spec: a preset name (" + _preset_names() + "; see `study presets`) "
                    "or a YAML file")
     p.add_argument("--out", required=True, type=v.out_dir,
                    help="study directory (results store, feature cache)")
@@ -68,6 +68,13 @@ def _register_run(sub) -> None:
                    help="print run counts, missing inputs and estimated cost; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_run)
+
+
+def _preset_names() -> str:
+    """The shipped presets' names, from their files (no YAML parsed: --help stays fast)."""
+    from robust_transfer.study.presets import PRESET_DIR, PRESET_SUFFIX
+
+    return ", ".join(sorted(p.stem for p in PRESET_DIR.glob(f"*{PRESET_SUFFIX}")))
 
 
 def _register_status(sub) -> None:

@@ -101,7 +101,7 @@ def _register_pretrain(sub) -> None:
                        "metadata. Runs under torchrun for DistributedDataParallel.")
     p.add_argument("--arch", choices=ARCHS.names(), default="small_resnet", help="architecture")
     p.add_argument("--dataset", default="fmnist",
-                   help="source dataset (see `robust-transfer data list`), or imagefolder:PATH to "
+                   help="source dataset (see `robust-transfer data list`), or folder:PATH to "
                         "stream an ImageNet-style PATH/train, PATH/val folder from disk")
     add_data_root(p)
     p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
@@ -116,7 +116,7 @@ def _register_pretrain(sub) -> None:
                    help="clean and PGD-20 robust accuracy on this many test images (default all)")
     p.add_argument("--seed", type=v.seed, default=0, help="random seed")
     p.add_argument("--workers", type=v.nonneg_int, default=4,
-                   help="data-loading processes for imagefolder:PATH datasets (default 4)")
+                   help="data-loading processes for folder:PATH datasets (default 4)")
     add_device(p)
     p.add_argument("--out", required=True, type=v.out_stem, help="checkpoint path stem: writes "
                    "OUT.safetensors, OUT.json and the per-epoch metrics OUT.metrics.csv")

@@ -233,8 +233,9 @@ def _build(timm: Any, name: str, pretrained: bool, num_classes: int | None,
     except Exception as err:  # timm and the hub client raise many types
         if pretrained and not isinstance(err, (TypeError, AssertionError)):
             raise CheckpointError(f"cannot fetch pretrained weights of timm model '{name}': "
-                                  f"{_first_line(err)}; use pretrained=False or connect to the "
-                                  "Hugging Face hub once to fill its cache") from None
+                                  f"{_first_line(err)}; connect to the Hugging Face hub once to "
+                                  "fill its cache, or copy a filled cache into $HF_HOME "
+                                  "(default ~/.cache/huggingface) on this machine") from None
         if isinstance(err, (TypeError, ValueError, AssertionError)):
             raise ConfigError(f"timm cannot build '{name}' with {args or 'no arguments'}: "
                               f"{_first_line(err)}") from None
