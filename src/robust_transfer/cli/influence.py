@@ -77,7 +77,8 @@ def _influence(args: argparse.Namespace) -> int:
     train_idx = inputs.train_indices if inputs.train_indices is not None else balanced_subset(
         train.labels.numpy(), inputs.n, inputs.seed, inputs.dataset)
     test_n = None if args.test_n == _DEFAULT_TEST_N and len(test) <= _DEFAULT_TEST_N else args.test_n
-    test_idx = balanced_subset(test.labels.numpy(), test_n, inputs.seed, f"{inputs.dataset}:test")
+    test_idx = balanced_subset(test.labels.numpy(), test_n, inputs.seed, f"{inputs.dataset}:test",
+                               what="test images", option="--test-n")
     extra = {"dataset": inputs.dataset, "seed": inputs.seed, "n": len(train_idx),
              "test_n": args.test_n, **inputs.provenance}
     # the solver's steps (class blocks, passes over test rows, ...) over all models

@@ -47,7 +47,8 @@ def _saliency(args: argparse.Namespace) -> int:
         indices = _parse_indices(args.indices, len(data))
     else:
         indices = balanced_subset(data.labels.numpy(), args.count, inputs.seed,
-                                  f"{inputs.dataset}:{args.split}")
+                                  f"{inputs.dataset}:{args.split}", what=f"{args.split} images",
+                                  option="--count")
     summary = explain_saliency(inputs.models, data, indices, args.out, samples=args.smoothgrad,
                                sigma=args.sigma, seed=inputs.seed, overwrite=args.overwrite,
                                extra=inputs.provenance)

@@ -20,14 +20,17 @@ def _rng(dataset: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(dataset.encode())])
 
 
-def balanced_subset(labels: np.ndarray, n: int | None, seed: int, dataset: str = "") -> np.ndarray:
-    """Indices of ``n`` training images, as balanced across classes as the data allow.
+def balanced_subset(labels: np.ndarray, n: int | None, seed: int, dataset: str = "", *,
+                    what: str = "training images", option: str = "n") -> np.ndarray:
+    """Indices of ``n`` images of a split, as balanced across classes as the data allow.
 
     Args:
-        labels: int labels of the full training split, shape ``[N]``.
+        labels: int labels of the full split, shape ``[N]``.
         n: number of images; ``None`` means all of them (returned in order).
         seed: selects which images.
         dataset: the dataset's name, mixed into the seed.
+        what, option: the images and the option asking for them, for messages
+            (``"test images"``, ``"--test-n"``).
 
     Returns:
         Sorted int64 indices into ``labels``.
@@ -40,11 +43,11 @@ def balanced_subset(labels: np.ndarray, n: int | None, seed: int, dataset: str =
     if n is None:
         return np.arange(total, dtype=np.int64)
     if n <= 0:
-        raise ConfigError(f"number of training images must be positive, got {n}")
+        raise ConfigError(f"number of {what} must be positive, got {n}")
     if n > total:
         raise ConfigError(
-            f"asked for {n} training images but {dataset or 'the dataset'} has only {total}; "
-            f"use a smaller n or 'all'"
+            f"asked for {n} {what} but {dataset or 'the dataset'} has only {total}; "
+            f"use {option} {total} or less" + (" or 'all'" if option == "n" else "")
         )
     rng = _rng(dataset, seed)
     classes = np.unique(labels)
