@@ -240,6 +240,7 @@ def _register_evaluate(sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    attacks = [AttackConfig(args.norm, eps, args.steps) for eps in args.eps or []]  # checked first
     model = load_source(args.model)
     name = args.dataset or model.source_record.metadata.get("source_dataset")
     if not name:
@@ -255,8 +256,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     loader = TensorLoader(data.images, data.labels, args.batch_size, transform=policy.prepare)
     with Progress("evaluate clean") as progress:
         rows = [{"eps": 0.0, "accuracy": evaluate(model, loader, None, args.device, progress)[1]}]
-    for eps in args.eps or []:
-        attack = AttackConfig(args.norm, eps, args.steps)
+    for attack in attacks:
+        eps = attack.eps
         with Progress(f"evaluate {args.norm} eps {eps:.4g} PGD-{args.steps}") as progress:
             accuracy = evaluate(model, loader, attack, args.device, progress)[1]
         rows.append({"eps": eps, "norm": args.norm, "steps": args.steps, "accuracy": accuracy})

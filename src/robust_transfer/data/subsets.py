@@ -74,6 +74,35 @@ def _quotas(n: int, class_order: np.ndarray, available: dict) -> dict:
     return quota
 
 
+def check_validation_fit(total: int, n_classes: int, val_size: int, n: int | None,
+                         dataset: str = "") -> None:
+    """The rule :func:`split_validation` and a run's training subset obey, on sizes alone
+    (so a study can be checked before any data is loaded).
+
+    Args:
+        total: training images of the split.
+        n_classes: its classes.
+        val_size: validation images held out (0 for none).
+        n: training images drawn from the rest (``None``: all of it).
+        dataset: its name, for messages.
+
+    Raises:
+        ConfigError: the validation set is smaller than the number of classes or leaves
+            no training image, or ``n`` does not fit beside it.
+    """
+    name = dataset or "the dataset"
+    if val_size == 0:
+        return
+    if val_size < n_classes or val_size >= total:
+        raise ConfigError(f"a validation set of {val_size} images does not fit {name} "
+                          f"({total} training images, {n_classes} classes): use between "
+                          f"{n_classes} and {total - 1}")
+    if n is not None and n > total - val_size:
+        raise ConfigError(f"n={n} does not fit beside {val_size} validation images: {name} has "
+                          f"{total} training images; use n <= {total - val_size} or fewer "
+                          "val_images")
+
+
 def split_validation(labels: np.ndarray, val_size: int, dataset: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Hold out a class-balanced validation set from a training split.
 
@@ -98,10 +127,7 @@ def split_validation(labels: np.ndarray, val_size: int, dataset: str = "") -> tu
     n_classes = len(np.unique(labels))
     if val_size == 0:
         return np.arange(total, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    if val_size < n_classes or val_size >= total:
-        raise ConfigError(f"a validation set of {val_size} images does not fit {dataset or 'the dataset'} "
-                          f"({total} training images, {n_classes} classes): use between "
-                          f"{n_classes} and {total - 1}")
+    check_validation_fit(total, n_classes, val_size, None, dataset)
     # a seed no training subset uses, so validation is independent of every run's images
     val = balanced_subset(labels, val_size, seed=2**32 - 1, dataset=f"{dataset}/validation")
     pool = np.setdiff1d(np.arange(total, dtype=np.int64), val)
