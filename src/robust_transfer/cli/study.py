@@ -56,6 +56,9 @@ def _register_run(sub) -> None:
                    help="CPUs (torch threads) per run (default: the spec's resources.num_cpus)")
     p.add_argument("--gpus-per-run", type=v.nonneg_float, default=None,
                    help="GPUs per run for Ray, fractions allowed, e.g. 0.25 (default: the spec's)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow runs to ask for more CPU cores (or GPUs) than this machine has, "
+                   "on purpose (otherwise refused: shared cores make every run slower)")
     p.add_argument("--device", default=None, type=v.device_name, help="torch device for runs (default: the spec's, auto)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the spec's or "
                    "$ROBUST_TRANSFER_DATA or ~/.cache/robust_transfer/data)")
@@ -201,7 +204,8 @@ def _call_run(spec, args, display):
                      ray_address=args.ray_address, retry_failed=args.retry_failed,
                      extend=args.extend, data_root=args.data_root, device=args.device,
                      feature_cache=False if args.no_feature_cache else None,
-                     num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display)
+                     num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display,
+                     oversubscribe=args.oversubscribe)
 
 
 def _dry_run(spec, args) -> int:

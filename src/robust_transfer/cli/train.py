@@ -8,6 +8,7 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -66,20 +67,38 @@ def _add_records(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
-    """Progress, OUT.metrics.csv beside the checkpoint, TensorBoard if asked: one callback."""
+    """Progress, OUT.metrics.csv beside the checkpoint, TensorBoard if asked: one callback.
+
+    The metrics are written under a hidden name while training runs and take their own
+    name with the checkpoint (:func:`_publish_metrics`); a failed or interrupted command
+    removes them, so no metrics file is left without its checkpoint.
+    """
     writer = TensorBoardWriter(tensorboard, desc) if tensorboard else None
-    metrics = MetricsCSV(_metrics_path(out)) if out else None
+    metrics = MetricsCSV(_metrics_path(out, partial=True)) if out else None
     try:
         with Progress(desc) as progress:
             yield combine_callbacks(progress, metrics, writer)
+    except BaseException:  # Ctrl-C and SIGTERM included
+        if metrics is not None:
+            metrics.path.unlink(missing_ok=True)
+        raise
     finally:
         if writer is not None:
             writer.close()
 
 
-def _metrics_path(out) -> str:
-    """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT``."""
-    return str(checkpoint_paths(out)[0].with_suffix("")) + ".metrics.csv"
+def _metrics_path(out, partial: bool = False) -> Path:
+    """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT`` (while training:
+    ``.OUT.metrics.csv.partial``)."""
+    path = Path(str(checkpoint_paths(out)[0].with_suffix("")) + ".metrics.csv")
+    return path.with_name(f".{path.name}.partial") if partial else path
+
+
+def _publish_metrics(out) -> None:
+    """The metrics of a saved checkpoint take their name beside it."""
+    partial = _metrics_path(out, partial=True)
+    if partial.exists():
+        os.replace(partial, _metrics_path(out))
 
 
 def _add_attack(p: argparse.ArgumentParser) -> None:
@@ -152,6 +171,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if rank == 0:
         meta["command"] = "robust-transfer " + shlex.join(args.argv)
         path = save_model(model, args.out, meta, overwrite=args.overwrite)
+        _publish_metrics(args.out)
         robust = meta["robust_acc"]
         print(f"saved {path}: clean acc {meta['clean_acc']:.4f}"
               + (f", robust acc {robust:.4f}" if robust is not None else ""))
@@ -214,6 +234,7 @@ def _finetune(args: argparse.Namespace) -> int:
                                             "recipe": recipe.to_dict(),
                                             "source_metadata": record.to_dict()},
                    overwrite=args.overwrite)
+        _publish_metrics(args.out)
     print(json.dumps(summary) if args.json else
           f"{args.source} -> {args.target}: n={result.n_train} unfrozen={unfrozen} "
           f"epochs={args.epochs} test acc {result.test_acc:.4f} ({result.seconds:.1f}s)")
