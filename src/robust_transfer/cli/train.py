@@ -271,7 +271,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model} has {model.num_classes} classes but {name} has "
                           f"{data.info.num_classes}; evaluate on its source dataset or fine-tune first")
     if args.images:
-        data = data.subset(balanced_subset(data.labels.numpy(), args.images, 0, f"{name}:test",
+        data = data.subset(balanced_subset(data.labels.numpy(), args.images, 0, name,  # seeds it
                                            what="test images", option="--images"))
     policy = InputPolicy(model.channels, model.input_size)
     loader = TensorLoader(data.images, data.labels, args.batch_size, transform=policy.prepare)
