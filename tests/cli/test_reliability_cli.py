@@ -207,7 +207,7 @@ def test_ctrl_c_in_influence_and_saliency_leaves_no_folder(command, ckpt, tmp_pa
 
 
 def test_sigterm_in_finetune_says_so_and_leaves_no_metrics(ckpt, tmp_path, capsys, monkeypatch):
-    import robust_transfer.cli.train as train
+    import robust_transfer.engine.transfer as transfer
 
     def terminated(*args, callback=None, **kwargs):
         callback("epoch", {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5})
@@ -215,7 +215,7 @@ def test_sigterm_in_finetune_says_so_and_leaves_no_metrics(ckpt, tmp_path, capsy
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(train, "finetune", terminated)
+    monkeypatch.setattr(transfer, "finetune", terminated)
     code, _, err = run(["finetune", ckpt, "--target", "digits", "--epochs", "1", "--out",
                         tmp_path / "m"], capsys)
     assert code == 128 + signal.SIGTERM

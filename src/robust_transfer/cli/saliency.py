@@ -14,9 +14,7 @@ import numpy as np
 from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import add_force, command_help, require_within
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
-from robust_transfer.data import balanced_subset, load_dataset
 from robust_transfer.errors import ConfigError
-from robust_transfer.saliency import explain_saliency
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +56,9 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _saliency(args: argparse.Namespace) -> int:
+    from robust_transfer.data import balanced_subset, load_dataset  # torch: not for --help
+    from robust_transfer.saliency import explain_saliency
+
     _check_options(args)
     inputs = explain_inputs(args)
     data = load_dataset(inputs.dataset, args.split, root=args.data_root)

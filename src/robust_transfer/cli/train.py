@@ -9,8 +9,7 @@ import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-
-import torch.distributed as dist
+from typing import TYPE_CHECKING
 
 from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import (
@@ -22,26 +21,17 @@ from robust_transfer.cli.common import (
     positive_int,
     unfrozen_blocks,
 )
-from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
-from robust_transfer.data.streaming import is_streaming
-from robust_transfer.engine.attacks import AttackConfig
-from robust_transfer.engine.pretrain import PretrainConfig, pretrain
-from robust_transfer.engine.training import (
-    SCHEDULES,
-    MetricsCSV,
-    OptimConfig,
-    TensorBoardWriter,
-    TensorLoader,
-    combine_callbacks,
-    evaluate,
-)
-from robust_transfer.engine.transfer import Recipe, finetune
 from robust_transfer.errors import ConfigError
-from robust_transfer.models.arch import ARCHS
-from robust_transfer.models.checkpoints import checkpoint_paths, refuse_existing, save_model
-from robust_transfer.models.finetune import n_label
-from robust_transfer.models.sources import load_source
-from robust_transfer.progress import Progress
+
+if TYPE_CHECKING:
+    from robust_transfer.engine.attacks import AttackConfig
+
+# torch and the engine are imported by the handlers, not here, so that `pretrain --help`,
+# `finetune --help` and `evaluate --help` answer in a fraction of a second.
+# The names of robust_transfer.models.arch.ARCHS (a test keeps the two the same) and of
+# robust_transfer.engine.training.SCHEDULES, for the parser.
+ARCH_NAMES = ("resnet18", "resnet50", "small_resnet", "wide_resnet50_2")
+SCHEDULE_NAMES = ("step", "cosine", "constant")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +45,7 @@ def _add_optim(p: argparse.ArgumentParser, lr: float = 0.1) -> None:
     g.add_argument("--lr", type=v.positive_float, default=lr, help=f"initial learning rate (default {lr})")
     g.add_argument("--momentum", type=v.nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=v.nonneg_float, default=5e-4, help="weight decay (default 5e-4)")
-    g.add_argument("--schedule", choices=SCHEDULES, default="step",
+    g.add_argument("--schedule", choices=SCHEDULE_NAMES, default="step",
                    help="step: lr/10 every epochs//3 (the paper's); cosine; constant")
     g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
 
@@ -73,6 +63,9 @@ def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
     name with the checkpoint (:func:`_publish_metrics`); a failed or interrupted command
     removes them, so no metrics file is left without its checkpoint.
     """
+    from robust_transfer.engine.training import MetricsCSV, TensorBoardWriter, combine_callbacks
+    from robust_transfer.progress import Progress
+
     writer = TensorBoardWriter(tensorboard, desc) if tensorboard else None
     metrics = MetricsCSV(_metrics_path(out, partial=True)) if out else None
     try:
@@ -90,6 +83,8 @@ def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
 def _metrics_path(out, partial: bool = False) -> Path:
     """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT`` (while training:
     ``.OUT.metrics.csv.partial``)."""
+    from robust_transfer.models.checkpoints import checkpoint_paths
+
     path = Path(str(checkpoint_paths(out)[0].with_suffix("")) + ".metrics.csv")
     return path.with_name(f".{path.name}.partial") if partial else path
 
@@ -118,7 +113,7 @@ def _register_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help=command_help("pretrain"),
                        description="Train a source model and save it as safetensors + JSON "
                        "metadata. Runs under torchrun for DistributedDataParallel.")
-    p.add_argument("--arch", choices=ARCHS.names(), default="small_resnet", help="architecture")
+    p.add_argument("--arch", choices=ARCH_NAMES, default="small_resnet", help="architecture")
     p.add_argument("--dataset", default="fmnist",
                    help="source dataset (see `robust-transfer data list`), or folder:PATH to "
                         "stream an ImageNet-style PATH/train, PATH/val folder from disk")
@@ -145,6 +140,8 @@ def _register_pretrain(sub) -> None:
 
 
 def _attack_from(args: argparse.Namespace) -> AttackConfig | None:
+    from robust_transfer.engine.attacks import AttackConfig
+
     if args.attack == "none":
         return None
     steps = 1 if args.attack == "fgsm_rs" else args.attack_steps
@@ -153,6 +150,14 @@ def _attack_from(args: argparse.Namespace) -> AttackConfig | None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from robust_transfer.data import load_dataset
+    from robust_transfer.data.streaming import is_streaming
+    from robust_transfer.engine.pretrain import PretrainConfig, pretrain
+    from robust_transfer.engine.training import OptimConfig
+    from robust_transfer.models.checkpoints import refuse_existing, save_model
+
     refuse_existing(args.out, args.overwrite)
     cfg = PretrainConfig(args.arch, args.dataset, args.epochs, args.batch_size,
                          OptimConfig(args.lr, args.momentum, args.weight_decay, args.schedule),
@@ -208,6 +213,12 @@ def _register_finetune(sub) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from robust_transfer.data import load_dataset
+    from robust_transfer.engine.transfer import Recipe, finetune
+    from robust_transfer.models.checkpoints import refuse_existing, save_model
+    from robust_transfer.models.finetune import n_label
+    from robust_transfer.models.sources import load_source
+
     unfrozen = args.unfrozen_blocks
     if args.out:
         refuse_existing(args.out, args.overwrite)
@@ -261,6 +272,12 @@ def _register_evaluate(sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
+    from robust_transfer.engine.attacks import AttackConfig
+    from robust_transfer.engine.training import TensorLoader, evaluate
+    from robust_transfer.models.sources import load_source
+    from robust_transfer.progress import Progress
+
     attacks = [AttackConfig(args.norm, eps, args.steps) for eps in args.eps or []]  # checked first
     model = load_source(args.model)
     name = args.dataset or model.source_record.metadata.get("source_dataset")
