@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -69,6 +69,7 @@ import torch.nn as nn
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
 from robust_transfer.data.subsets import split_validation
 from robust_transfer.data.torchdata import as_image_arrays_pair
+from robust_transfer.engine.features import PrefixKey
 from robust_transfer.engine.recipe import FEATURE_DTYPES, Recipe  # noqa: F401 (re-exported)
 from robust_transfer.engine.training import (
     EpochMetrics,
@@ -96,18 +97,18 @@ class FeatureStore(Protocol):
     """Shares frozen-prefix outputs between runs.
 
     ``get_or_compute(key, indices, compute)`` returns the prefix outputs of the images
-    ``indices`` of the split described by ``key`` (a dict: source id, dataset, split,
-    resolution, depth, pooled), calling ``compute(missing_indices) -> Tensor`` for any it
-    does not hold yet.
+    ``indices`` of the split described by ``key`` (a
+    :class:`~robust_transfer.engine.features.PrefixKey`), calling
+    ``compute(missing_indices) -> Tensor`` for any it does not hold yet.
     """
 
-    def get_or_compute(self, key: dict, indices: np.ndarray, compute) -> torch.Tensor: ...
+    def get_or_compute(self, key: PrefixKey, indices: np.ndarray, compute) -> torch.Tensor: ...
 
 
 class MemoryFeatureStore:
     """No sharing: computes what is asked each time."""
 
-    def get_or_compute(self, key: dict, indices: np.ndarray, compute) -> torch.Tensor:
+    def get_or_compute(self, key: PrefixKey, indices: np.ndarray, compute) -> torch.Tensor:
         return compute(np.asarray(indices))
 
 
@@ -304,9 +305,8 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
                       n_train=len(indices), n_test=len(test) + len(val_indices),
                       test_on_disk=getattr(feature_store, "memory_mapped", False))
     prefix = _PrefixCache(model, policy, dev, feature_store or MemoryFeatureStore(), plan,
-                          recipe.feature_dtype,
-                          {"source": source_id or _weights_id(source), "dataset": train.info.name,
-                           "resolution": policy.size})
+                          PrefixKey(source_id or _weights_id(source), train.info.name, "train",
+                                    policy.size, plan.depth, plan.pooled, recipe.feature_dtype))
     trainer, train_loader = model, TensorLoader(
         train.images[torch.as_tensor(indices)], train.labels[torch.as_tensor(indices)],
         recipe.batch_size, shuffle=True, transform=policy.train_batch, seed=seed)
@@ -370,12 +370,9 @@ class _PrefixCache:
     """Prefix outputs of one run's splits, through a feature store, in the recipe's dtype."""
 
     def __init__(self, model: TransferModel, policy: InputPolicy, device: torch.device,
-                 store: FeatureStore, plan: CachePlan, dtype: str, key: dict) -> None:
+                 store: FeatureStore, plan: CachePlan, key: PrefixKey) -> None:
         self.model, self.policy, self.device, self.store, self.plan = model, policy, device, store, plan
-        self.dtype = dtype
-        self.key = {**key, "depth": plan.depth, "pooled": plan.pooled}
-        if dtype != "float32":  # float32 keys stay as before, so existing caches are reused
-            self.key["dtype"] = dtype
+        self.key, self.dtype = key, key.dtype
         self.suffix = _Suffix(model, plan.depth, plan.pooled)
 
     def outputs(self, split: ImageArrays, name: str, idx: np.ndarray) -> torch.Tensor:
@@ -384,7 +381,7 @@ class _PrefixCache:
                                self.plan.depth, self.plan.pooled, self.device)
             return to_storage(h, self.dtype, f"{split.info.name} {name} images")
 
-        return self.store.get_or_compute({**self.key, "split": name}, idx, compute)
+        return self.store.get_or_compute(replace(self.key, split=name), idx, compute)
 
 
 def to_storage(h: torch.Tensor, dtype: str, what: str = "prefix outputs") -> torch.Tensor:
