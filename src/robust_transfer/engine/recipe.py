@@ -193,9 +193,9 @@ class Recipe:
     def to_dict(self) -> dict:
         """The recipe as run ids hash it: fields added later are left out at their default."""
         d = asdict(self)
-        for name, default in optional_defaults().items():
-            if d[name] == default:
-                del d[name]
+        for f in fields(self):
+            if not f.metadata["spec"].in_id_at_default and d[f.name] == f.default:
+                del d[f.name]
         return d
 
 

@@ -112,14 +112,29 @@ class SolverOptions(Protocol):
     :class:`~robust_transfer.influence.core.InfluenceConfig` is one; its fields' metadata
     holds their defaults and help, stated once there)."""
 
-    precision: str
-    form: str
-    rcond: float
-    refine_tol: float
-    refine_max_iter: int
-    cg_tol: float
-    cg_max_iter: int
-    cg_batch: int
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def form(self) -> str: ...
+
+    @property
+    def rcond(self) -> float: ...
+
+    @property
+    def refine_tol(self) -> float: ...
+
+    @property
+    def refine_max_iter(self) -> int: ...
+
+    @property
+    def cg_tol(self) -> float: ...
+
+    @property
+    def cg_max_iter(self) -> int: ...
+
+    @property
+    def cg_batch(self) -> int: ...
 
 
 @dataclass(frozen=True)
