@@ -257,3 +257,41 @@ def _instant_run(task, ctx):
     history = ({"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0,
                 "test_acc": 0.5},)
     return RunOutcome(task.run_id, "finished", 0.0, 1.0, n=30, history=history)
+
+
+# --- 15: --help answers without torch ------------------------------------------------------
+# influence's parser still reads its solver registry and InfluenceConfig, which import torch
+NOT_YET_LIGHT = {"influence"}
+
+
+def test_subcommand_help_does_not_import_torch():
+    """One fresh interpreter asks every other subcommand for --help, checking torch each time."""
+    import subprocess
+    import sys
+
+    from robust_transfer.cli.common import COMMANDS
+
+    commands = [[c] for c in COMMANDS if c not in NOT_YET_LIGHT] + [
+        ["study", s] for s in ("run", "status", "runs", "show", "export", "repair", "presets")]
+    code = textwrap.dedent(f"""\
+        import contextlib, io, sys
+        from robust_transfer.cli import main
+        for argv in {commands!r}:
+            with contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    main([*argv, "--help"])
+                except SystemExit:
+                    pass
+            if "torch" in sys.modules:
+                sys.exit("torch imported by: " + " ".join(argv) + " --help")
+        """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_parsers_arch_names_are_the_registrys():
+    from robust_transfer.cli.train import ARCH_NAMES
+    from robust_transfer.models.arch import ARCHS
+
+    assert list(ARCH_NAMES) == ARCHS.names()
