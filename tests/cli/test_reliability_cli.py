@@ -83,6 +83,7 @@ def test_help_texts_say_what_the_readme_says():
     pretrain = _help("pretrain")
     assert "folder:PATH" in pretrain and "imagefolder:" not in pretrain
     assert "held out of the training pool" in _help("recommend")
+    assert "eval" not in _help("completion")  # building the script takes seconds: save it once
 
 
 def test_list_models_lists_timm_names():
@@ -295,3 +296,24 @@ def test_the_parsers_arch_names_are_the_registrys():
     from robust_transfer.models.arch import ARCHS
 
     assert list(ARCH_NAMES) == ARCHS.names()
+
+
+# --- 15: an offline hub fails in one line and leaves no litter -----------------------------
+def test_an_unreachable_hub_fails_at_once_without_retries_or_litter(tmp_path, monkeypatch, caplog):
+    import time
+
+    from huggingface_hub import constants, hf_hub_download
+
+    import robust_transfer.hub as hub
+
+    monkeypatch.setattr(hub, "hub_unreachable", lambda endpoint=None: "no route")
+    cache = tmp_path / "hf"
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="cannot be reached from this machine") as err, \
+            hub.quiet_hub(cache):
+        hf_hub_download("timm/convnext_atto.d2_in1k", "model.safetensors", cache_dir=cache)
+    assert time.perf_counter() - start < 5  # no retries with back-off
+    assert err.value.__suppress_context__ and "Retrying" not in caplog.text
+    assert not cache.exists() or list(cache.rglob("*")) == []
+    assert constants.HF_HUB_OFFLINE is False  # restored
+    assert hub._reason(err.value).startswith("ConnectionError: the Hugging Face hub")

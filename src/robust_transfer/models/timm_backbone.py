@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -229,7 +230,14 @@ def _build(timm: Any, name: str, pretrained: bool, num_classes: int | None,
     if input_size is not None and "img_size" not in args and _takes_img_size(name):
         args["img_size"] = input_size
     try:
-        return timm.create_model(name, pretrained=pretrained, **args)
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **args)
+        from huggingface_hub import constants
+
+        from robust_transfer.hub import quiet_hub
+
+        with quiet_hub(Path(constants.HF_HUB_CACHE)):
+            return timm.create_model(name, pretrained=True, **args)
     except Exception as err:  # timm and the hub client raise many types
         if pretrained and not isinstance(err, (TypeError, AssertionError)):
             raise CheckpointError(f"cannot fetch pretrained weights of timm model '{name}': "
