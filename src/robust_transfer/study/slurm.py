@@ -253,19 +253,19 @@ class _Driver:
         executor = _RecordingExecutor(self, folder=self.folder.logs / "%j",
                                       max_num_timeout=self.opts.requeues)
         minutes = time_minutes(self.opts.time)
-        extra = {}
+        extra: dict[str, str | bool] = {}
         for arg in self.opts.sbatch_args:
             name, eq, value = arg[2:].partition("=")
             extra[name.replace("-", "_")] = value if eq else True
-        params = {"time": minutes, "cpus_per_task": self.cpus, "job_name": JOB_NAME,
+        params: dict[str, object] = {"time": minutes, "cpus_per_task": self.cpus, "job_name": JOB_NAME,
                   "array_parallelism": self.opts.array_parallelism,
                   # the checkpoint signal: 90 s before the limit, or a third of a short one
                   "signal_delay_s": min(90, max(10, minutes * 20)),
                   "additional_parameters": extra}
-        for key, value in (("partition", self.opts.partition), ("mem", self.opts.mem),
-                           ("account", self.opts.account)):
-            if value:
-                params[key] = value
+        for key, setting in (("partition", self.opts.partition), ("mem", self.opts.mem),
+                             ("account", self.opts.account)):
+            if setting:
+                params[key] = setting
         if self.gpus:
             params["gpus_per_node"] = self.gpus
         executor.update_parameters(**params)

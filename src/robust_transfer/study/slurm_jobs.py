@@ -155,13 +155,14 @@ def time_minutes(text: str) -> int:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not match:
         raise ConfigError(f"slurm time '{text}' is not a SLURM time limit (minutes, H:M:S or D-H:M:S)")
-    days, a, b, c = (int(g) if g is not None else None for g in match.groups())
+    days, first, *rest = match.groups()
+    a, (b, c) = int(first), (int(g or 0) for g in rest)
     if days is not None:  # D-H, D-H:M, D-H:M:S
-        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
-    elif c is not None:  # H:M:S
+        seconds = int(days) * 86400 + a * 3600 + b * 60 + c
+    elif rest[1] is not None:  # H:M:S
         seconds = a * 3600 + b * 60 + c
     else:  # M or M:S
-        seconds = a * 60 + (b or 0)
+        seconds = a * 60 + b
     return max(1, math.ceil(seconds / 60))
 
 
