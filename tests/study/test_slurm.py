@@ -33,6 +33,7 @@ from submitit.core.utils import pickle_load  # noqa: E402
 from robust_transfer.cli import main  # noqa: E402
 from robust_transfer.study import load_results, load_spec, run_study  # noqa: E402
 from robust_transfer.study.slurm_jobs import JobTable  # noqa: E402
+from robust_transfer.study.store import StudyStore  # noqa: E402
 
 SPEC = """\
 name: slurm-tiny
@@ -300,10 +301,12 @@ def test_status_lists_jobs_in_flight(slurm_cluster, spec, tmp_path, capsys):
         entry = {"job_id": job, "attempt": 1, "stdout": "o", "stderr": str(out / "log.err"),
                  "result_pickle": "r", "runs": ["abc"]}
         (out / "slurm" / "jobs.json").write_text(json.dumps({"abc": entry}))
-        from robust_transfer.cli.study import _print_slurm_jobs
-
-        _print_slurm_jobs(str(out))
+        StudyStore(out, create=True).close()
+        assert main(["study", "status", str(out)]) == 0
         text = capsys.readouterr().out
         assert f"pending    job {job} (attempt 1) run abc: log {out / 'log.err'}" in text
+        assert main(["study", "status", str(out), "--json"]) == 0
+        jobs = json.loads(capsys.readouterr().out)["slurm_jobs"]
+        assert [(j["job_id"], j["state"], j["run_id"]) for j in jobs] == [(job, "PENDING", "abc")]
     finally:
         subprocess.run(["scancel", job], check=False)

@@ -82,8 +82,9 @@ def _add_slurm_options(p) -> None:
     for f in fields(SlurmOptions):
         flag = "--slurm-" + f.name.replace("_", "-")
         if f.name == "sbatch_args":
-            group.add_argument(flag, nargs="+", default=None, metavar="OPTION",
-                               help=f.metadata["help"] + " (write --slurm-sbatch-args=--qos=high)")
+            group.add_argument(flag, default=None, metavar="'OPTION ...'", dest="slurm_sbatch_args",
+                               help=f.metadata["help"] + " (with '=', quoted: "
+                               "--slurm-sbatch-args='--qos=high --exclusive')")
         else:
             kind = {"poll_seconds": v.positive_float}.get(f.name, int if f.name in (
                 "gpus_per_run", "cpus_per_run", "array_parallelism", "runs_per_job", "retries",
@@ -99,7 +100,9 @@ def _slurm_overrides(spec, args):
     given = {f.name: getattr(args, "slurm_" + f.name) for f in fields(spec.slurm)
              if getattr(args, "slurm_" + f.name, None) is not None}
     if "sbatch_args" in given:
-        given["sbatch_args"] = tuple(given["sbatch_args"])
+        import shlex
+
+        given["sbatch_args"] = tuple(shlex.split(given["sbatch_args"]))
     return replace(spec.slurm, **given) if given else None
 
 
@@ -262,7 +265,13 @@ def _status(args) -> int:
         status = store.status(live=driver_alive(args.dir))
         failures = store.failures(5)
     if args.json:
-        print(json.dumps(status.to_dict()))
+        from dataclasses import asdict
+
+        from robust_transfer.study.slurm_jobs import slurm_jobs
+
+        jobs = slurm_jobs(args.dir)
+        print(json.dumps({**status.to_dict(), **({"slurm_jobs": [asdict(j) for j in jobs]}
+                                                 if jobs else {})}))
         return 0
     print(f"{args.dir}: {status.total} runs: {status.finished} finished, {status.failed} failed, "
           f"{status.running} running, {status.pending} pending ({status.missing} missing); "
