@@ -141,28 +141,34 @@ class _Driver:
         self.table = JobTable(self.folder.root / "jobs.json")
         self.pending = {t.run_id: t for t in tasks}
         self.states: dict[str, tuple[str, str]] = {}
-        self.last_poll = 0.0
+        self.last_poll = -math.inf  # the first round asks squeue at once
         self.array_limit = max(1, max_array_size() - 1)
 
     def run(self) -> Iterator[RunOutcome]:
-        known = [e for run, e in self.table.entries.items() if run in self.pending]
-        self.states = job_states(sorted({e.job_id for e in known}))
-        self.last_poll = time.monotonic()
-        resumed = [run for run in self.pending if run in self.table.entries
-                   and self.states.get(self.table.entries[run].job_id, ("",))[0] in ACTIVE_STATES]
-        if resumed:  # jobs a previous driver submitted are still queued or running
-            self.on_start(resumed)
+        first = True
         while self.pending:
             yield from self._collect()
             if not self.pending:
                 break
-            if time.monotonic() - self.last_poll >= self.opts.poll_seconds or not self.table.entries:
-                self.states = job_states(sorted({self.table.entries[r].job_id for r in self.pending
-                                                 if r in self.table.entries}))
-                self.last_poll = time.monotonic()
+            if time.monotonic() - self.last_poll >= self.opts.poll_seconds:
+                self._poll()
+                if first:  # jobs a previous driver submitted that are still queued or running
+                    self._mark_resumed()
+                    first = False
                 yield from self._collect()  # what ended before the states were read
                 yield from self._resubmit()
             time.sleep(RESULT_POLL_SECONDS)
+
+    def _poll(self) -> None:
+        self.states = job_states(sorted({self.table.entries[r].job_id for r in self.pending
+                                         if r in self.table.entries}))
+        self.last_poll = time.monotonic()
+
+    def _mark_resumed(self) -> None:
+        resumed = [run for run in self.pending if run in self.table.entries and
+                   self.states.get(self.table.entries[run].job_id, ("", ""))[0] in ACTIVE_STATES]
+        if resumed:
+            self.on_start(resumed)
 
     def _collect(self) -> Iterator[RunOutcome]:
         for run_id in [r for r in self.pending if self.folder.result(r).exists()]:
