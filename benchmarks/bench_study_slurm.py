@@ -11,7 +11,7 @@
    the run's epochs) and runs executed to the end by more than one job (submitit's result
    pickles).
 
-    .venv/bin/python benchmarks/bench_study_slurm.py [--runs 8] [--seconds 10]
+    .venv/bin/python benchmarks/bench_study_slurm.py [--runs 8] [--seconds 10] [--parts overhead]
 
 Needs root and Debian's slurm-wlm and munge (``scripts/system_deps.sh --test``): it starts
 the cluster of the tests (``tests/study/slurm_cluster.py``) in a temporary folder and
@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8, help="runs of the overhead study")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--fault-runs", type=int, default=24)
+    parser.add_argument("--parts", default="overhead,faults", help="overhead, faults or both")
     parser.add_argument("--driver", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.driver:
@@ -164,8 +165,10 @@ def main() -> None:
         try:
             cluster.start()
             os.environ.update(cluster.env)
-            overhead(args.runs, args.seconds, Path(tmp))
-            faults(args.fault_runs, 5, 3, Path(tmp))
+            if "overhead" in args.parts:
+                overhead(args.runs, args.seconds, Path(tmp))
+            if "faults" in args.parts:
+                faults(args.fault_runs, 5, 3, Path(tmp))
         finally:
             cluster.stop()
 
