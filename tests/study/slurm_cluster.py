@@ -121,7 +121,11 @@ class LocalSlurm:
         script = f"mount -t tmpfs none {self.hidden} && exec slurmd -D -f {self.conf}"
         self.procs.append(subprocess.Popen(["unshare", "--mount", "--propagation", "private",
                                             "sh", "-c", script], env=env, stdout=log, stderr=log))
-        self._wait_idle(timeout)
+        try:
+            self._wait_idle(timeout)
+        except RuntimeError:
+            self.stop()  # nothing left running when the start fails
+            raise
 
     def _start_munge(self) -> None:
         munge = self.root / "munge"
