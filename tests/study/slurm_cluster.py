@@ -18,6 +18,7 @@ on a filesystem the node does not share, for the shared-folder check.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -181,3 +182,19 @@ class LocalSlurm:
                     proc.kill()
                     proc.wait(timeout=5)
         self.procs.clear()
+        self._kill_leftovers()
+
+    def _kill_leftovers(self) -> None:
+        """SIGKILL job processes and step daemons that outlived slurmd (a step whose srun
+        hangs after a requeue does): every process whose environment names our config."""
+        mark = f"SLURM_CONF={self.conf}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                found = mark in (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if found:
+                with contextlib.suppress(OSError):
+                    os.kill(int(entry.name), signal.SIGKILL)

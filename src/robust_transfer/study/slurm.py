@@ -140,9 +140,20 @@ class _Driver:
                      else math.ceil(options.resources.num_gpus))
         self.table = JobTable(self.folder.root / "jobs.json")
         self.pending = {t.run_id: t for t in tasks}
+        self._forget_recorded()
         self.states: dict[str, tuple[str, str]] = {}
         self.last_poll = -math.inf  # the first round asks squeue at once
         self.array_limit = max(1, max_array_size() - 1)
+
+    def _forget_recorded(self) -> None:
+        """Drop entries of runs a killed driver recorded (and set aside) but had not yet
+        removed from the table."""
+        stale = [run for run in self.table.entries if run not in self.pending
+                 and (self.folder.collected / f"{run}.json").exists()]
+        for run in stale:
+            del self.table.entries[run]
+        if stale:
+            self.table.save()
 
     def run(self) -> Iterator[RunOutcome]:
         first = True
