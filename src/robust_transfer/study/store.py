@@ -249,14 +249,23 @@ class StudyStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception.
+
+        Raises:
+            StoreWriteError: the write failed (a full disk, an I/O error); nothing of the
+                transaction is kept, so rerunning the command redoes exactly its runs.
+        """
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back by itself
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as err:
+            raise _write_error(self.path, err) from None
 
     def close(self) -> None:
         if not self.readonly:
@@ -460,6 +469,24 @@ def reader_uri(path: Path) -> str:
 
     # an idle WAL database (left by an older version): immutable unless a driver writes now
     return base if driver_alive(path.parent) else base + "&immutable=1"
+
+
+class StoreWriteError(RobustTransferError):
+    """``study.db`` could not be written (disk full, I/O error); what was committed stays."""
+
+
+_FULL, _IOERR = 13, 10  # SQLITE_FULL, SQLITE_IOERR (primary result codes)
+
+
+def _write_error(path: Path, err: sqlite3.OperationalError) -> RobustTransferError:
+    text = " ".join(str(err).split())
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_FULL, _IOERR) or "disk is full" in text or "disk I/O" in text:
+        what = "the disk is full" if code == _FULL or "full" in text else "a disk I/O error"
+        return StoreWriteError(f"cannot write {path}: {what} ({text}); free space in "
+                               f"{path.parent} and rerun the same command: every run recorded so "
+                               "far is kept, and the runs not recorded run again")
+    return _as_error(path, err)
 
 
 def _as_error(path: Path, err: sqlite3.DatabaseError) -> ConfigError:
