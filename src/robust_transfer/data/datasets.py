@@ -370,7 +370,7 @@ def _check_folder_classes(path: Path, train_dir: Path, classes: list[str]) -> No
     if len(classes) < 2:
         raise DatasetError(f"{train_dir} has one class ({classes[0]}); a classifier needs at "
                            "least two class subfolders")
-    empty = [c for c in classes if not _images_in(train_dir / c)]
+    empty = [c for c in classes if not any(map(is_image_file, (train_dir / c).iterdir()))]
     if empty:
         raise DatasetError(f"{train_dir / empty[0]} has no images ({len(empty)} empty training "
                            f"class(es): {', '.join(empty[:5])}); add images or remove the folder")

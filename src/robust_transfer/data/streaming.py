@@ -46,13 +46,22 @@ class StreamingSplit:
         return len(self.loader)
 
     def __iter__(self):
-        return iter(self.loader)
+        try:
+            yield from self.loader
+        except DatasetError as err:  # from a loader worker: its message carries a traceback
+            raise DatasetError(_last_line(str(err))) from None
 
     @property
     def num_images(self) -> int:
         return len(self.loader.dataset)  # type: ignore[arg-type]  # an ImageFolder: sized
 
     seed_base: int = 0
+
+
+def _last_line(message: str) -> str:
+    """The error's own message out of a DataLoader worker's wrapped traceback."""
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    return line.split("DatasetError: ", 1)[-1]
 
 
 def _folder_class():
