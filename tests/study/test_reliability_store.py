@@ -314,3 +314,12 @@ def test_a_full_disk_mid_study_is_one_line_and_a_rerun_loses_nothing(tmp_path, c
     assert main(["study", "run", str(spec), "--out", str(out), "--quiet"]) == 0
     runs, epochs = load_results(out)
     assert len(runs) == 8 and runs["run_id"].is_unique and len(epochs) == 8 * 60
+
+
+def test_repair_refuses_a_study_a_live_driver_is_writing(study, tmp_path):
+    from robust_transfer.study.lock import DriverLock
+
+    study_dir = _copy(study[1], tmp_path / "s")
+    with DriverLock(study_dir), pytest.raises(ConfigError, match="live driver"):
+        repair_store(study_dir, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
