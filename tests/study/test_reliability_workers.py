@@ -137,7 +137,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def test_repair_of_a_killed_study_salvages_every_finished_run_and_writes_nothing_there(
-        spec, tmp_path, capsys, monkeypatch):
+        spec, tmp_path, capsys):
     from robust_transfer.cli import main
 
     out, pid_dir = tmp_path / "killed", tmp_path / "pids"
@@ -160,6 +160,4 @@ def test_repair_of_a_killed_study_salvages_every_finished_run_and_writes_nothing
     runs, epochs = load_results(tmp_path / "new")
     killed_runs, _ = load_results(out)
     assert set(runs["run_id"]) == set(killed_runs["run_id"]) and len(epochs) == 2 * finished
-    monkeypatch.setenv(SECONDS_ENV, "0")
-    resumed = run_study(spec, tmp_path / "new", run_fn=timed_run)
-    assert (resumed.skipped, resumed.store_finished) == (finished, 20)
+    assert runs.set_index("run_id")["test_acc"].equals(killed_runs.set_index("run_id")["test_acc"])
