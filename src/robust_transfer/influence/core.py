@@ -93,7 +93,9 @@ class InfluenceConfig:
         "help": "score training images as targets too (self-influence, train curve)",
         "negative_flag": "--no-train-targets"})
     form: str = field(default="auto", metadata={
-        "help": "cholesky only: direct, kernel (few images), block (many) or auto (cheapest)",
+        "help": "cholesky only: direct, kernel (few images), block (many), the approximate "
+                "kfac/ekfac (Kronecker-factored Hessian) or auto: the cheapest exact form within "
+                "the memory and time budgets, else ekfac, else kfac",
         "choices": lambda: list(FORMS)})
     precision: str = field(default="float64", metadata={
         "help": "float64, or mixed: float32 factor refined to float64 scores (direct form; "
@@ -273,7 +275,7 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
     own = None if out.self_influence is None else out.self_influence.numpy()
     info = {"parameters": int(weight.numel() + bias.numel()),
             "hessian_dimension": int(problem.r_train.shape[1] * problem.x_train.shape[1]),
-            **out.info, "scores": plan.scores, "plan": plan.to_dict()}
+            "form": plan.form, **out.info, "scores": plan.scores, "plan": plan.to_dict()}
     labels = {"train_labels": train_labels.numpy().copy(), "test_labels": test_labels.numpy().copy()}
     if isinstance(sink, StreamedRanking):
         ranking = sink.ranking(own)

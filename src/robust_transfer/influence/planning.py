@@ -115,8 +115,9 @@ def plan_form(problem: Problem, form: str, scores: str, memory_limit: int | None
     limit = float("inf") if memory_limit is None else memory_limit
     budget = float("inf") if time_budget_s is None else time_budget_s
     if p.solver != "cholesky" or form != "auto":
-        name = "direct" if p.solver != "cholesky" else choose_form(
-            form, p.n, p.m, p.classes, p.features, p.damping, p.solver, p.precision, p.train_targets)
+        name = choose_form(form, p.n, p.m, p.classes, p.features, p.damping, p.solver,
+                           p.precision, p.train_targets)  # raises where the form does not apply
+        name = name if p.solver == "cholesky" else "direct"
         options = [(name, mode, *estimate(p, name, mode)) for mode in modes]
         return _first_fitting(options, limit, float("inf"), "as asked") or _refuse(p, options, limit)
     exact = _exact_candidates(p)
@@ -126,9 +127,10 @@ def plan_form(problem: Problem, form: str, scores: str, memory_limit: int | None
     chosen = _first_fitting(exact_opts, limit, budget, "the cheapest exact form within the budgets")
     if chosen:
         return chosen
-    why = (f"no exact form fits {_budgets(memory_limit, time_budget_s)} ("
-           + "; ".join(f"{f} {mode}: {format_bytes(mem)}, {sec:,.0f} s"
-                       for f, mode, mem, sec in exact_opts) + ")")
+    least = {f: min((o for o in exact_opts if o[0] == f), key=lambda o: o[2]) for f in exact}
+    why = (f"no exact form fits {_budgets(memory_limit, time_budget_s)} (least needs: "
+           + ", ".join(f"{f} {format_bytes(mem)} and {sec:,.0f} s"
+                       for f, _, mem, sec in least.values()) + ")")
     chosen = _first_fitting(approx_opts, limit, budget, f"approximate: {why}")
     if chosen:
         return chosen

@@ -176,8 +176,8 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
     p, k = (c - 1) * dim, c - 1
     total = 2 * (n + m) * (dim + c) + _score_memory(n, m, train_targets, scores, form)
     if form in KFAC_FORMS:
-        rows = min(m + n, _KFAC_ROWS)
-        total += (n + m) * (dim + k) + 3 * dim * dim + (3 if form == "ekfac" else 2) * rows * n
+        rows = min(m + n, _KFAC_ROWS)  # the transformed features are float32: half entries
+        total += (n + m) * (dim + k) // 2 + 3 * dim * dim + (3 if form == "ekfac" else 2) * rows * n
         return int((total + (2 * 4096 * dim if form == "ekfac" else 0)) * _BYTES)
     if solver == "cg":
         b = min(cg_batch, n + m)
@@ -314,8 +314,8 @@ def _run_cholesky(problem: GradientProblem, damping: float, opts: dict) -> Solve
         return SolverOutput(None, {"form": form, "precision": "float64"}, timings)
     if form in KFAC_FORMS:
         out = run_kronecker(problem, damping, corrected=form == "ekfac")
-        return SolverOutput(None, {"form": form, "precision": "float64", **out["info"]},
-                            out["timings"])
+        return SolverOutput(None, {"form": form, "precision": "float32 score products",
+                                   **out["info"]}, out["timings"])
     info = {"form": "direct", "precision": precision}
     if precision == "mixed" or m > n or not problem.train_targets:
         return _run_direct_solve(problem, damping, opts, info)
