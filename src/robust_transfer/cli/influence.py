@@ -111,8 +111,8 @@ def _influence_line(name: str, rec: dict[str, Any]) -> str:
 
 
 def _form_words(rec: dict[str, Any]) -> str:
-    """``form block (exact)`` or ``form kfac (APPROXIMATE: why), scores streamed``."""
+    """``form block (exact)`` or ``form kfac (approximate: why), scores streamed (...)``."""
     words = f"form {rec['form']} " + ("(exact)" if rec.get("exact", True)
-                                      else f"(APPROXIMATE: {rec.get('form_reason')})")
+                                      else f"(approximate: {rec.get('form_reason')})")
     return words + (", scores streamed (top-k, curves, self-influence)"
                     if rec.get("scores") == "stream" else "")

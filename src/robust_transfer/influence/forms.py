@@ -161,7 +161,7 @@ def _woodbury_unavailable(damping: float, solver: str, precision: str) -> str:
 # --- kernel form -------------------------------------------------------------------------
 
 
-def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
+def run_kernel(problem, damping: float) -> tuple[Tensor | None, Tensor | None, dict]:
     """Scores through ``(lambda I + J J^T)``, an ``n(C-1)`` square matrix.
 
     Args:
@@ -213,7 +213,7 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
 
 
 def run_block(problem, damping: float,
-              dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor | None, dict]:
+              dtype: torch.dtype = torch.float64) -> tuple[Tensor | None, Tensor | None, dict]:
     """Scores through the class blocks of ``H`` and one ``n x n`` matrix (full coordinates).
 
     Two passes. First, per class, the factor of ``B_c + lambda I``, the Gram matrix

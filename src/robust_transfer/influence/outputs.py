@@ -24,8 +24,8 @@ from robust_transfer.data import ImageArrays
 from robust_transfer.errors import ConfigError
 from robust_transfer.influence.analysis import ClassMatchCurve, class_match_from_ranks
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
-from robust_transfer.influence.streaming import Ranking
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
+from robust_transfer.influence.streaming import Ranking
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
 if TYPE_CHECKING:

@@ -119,7 +119,8 @@ def plan_form(problem: Problem, form: str, scores: str, memory_limit: int | None
                            p.precision, p.train_targets)  # raises where the form does not apply
         name = name if p.solver == "cholesky" else "direct"
         options = [(name, mode, *estimate(p, name, mode)) for mode in modes]
-        return _first_fitting(options, limit, float("inf"), "as asked") or _refuse(p, options, limit)
+        return (_first_fitting(options, limit, float("inf"), f"form '{name}' as asked")
+                or _refuse(p, options, limit))
     exact = _exact_candidates(p)
     approx = [] if _woodbury_unavailable(p.damping, p.solver, p.precision) else list(APPROXIMATE_FORMS)
     exact_opts = [(f, mode, *estimate(p, f, mode)) for f in exact for mode in modes]

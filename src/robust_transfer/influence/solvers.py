@@ -28,14 +28,14 @@ from robust_transfer.influence.errors import (
     factor_failed,
 )
 from robust_transfer.influence.forms import _BLOCK_ROWS, choose_form, gram, run_block, run_kernel
-from robust_transfer.influence.kfac import _ROWS as _KFAC_ROWS
-from robust_transfer.influence.kfac import KFAC_FORMS, run_kronecker
 from robust_transfer.influence.hessian import (
     hessian_from_probs,
     hessian_vector_product,
     outer_rows,
     sum_zero_basis,
 )
+from robust_transfer.influence.kfac import _ROWS as _KFAC_ROWS
+from robust_transfer.influence.kfac import KFAC_FORMS, run_kronecker
 from robust_transfer.influence.streaming import FullScores, ScoreSink
 from robust_transfer.registry import Registry
 
