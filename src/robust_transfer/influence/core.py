@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -270,7 +270,7 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
     if cfg.damping == 0 and cfg.solver != "pinv":
         check_nonsingular(problem.x_train, weight.shape[0])
     t_grads = time.perf_counter() - t0
-    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, {**cfg.to_dict(), "form": plan.form})
+    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, replace(cfg, form=plan.form))
     timings = {"gradients_s": t_grads, **out.timings, "total_s": time.perf_counter() - t0}
     own = None if out.self_influence is None else out.self_influence.numpy()
     info = {"parameters": int(weight.numel() + bias.numel()),

@@ -26,6 +26,7 @@ from robust_transfer.influence.analysis import ClassMatchCurve, class_match_from
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
 from robust_transfer.influence.streaming import Ranking
+from robust_transfer.io import safe_filename
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
 if TYPE_CHECKING:
@@ -140,8 +141,9 @@ def write_influence(out_dir: str | os.PathLike, results: Mapping[str, InfluenceR
         rankings[name] = ranking = result.rank(max(top, grid_size[1]), max_rank)
         curves = curves_for(result, max_rank, ranking)
         all_curves[name] = curves
-        (out / name).mkdir(exist_ok=True)
-        write_npz(out / name / "influence.npz", _model_arrays(
+        folder = out / safe_filename(name)  # a name such as '../x' stays inside out_dir
+        folder.mkdir(exist_ok=True)
+        write_npz(folder / "influence.npz", _model_arrays(
             result, curves, ranking.cut(min(top, ranking.k), ranking.max_rank), train_indices,
             test_indices))
         models[name] = model_summary(result, curves)

@@ -5,7 +5,8 @@ may read it while it runs. A finished or failed run is written in one transactio
 study killed at any moment (SIGKILL included) leaves every run either fully recorded or
 not at all, and a restart reruns exactly the runs that are not finished.
 
-Schema (version 1)::
+Schema (version 2; the recipe columns are those of
+:func:`robust_transfer.engine.recipe.store_columns`)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)         -- schema_version, created_at
     specs(spec_id INTEGER PRIMARY KEY, added_at REAL, run_set TEXT, n_runs INTEGER,
@@ -49,6 +50,7 @@ import math
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -56,13 +58,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robust_transfer.engine import recipe as recipe_fields
 from robust_transfer.errors import ConfigError, RobustTransferError
 
 SCHEMA_VERSION = 2  # 2: validation and robust accuracy columns (added to version-1 stores on open)
 DB_NAME = "study.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-RECIPE_COLUMNS = ("lr", "momentum", "weight_decay", "schedule", "batch_size", "augment",
-                  "resolution", "head_init", "eval_every")
+# the recipe fields with a column, and their SQL types: from the recipe's field specs
+_RECIPE_SQL = recipe_fields.store_columns()
+RECIPE_COLUMNS = tuple(_RECIPE_SQL)
 RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
                   "started_at", "finished_at", "device", "host", "worker", "cached_prefix", "error",
                   "val_acc", "robust_acc")
@@ -81,8 +85,7 @@ CREATE TABLE IF NOT EXISTS sources (label TEXT PRIMARY KEY, model TEXT, path TEX
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, spec_id INTEGER, config TEXT NOT NULL,
     source TEXT, source_eps REAL, source_norm TEXT, target TEXT, n_label TEXT, n INTEGER,
     unfrozen_blocks TEXT, epochs INTEGER, seed INTEGER,
-    lr REAL, momentum REAL, weight_decay REAL, schedule TEXT, batch_size INTEGER, augment TEXT,
-    resolution INTEGER, head_init TEXT, eval_every INTEGER,
+    {recipe_columns},
     status TEXT NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'running', 'finished', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0, test_acc REAL, test_loss REAL, train_acc REAL,
@@ -93,7 +96,7 @@ CREATE TABLE IF NOT EXISTS epochs (run_id TEXT NOT NULL REFERENCES runs (run_id)
     lr REAL, train_loss REAL, train_acc REAL, test_loss REAL, test_acc REAL, seconds REAL,
     val_loss REAL, val_acc REAL, robust_acc REAL,
     PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
-"""
+""".replace("{recipe_columns}", ", ".join(f"{c} {t}" for c, t in _RECIPE_SQL.items()))
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,7 @@ class StudyStore:
                 have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     c.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+            _add_recipe_columns(c)
             c.execute("UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
                       (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
@@ -248,14 +252,23 @@ class StudyStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception.
+
+        Raises:
+            StoreWriteError: the write failed (a full disk, an I/O error); nothing of the
+                transaction is kept, so rerunning the command redoes exactly its runs.
+        """
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back by itself
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as err:
+            raise _write_error(self.path, err) from None
 
     def close(self) -> None:
         if not self.readonly:
@@ -461,6 +474,24 @@ def reader_uri(path: Path) -> str:
     return base if driver_alive(path.parent) else base + "&immutable=1"
 
 
+class StoreWriteError(RobustTransferError):
+    """``study.db`` could not be written (disk full, I/O error); what was committed stays."""
+
+
+_FULL, _IOERR = 13, 10  # SQLITE_FULL, SQLITE_IOERR (primary result codes)
+
+
+def _write_error(path: Path, err: sqlite3.OperationalError) -> RobustTransferError:
+    text = " ".join(str(err).split())
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_FULL, _IOERR) or "disk is full" in text or "disk I/O" in text:
+        what = "the disk is full" if code == _FULL or "full" in text else "a disk I/O error"
+        return StoreWriteError(f"cannot write {path}: {what} ({text}); free space in "
+                               f"{path.parent} and rerun the same command: every run recorded so "
+                               "far is kept, and the runs not recorded run again")
+    return _as_error(path, err)
+
+
 def _as_error(path: Path, err: sqlite3.DatabaseError) -> ConfigError:
     text = " ".join(str(err).split())
     if isinstance(err, sqlite3.OperationalError) and "unable to open" in text:
@@ -500,8 +531,30 @@ def run_row(config: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
            "source_eps": source["eps"], "source_norm": source["norm"], "target": config["target"],
            "n_label": config["n"], "unfrozen_blocks": config["unfrozen_blocks"],
            "epochs": config["epochs"], "seed": config["seed"]}
-    row.update({k: (json.dumps(recipe[k]) if k == "augment" else recipe[k]) for k in RECIPE_COLUMNS})
+    row.update({k: recipe_cell(recipe, k) for k in RECIPE_COLUMNS})
     return row
+
+
+def recipe_cell(recipe: dict[str, Any], name: str) -> Any:
+    """The store's cell for recipe field ``name`` of a config's recipe dict.
+
+    A field left out of the dict (at its default, see ``Recipe.to_dict``) gets its default;
+    choice fields whose values are not all strings (``augment``: true, false, "auto") are
+    stored as JSON text.
+    """
+    value = recipe.get(name, recipe_fields.defaults()[name])
+    return json.dumps(value) if recipe_fields.specs()[name].kind is object else value
+
+
+def _add_recipe_columns(c: sqlite3.Connection) -> None:
+    """Give a store the recipe columns it lacks (a field given a column later), filled in
+    from each run's config."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(runs)")}
+    for name in (n for n in RECIPE_COLUMNS if n not in have):
+        c.execute(f"ALTER TABLE runs ADD COLUMN {name} {_RECIPE_SQL[name]}")
+        cells = [(recipe_cell(json.loads(config).get("recipe") or {}, name), run_id)
+                 for run_id, config in c.execute("SELECT run_id, config FROM runs").fetchall()]
+        c.executemany(f"UPDATE runs SET {name}=? WHERE run_id=?", cells)
 
 
 # --- reading results (the analysis' entry point) -------------------------------------
@@ -546,9 +599,13 @@ def _v2_select(conn: sqlite3.Connection) -> str:
 
 
 def _typed_runs(runs):
-    for col in ("n", "epochs", "seed", "batch_size", "eval_every"):
+    kinds = recipe_fields.column_kinds()
+    nullable = {n: s.nullable for n, s in recipe_fields.specs().items()}
+    recipe_int = [c for c in RECIPE_COLUMNS if kinds[c] is int and not nullable[c]]
+    recipe_float = [c for c in RECIPE_COLUMNS if kinds[c] is float and not nullable[c]]
+    for col in ("n", "epochs", "seed", *recipe_int):
         runs[col] = runs[col].astype("int64")
-    for col in ("source_eps", "test_acc", "lr", "momentum", "weight_decay", "val_acc", "robust_acc"):
+    for col in ("source_eps", "test_acc", *recipe_float, "val_acc", "robust_acc"):
         runs[col] = runs[col].astype("float64")
     for col in ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks"):
         runs[col] = runs[col].astype(str)
@@ -646,8 +703,9 @@ class RepairReport:
 def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
     """Copy every finished run that can still be read from a (damaged) store into a new one.
 
-    Reads row by row, narrowing down around unreadable pages, so one bad page loses only
-    the rows on it. A run is copied only with all its epochs; runs not copied simply run
+    Reads a copy of ``study.db`` and its write-ahead log (so the finished runs of a killed
+    driver, not yet checkpointed into the database file, are salvaged too) row by row,
+    narrowing down around unreadable pages, so one bad page loses only the rows on it. A run is copied only with all its epochs; runs not copied simply run
     again when the spec is rerun into ``out_dir``. The source directory is never written.
 
     Args:
@@ -658,8 +716,8 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
         A :class:`RepairReport`.
 
     Raises:
-        ConfigError: no ``study.db`` in ``study_dir``, ``out_dir`` is not empty, or nothing
-            at all can be read (not an SQLite database).
+        ConfigError: no ``study.db`` in ``study_dir``, ``out_dir`` is not empty, nothing
+            at all can be read (not an SQLite database), or a live driver runs the study.
     """
     src = Path(study_dir) / DB_NAME
     out = Path(out_dir)
@@ -671,14 +729,20 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
         if not f.read(16).startswith(_SQLITE_MAGIC):
             raise ConfigError(f"nothing in {src} can be salvaged (not an SQLite database); rerun "
                               f"the spec ({Path(study_dir) / 'spec.yaml'}) into a new --out")
-    conn = sqlite3.connect(f"file:{_quote(src)}?mode=ro&immutable=1", uri=True)
-    try:
-        specs, _ = _salvage(conn, "specs", "spec_id")
-        sources, _ = _salvage(conn, "sources", "rowid")
-        runs, bad = _salvage(conn, "runs", "rowid", "status='finished'")
-        epochs = {r["run_id"]: _epochs_of(conn, r["run_id"]) for r in runs}
-    finally:
-        conn.close()
+    from robust_transfer.study.lock import driver_alive
+
+    if driver_alive(study_dir):
+        raise ConfigError(f"{study_dir} is being run by a live driver; stop it (or let it "
+                          "finish) before repairing, so the copy is consistent")
+    with tempfile.TemporaryDirectory(prefix="rt-repair-") as tmp:
+        conn = sqlite3.connect(_snapshot(src, Path(tmp)))
+        try:
+            specs, _ = _salvage(conn, "specs", "spec_id")
+            sources, _ = _salvage(conn, "sources", "rowid")
+            runs, bad = _salvage(conn, "runs", "rowid", "status='finished'")
+            epochs = {r["run_id"]: _epochs_of(conn, r["run_id"]) for r in runs}
+        finally:
+            conn.close()
     # one epochs row per epoch (NULL test metrics where not evaluated): all of them or none
     complete = [r for r in runs
                 if (rows := epochs[r["run_id"]]) is not None and len(rows) == r["epochs"]]
@@ -687,6 +751,22 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
     if spec_copy.is_file():
         shutil.copyfile(spec_copy, out / "spec.yaml")
     return RepairReport(out, len(complete), len(runs) - len(complete), len(specs), len(sources), bad)
+
+
+def _snapshot(src: Path, folder: Path) -> Path:
+    """Copy ``src`` and its write-ahead log (a killed driver's committed runs live there
+    until a checkpoint) into ``folder``; SQLite reads the log from the copy, so the damaged
+    study is never written (not even its ``-shm``)."""
+    copy = folder / src.name
+    try:
+        shutil.copyfile(src, copy)
+        wal = Path(f"{src}-wal")
+        if wal.is_file():
+            shutil.copyfile(wal, Path(f"{copy}-wal"))
+    except OSError as err:
+        raise ConfigError(f"cannot copy {src} to salvage it ({err.strerror or err}); free "
+                          f"space in {folder.parent} or set TMPDIR to a roomier folder") from None
+    return copy
 
 
 def _salvage(conn: sqlite3.Connection, table: str, key: str,
