@@ -24,10 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.recipe import SCHEDULES
 from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write_text
-
-SCHEDULES = ("step", "cosine", "constant")
 
 Callback = Callable[[str, dict], None]
 """``callback(event, info)``: ``"batch"``, ``"eval_batch"`` and ``"epoch"`` events (see :func:`fit`)."""
