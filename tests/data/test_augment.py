@@ -54,8 +54,11 @@ def test_crop_equals_torchvision_crop_of_the_padded_image(images, params):
 
 def test_flip_equals_torchvision_horizontal_flip(images, params):
     ours = A.flip(images, params.flip)
+    fused = A.crop(images, params.dy, params.dx, 4, mirror=params.flip)
+    assert params.flip.any() and not params.flip.all()
     for i, img in enumerate(images):
         assert torch.equal(ours[i], TF.horizontal_flip(img) if params.flip[i] else img)
+    assert torch.equal(fused, A.flip(A.crop(images, params.dy, params.dx, 4), params.flip))
 
 
 @pytest.mark.parametrize("op", [0, 1, 2])

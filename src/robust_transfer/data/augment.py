@@ -117,21 +117,25 @@ def draw_params(batch: int, generator: torch.Generator | None = None,
 def apply_augment(x: torch.Tensor, params: AugmentParams, padding: int = PAPER.padding) -> torch.Tensor:
     """Crop, flip, jitter and rotate float ``[B, C, H, W]`` images in [0, 1] (any device)."""
     p = params.to(x.device) if params.dy.device != x.device else params
-    x = crop(x, p.dy, p.dx, padding)
-    x = flip(x, p.flip)
+    x = crop(x, p.dy, p.dx, padding, mirror=p.flip)  # crop, then flip: one gather
     x = jitter(x, p.factors, p.order)
     return rotate(x, p.angle).clamp_(0.0, 1.0)
 
 
-def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad by ``padding`` and take an ``H x W`` window at ``(dy, dx)`` per image (one gather)."""
-    if padding == 0:
-        return x
+def crop(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, padding: int,
+         mirror: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-pad by ``padding`` and take an ``H x W`` window at ``(dy, dx)`` per image.
+
+    One gather. With ``mirror`` (bool per image), those windows are read right to left:
+    the crop followed by :func:`flip`, in the same pass.
+    """
     b, c, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
+    j = torch.arange(w, device=x.device).view(1, 1, w)
+    if mirror is not None:
+        j = torch.where(mirror.view(b, 1, 1), (w - 1) - j, j)
     rows = dy.view(b, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
-    cols = dx.view(b, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
-    flat = (rows * (w + 2 * padding) + cols).view(b, 1, h * w).expand(b, c, h * w)
+    flat = (rows * (w + 2 * padding) + dx.view(b, 1, 1) + j).view(b, 1, h * w).expand(b, c, h * w)
     return padded.flatten(2).gather(2, flat).view(b, c, h, w)
 
 
@@ -144,7 +148,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
-    return (r * _GRAY[0] + g * _GRAY[1] + b * _GRAY[2]).unsqueeze(1)
+    return (r * _GRAY[0]).add_(g, alpha=_GRAY[1]).add_(b, alpha=_GRAY[2]).unsqueeze(1)
 
 
 def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
@@ -152,17 +156,19 @@ def jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch
 
     Each adjustment is ``clamp(f * x + (1 - f) * target)``: target 0 (brightness), the
     mean of the grayscale image (contrast) or the grayscale image (saturation), as
-    torchvision's ``_blend``. At step k every image applies its op ``order[:, k]``.
+    torchvision's ``_blend``. At step k every image applies its op ``order[:, k]``,
+    written as ``clamp(f * x + c * gray + d)`` with per-image ``c`` and ``d`` (zero where
+    the op does not use them), so a step costs the same whichever op each image applies.
     """
     b = x.shape[0]
     for step in range(3):
-        op = order[:, step]
-        f = factors.gather(1, op.view(b, 1)).view(b, 1, 1, 1)
+        op = order[:, step].view(b, 1, 1, 1)
+        f = factors.gather(1, order[:, step].view(b, 1)).view(b, 1, 1, 1)
         gray = _gray(x)
         mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        op4 = op.view(b, 1, 1, 1)
-        target = torch.where(op4 == 0, torch.zeros_like(mean), torch.where(op4 == 1, mean, gray))
-        x = (x * f + target * (1 - f)).clamp_(0.0, 1.0)
+        c = (1 - f) * (op == 2)
+        d = (1 - f) * (op == 1) * mean
+        x = torch.addcmul(torch.addcmul(d, gray, c), x, f).clamp_(0.0, 1.0)
     return x
 
 
