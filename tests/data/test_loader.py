@@ -28,7 +28,7 @@ def test_streamed_batches_equal_device_batches_and_the_budget_decides(digits_tra
     (p0, first), (p1, second) = runs
     assert (p0, p1) == ("device", "stream") and budget.streamed == ["train images"]
     assert len(first) == len(second) == 4
-    for (x0, y0), (x1, y1) in zip(first, second):
+    for (x0, y0), (x1, y1) in zip(first, second, strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
@@ -38,7 +38,7 @@ def test_device_loader_on_the_cpu_yields_what_the_plain_loader_did(digits_train)
     placed = TensorLoader(images, labels, 16, shuffle=True, seed=1, device="cpu",
                           budget=DeviceBudget(10**9))
     assert placed.data.data_ptr() == images.data_ptr()  # the CPU path copies nothing
-    for (a, ya), (b, yb) in zip(plain, placed):
+    for (a, ya), (b, yb) in zip(plain, placed, strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
 
 
@@ -65,5 +65,5 @@ def test_cuda_resident_and_streamed_batches_agree(digits_train):
         torch.manual_seed(0)
         out[name] = [(x.cpu(), y.cpu()) for x, y in loader]
         assert all(x.is_cuda for x, _ in loader)
-    for (a, ya), (b, yb) in zip(out["device"], out["stream"]):
+    for (a, ya), (b, yb) in zip(out["device"], out["stream"], strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
