@@ -337,3 +337,29 @@ def test_a_device_name_that_is_none_is_refused_by_the_device_check():
         with pytest.raises(argparse.ArgumentTypeError, match=f"unknown device '{re.escape(bad)}'"):
             v.require_device(bad)
     v.require_device("cpu")  # exists everywhere
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("--gpus-per-run 2", "num_gpus 2 but this machine has 1 GPU"),
+    ("--gpus-per-run 0.5 --workers 4", "4 runs at a time x num_gpus 0.5 = 2 GPUs"),
+], ids=["one-run-over", "shares-over"])
+def test_gpu_shares_beyond_the_gpus_present_are_refused(extra, needle, fx, tmp_path, capsys,
+                                                         monkeypatch):
+    """Shares are checked against the GPUs torch sees (one, faked here: no GPU is needed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    before = _tree(fx["fx"])
+    argv = f"study run {fx['spec']} --out {tmp_path}/s --device cuda {extra}"
+    code = _invoke(shlex.split(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert needle in err and "Traceback" not in err
+    assert _tree(tmp_path) == {} and _tree(fx["fx"]).keys() == before.keys()
+
+
+def test_gpu_shares_within_the_gpus_present_pass_the_check():
+    from robust_transfer.study.runner import check_gpu_shares
+
+    check_gpu_shares(0.25, 4, "cuda", gpus_present=1)  # four runs share one GPU
+    check_gpu_shares(0.5, None, "cuda", gpus_present=1)  # Ray: as many as fit
+    check_gpu_shares(8, 1, "cpu", gpus_present=0)  # not a GPU run: nothing to share

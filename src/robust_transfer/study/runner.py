@@ -111,6 +111,7 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
     spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
     if executor == "local" or ray_address is None:  # runs on this machine
         require_device(spec.device)
+        check_gpu_shares(spec.resources.num_gpus, workers, spec.device)
     resolved = resolve_study(spec, data_root)
     resolved.require_complete()
     options = ExecutorOptions(workers, spec.resources, ray_address)
@@ -144,6 +145,38 @@ def require_device(device: str) -> None:
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{device}' asked for (spec 'device:' or --device) but torch "
                           "sees no CUDA GPU here; use device: auto or cpu, or run where a GPU is")
+
+
+def check_gpu_shares(num_gpus: float, workers: int | None, device: str,
+                     gpus_present: int | None = None) -> None:
+    """Refuse GPU shares that add up to more than the GPUs on this machine.
+
+    A run reserves ``num_gpus`` of a GPU (its memory share: see
+    :func:`robust_transfer.data.loader.device_budget`); ``workers`` runs at a time reserve
+    ``workers * num_gpus``. Ray would wait forever for a task that needs more GPUs than
+    exist, and local worker processes would overfill the devices.
+
+    Raises:
+        ConfigError: one run's share, or all concurrent runs' shares, exceed the GPUs here.
+    """
+    import torch
+
+    if num_gpus <= 0 or not _uses_cuda(device):
+        return
+    present = torch.cuda.device_count() if gpus_present is None else gpus_present
+    if num_gpus > present:
+        raise ConfigError(f"each run asks for num_gpus {num_gpus:g} but this machine has "
+                          f"{present} GPU(s); use num_gpus <= {present} (a fraction shares a GPU)")
+    if workers and workers * num_gpus > present:
+        raise ConfigError(f"{workers} runs at a time x num_gpus {num_gpus:g} = "
+                          f"{workers * num_gpus:g} GPUs, more than the {present} GPU(s) here; "
+                          f"use --workers {max(1, int(present / num_gpus))} or a smaller num_gpus")
+
+
+def _uses_cuda(device: str) -> bool:
+    import torch
+
+    return str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available())
 
 
 def _as_spec(spec: StudySpec | str | Path) -> StudySpec:
