@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -434,9 +434,32 @@ def expand(spec: StudySpec) -> list[RunConfig]:
         for src, target, n, unfrozen, epochs, seed, recipe in itertools.product(
                 spec.sources, grid.targets, grid.train_images, grid.unfrozen_blocks,
                 grid.epochs, grid.seeds, grid.recipes):
-            run = RunConfig(src.label, src.model, target, n, unfrozen, epochs, seed, recipe)
+            run = RunConfig(src.label, src.model, target, n, unfrozen, epochs, seed,
+                            versioned(recipe, target))
             runs.setdefault(run.run_id, run)
     return list(runs.values())
+
+
+def versioned(recipe: Recipe, target: str) -> Recipe:
+    """``recipe`` with the input pipeline's version when ``target``'s runs may be augmented.
+
+    Augmented runs draw their random numbers the way :mod:`robust_transfer.data.augment`
+    does (since version 2), so their results differ from runs augmented before: the
+    version enters their config and id. Runs that are never augmented (``augment: false``,
+    or ``auto`` on a registered MNIST-like target) keep their ids. ``auto`` on any other
+    target (a ``folder:`` target too, decided by name, without reading it) counts as
+    augmented.
+    """
+    from robust_transfer.data.augment import PIPELINE_VERSION
+
+    augmented = recipe.augment is True or (recipe.augment == "auto" and not _mnist_like(target))
+    return replace(recipe, input_pipeline=PIPELINE_VERSION if augmented else None)
+
+
+def _mnist_like(target: str) -> bool:
+    from robust_transfer.data.datasets import DATASETS
+
+    return target in DATASETS and DATASETS.get(target).info.grayscale_like
 
 
 def run_set_id(run_ids: list[str]) -> str:
