@@ -43,7 +43,8 @@ def test_paper_study_keeps_its_unaugmented_run_ids_and_versions_the_augmented_on
 
 def test_a_study_augmented_before_the_version_is_not_resumed_silently(tmp_path, monkeypatch):
     from robust_transfer.errors import RobustTransferError
-    from robust_transfer.study import run_study, spec as spec_module
+    from robust_transfer.study import run_study
+    from robust_transfer.study import spec as spec_module
 
     def instant(task, ctx):
         from robust_transfer.study.store import RunOutcome

@@ -86,7 +86,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
               retry_failed: bool = False, extend: bool = False, data_root: str | None = None,
               device: str | None = None, feature_cache: bool | None = None,
               num_cpus: float | None = None, num_gpus: float | None = None,
-              progress: ProgressCallback | None = None, run_fn=None) -> StudySummary:
+              progress: ProgressCallback | None = None, run_fn=None,
+              device_budget: int | None = None) -> StudySummary:
     """Run every unfinished run of a study, resumably.
 
     Args:
@@ -97,7 +98,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
         ray_address: join this Ray cluster instead of starting one.
         retry_failed: rerun runs that failed before.
         extend: allow a spec other than the one(s) stored in ``out_dir``.
-        data_root, device, feature_cache, num_cpus, num_gpus: override the spec's.
+        data_root, device, feature_cache, num_cpus, num_gpus, device_budget: override
+            the spec's (``device_budget``: bytes of a run's data kept on its GPU).
         progress: called after each run (and once at the start).
         run_fn: replaces :func:`~.worker.execute_run` (benchmarks, tests); module-level.
 
@@ -110,6 +112,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
             start. Failing runs are recorded, not raised.
     """
     spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
+    if device_budget is not None:
+        spec = replace(spec, device_budget=device_budget)
     if executor == "local" or ray_address is None:  # runs on this machine
         require_device(spec.device)
         check_gpu_shares(spec.resources.num_gpus, workers, spec.device)
@@ -124,7 +128,7 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
         check_cache_budget(resolved, out / FEATURE_CACHE_DIR, spec.feature_cache_budget)
     with DriverLock(out), StudyStore(out, create=True) as store:
         runs, todo, skipped = _prepare(store, resolved, extend, retry_failed)
-        ctx = _context(resolved, out)
+        ctx = _context(resolved, out, workers if executor == "local" else None)
         start = time.perf_counter()
         ran = _execute(store, runner, todo, ctx, options, progress)
         status = store.status()
@@ -241,11 +245,25 @@ def _write_spec_copy(study_dir: Path, spec: StudySpec) -> None:
         atomic_write_text(copy, spec.text)
 
 
-def _context(resolved: ResolvedStudy, out: Path) -> RunContext:
+def _context(resolved: ResolvedStudy, out: Path, local_workers: int | None = None) -> RunContext:
     spec = resolved.spec
     cache = str(out / FEATURE_CACHE_DIR) if spec.feature_cache else None
     return RunContext(dict(resolved.records), str(resolved.data_root), spec.device,
-                      spec.resources.threads, cache, spec.feature_cache_budget)
+                      spec.resources.threads, cache, spec.feature_cache_budget,
+                      gpu_share(spec.resources.num_gpus, local_workers), spec.device_budget)
+
+
+def gpu_share(num_gpus: float, local_workers: int | None = None) -> float:
+    """The fraction of a GPU one run holds: ``num_gpus`` below 1, else what local runs split.
+
+    Ray places runs by ``num_gpus``; local worker processes all use the same device, so
+    ``workers`` of them share it equally.
+    """
+    if 0 < num_gpus < 1:
+        return num_gpus
+    if local_workers and local_workers > 1:
+        return 1.0 / local_workers
+    return 1.0
 
 
 def _execute(store: StudyStore, runner, todo: list[RunTask], ctx: RunContext,

@@ -17,6 +17,7 @@ preset, ``robust_transfer/studies/embedded.yaml``, is a complete one)::
     resources: {num_cpus: 1, num_gpus: 0.25}            # per run (Ray; threads per run)
     feature_cache: true                                 # share frozen-prefix outputs
     feature_cache_budget: 50 GB                         # optional; refused up front if too small
+    device_budget: 8 GiB                                # optional; a run's data on its GPU
     grid:                                               # optional sub-grids; each overrides
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
@@ -54,7 +55,7 @@ from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
 TOP_KEYS = ("name", "description", "sources", *AXES, "recipe", "grid", "resources", "device",
-            "feature_cache", "feature_cache_budget", "data_root")
+            "feature_cache", "feature_cache_budget", "device_budget", "data_root")
 GRID_KEYS = (*AXES, "recipe")
 SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
@@ -183,6 +184,9 @@ class StudySpec:
     text: str = ""
     path: Path | None = None
     feature_cache_budget: int | None = None  # bytes
+    # bytes of a run's data (images, labels, cached prefix outputs) kept on its GPU; None:
+    # half its share of the GPU's memory (robust_transfer.data.loader.device_budget)
+    device_budget: int | None = None
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study, once each, in a deterministic order."""
@@ -257,7 +261,8 @@ class _Parser:
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
                          data.get("data_root"), str(data.get("description") or ""), text, path,
-                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)))
+                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)),
+                         self.byte_size(data.get("device_budget"), ("device_budget",)))
 
     # --- sources ---------------------------------------------------------------------
     def sources(self, items: Any, base: Path) -> tuple[SourceSpec, ...]:
