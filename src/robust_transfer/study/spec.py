@@ -27,7 +27,10 @@ augmentation on (``augment: true``, or ``auto`` on colour targets) the frozen pr
 a different training input every epoch, so those runs cache only their test images'
 prefix outputs (see :func:`robust_transfer.engine.transfer.cache_plan`); their accuracy
 is unaffected. ``recipe: {feature_dtype: float16}`` halves the cache (a different result,
-so a different run id).
+so a different run id). Runs that may be augmented carry the input pipeline's version
+(``input_pipeline``, see :func:`versioned`): augmented results from before the batched
+augmentation never share an id with today's. ``device_budget`` bounds the bytes of a
+run's data kept on its GPU (default: half its share of the GPU's memory).
 
 A run's id is the sha256 of its fully resolved config (every default filled in, canonical
 JSON with sorted keys), so reordering the YAML keeps the ids and changing any value that
