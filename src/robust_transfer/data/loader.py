@@ -145,13 +145,13 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        batches = (idx[s: s + self.batch_size] for s in range(0, len(idx), self.batch_size))
         if self.placement == "device":
             idx = idx.to(self.data.device)  # one small copy per epoch
             for start in range(0, len(idx), self.batch_size):
                 b = idx[start: start + self.batch_size]
                 yield self._out(self.data[b]), self.labels[b]
         else:
+            batches = (idx[s: s + self.batch_size] for s in range(0, len(idx), self.batch_size))
             for x, y in _streamed(self.data, self.labels, batches, self.device):
                 yield self._out(x), y
 
