@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from robust_transfer.errors import ConfigError
+from robust_transfer.versions import INPUT_PIPELINE as PIPELINE_VERSION
 
-PIPELINE_VERSION = 2
-"""1: per-image torchvision v2 transforms (before 2026-12); 2: this module's batched draws."""
+__all__ = ["PAPER", "PIPELINE_VERSION", "AugmentConfig", "AugmentParams", "apply_augment",
+           "augment_batch", "crop", "draw_params", "flip", "jitter", "rotate", "rotation_grid"]
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 

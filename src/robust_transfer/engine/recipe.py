@@ -24,10 +24,10 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-from robust_transfer.data.augment import PIPELINE_VERSION
 from robust_transfer.engine.attacks import NORMS, AttackConfig
 from robust_transfer.engine.training import SCHEDULES, OptimConfig
 from robust_transfer.errors import ConfigError
+from robust_transfer.versions import INPUT_PIPELINE as PIPELINE_VERSION
 
 FEATURE_DTYPES = ("float32", "float16")
 HEAD_INITS = ("normal", "paper", "torch")

@@ -458,10 +458,10 @@ def versioned(recipe: Recipe, target: str) -> Recipe:
     target (a ``folder:`` target too, decided by name, without reading it) counts as
     augmented.
     """
-    from robust_transfer.data.augment import PIPELINE_VERSION
+    from robust_transfer.versions import INPUT_PIPELINE
 
     augmented = recipe.augment is True or (recipe.augment == "auto" and not _mnist_like(target))
-    return replace(recipe, input_pipeline=PIPELINE_VERSION if augmented else None)
+    return replace(recipe, input_pipeline=INPUT_PIPELINE if augmented else None)
 
 
 def _mnist_like(target: str) -> bool:
