@@ -193,8 +193,8 @@ def test_one_rate_with_validation_says_there_was_nothing_to_choose():
 
 
 def test_evaluation_defaults_match_the_engine():
-    from robust_transfer.analysis.frames import EVALUATION_DEFAULTS
     from robust_transfer.engine.transfer import Recipe
+    from robust_transfer.study.results import EVALUATION_DEFAULTS
 
     recipe = Recipe()
     assert {k: getattr(recipe, k) for k in EVALUATION_DEFAULTS} == EVALUATION_DEFAULTS
