@@ -60,7 +60,7 @@ def main() -> None:
         clock.lap()
         result = compute(runs, epochs, None, options, total_runs=len(runs))
         numbers = clock.lap()
-        write_report(result, args.out or Path(tmp))
+        result = write_report(result, args.out or Path(tmp))
         report = clock.lap()
         size = result.html_path.stat().st_size / 1e6
     print(f"{'step':<52}{'wall s':>8}{'cpu s':>8}")

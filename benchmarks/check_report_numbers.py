@@ -5,8 +5,8 @@ and with this checkout's code, each in its own process, then compares ``tables/*
 (every value) and ``report.md`` (every line but the generation time). Inputs: a study
 directory (``--study DIR``, e.g. from ``robust-transfer study run embedded --out DIR``),
 a per-run CSV of other code (``--csv FILE``), and, by default, the test suite's
-synthetic study written as a CSV (``--synthetic``). Figures are off (their pixels are
-not numbers); the report's text still names every figure's caption.
+synthetic study written as a CSV (on unless ``--no-synthetic``). Figures are drawn (their
+captions are in report.md) unless ``--no-figures``; their pixels are not compared.
 
     .venv/bin/python benchmarks/check_report_numbers.py --rev main --study DIR --csv FILE
 
@@ -42,10 +42,10 @@ def export_revision(rev: str, into: Path) -> Path:
 
 
 def run_analyze(src: Path, args: list[str], out: Path) -> None:
-    """``robust-transfer analyze ARGS --out OUT --no-figures`` with the code under ``src``."""
+    """``robust-transfer analyze ARGS --out OUT`` with the code under ``src``."""
     env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, "-c", ANALYZE, *args, "--out", str(out),
-                           "--no-figures"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", ANALYZE, *args, "--out", str(out)], env=env,
+                          capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"analyze {' '.join(args)} with {src} failed:\n{proc.stderr}")
 
@@ -80,18 +80,21 @@ def main() -> int:
                         help="per-run CSV (repeatable)")
     parser.add_argument("--no-synthetic", action="store_true",
                         help="skip the synthetic study")
+    parser.add_argument("--no-figures", action="store_true", help="skip drawing figures")
     args = parser.parse_args()
+    figures = ["--no-figures"] if args.no_figures else []
     failed = False
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         old_src = export_revision(args.rev, tmp)
-        inputs = [[str(s)] for s in args.study] + [["--csv", str(c)] for c in args.csv]
+        inputs = [[str(s), *figures] for s in args.study]
+        inputs += [["--csv", str(c), *figures] for c in args.csv]
         if not args.no_synthetic:
             runs, epochs = make_study(SYNTHETIC)
             runs.to_csv(tmp / "synthetic.csv", index=False)
             epochs.to_csv(tmp / "synthetic-epochs.csv", index=False)
             inputs.append(["--csv", str(tmp / "synthetic.csv"),
-                           "--epochs-csv", str(tmp / "synthetic-epochs.csv")])
+                           "--epochs-csv", str(tmp / "synthetic-epochs.csv"), *figures])
         for i, given in enumerate(inputs):
             for extra in ([], ["--ci", "bootstrap", "--level", "0.9"]):
                 old, new = tmp / f"old-{i}-{len(extra)}", tmp / f"new-{i}-{len(extra)}"

@@ -145,8 +145,9 @@ def largest_budget(values: pd.Series, wanted: int | str | None = None) -> str | 
 
 
 def figures_vs_n(summary: pd.DataFrame, delta_summary: pd.DataFrame, sources: pd.DataFrame,
-                 epochs: int | str | None = None) -> list[FigureSpec]:
-    """Fig. 1a (accuracy vs n) and Fig. 1b (difference vs n) at one epoch budget."""
+                 epochs: int | str | None = None, level: str = "95%") -> list[FigureSpec]:
+    """Fig. 1a (accuracy vs n) and Fig. 1b (difference vs n) at one epoch budget; ``level``
+    names the interval of the bands."""
     budget = largest_budget(summary["epochs"], epochs)
     acc = summary[summary["epochs"].astype(str) == budget]
     delta = delta_summary[delta_summary["epochs"].astype(str) == budget]
@@ -154,7 +155,7 @@ def figures_vs_n(summary: pd.DataFrame, delta_summary: pd.DataFrame, sources: pd
     when = epochs_text(budget)
     return [
         FigureSpec("fig1a_accuracy_vs_n", f"Fig. 1a: test accuracy against the number of "
-                   f"training images ({when}), mean over seeds with 95% interval bands.",
+                   f"training images ({when}), mean over seeds with {level} interval bands.",
                    grid_figure(acc, "n", sources, "test accuracy (%)",
                                f"Accuracy vs training images ({when})", log_x=True)),
         FigureSpec("fig1b_delta_vs_n", f"Fig. 1b: accuracy minus the {base} source's, paired by "

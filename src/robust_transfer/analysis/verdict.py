@@ -134,8 +134,18 @@ def _lead(cells: pd.DataFrame, names: dict[str, str], base: str) -> str:
     return ", ".join(parts)
 
 
-def few_images_sentence(cells: pd.DataFrame, sources: pd.DataFrame, view: VerdictView) -> str:
-    """"few images: ..." over every target and unfrozen setting at the view's budget."""
+def lead_sentences(cells: pd.DataFrame, epoch_delta_summary: pd.DataFrame,
+                   epoch_factor_summary: pd.DataFrame, sources: pd.DataFrame, view: VerdictView,
+                   percent: str = "95%") -> tuple[str, str]:
+    """The report's two plain sentences, ``("few images: ...", "few epochs: ...")``."""
+    return (few_images_sentence(cells, sources, view, percent),
+            few_epochs_sentence(epoch_delta_summary, epoch_factor_summary, sources, view))
+
+
+def few_images_sentence(cells: pd.DataFrame, sources: pd.DataFrame, view: VerdictView,
+                        percent: str = "95%") -> str:
+    """"few images: ..." over every target and unfrozen setting at the view's budget;
+    ``percent`` names the interval level."""
     if cells.empty:
         return ("few images: nothing to compare (no robust source has runs paired with the "
                 "natural source's).")
@@ -153,7 +163,7 @@ def few_images_sentence(cells: pd.DataFrame, sources: pd.DataFrame, view: Verdic
              f"{cells.sort_values('n')['n_label'].iloc[-1]}" if len(ns) > 1 else
              f"robust minus {base} accuracy at n = {cells['n_label'].iloc[0]}")
     return (f"few images: {'; '.join(clauses)} ({scope}, {epochs_text(view.epochs)}, "
-            f"{_seeds_text(cells['n_seeds'])}; clearly = the 95% interval excludes 0).")
+            f"{_seeds_text(cells['n_seeds'])}; clearly = the {percent} interval excludes 0).")
 
 
 def early_epoch(budget: str, epochs_present: list[int]) -> int:
