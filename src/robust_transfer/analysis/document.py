@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,12 +63,13 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure and its caption: drawn (``figure``), copied from a PNG (``png``), or, with
-    neither, a caption saying there was no data to plot. ``formats``: files written."""
+    """A figure and its caption: drawn by ``draw`` (which may return ``None``: nothing to
+    plot), or copied from a PNG (``png``); with neither, a caption saying there was no
+    data to plot. ``formats``: the files a drawn figure is written as."""
 
     key: str
     caption: str
-    figure: MplFigure | None = None
+    draw: Callable[[], MplFigure | None] | None = None
     png: Path | None = None
     formats: tuple[str, ...] = ("png",)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from robust_transfer.errors import ConfigError, RobustTransferError, UnknownNameError
+from robust_transfer.models.finetune import n_label
 from robust_transfer.study.results import StudyResults, read_study
 from robust_transfer.study.store import RECIPE_COLUMNS as STORE_RECIPE_COLUMNS
 
@@ -119,7 +120,7 @@ def _numbers(frame: pd.DataFrame, col: str) -> pd.Series:
 
 def _coerce_runs(frame: pd.DataFrame) -> pd.DataFrame:
     frame["unfrozen_blocks"] = [unfrozen_label(v) for v in frame["unfrozen_blocks"]]
-    frame["n_label"] = [n_label(v) for v in frame["n_label"]]
+    frame["n_label"] = [read_n_label(v) for v in frame["n_label"]]
     for col in _INT_COLUMNS:
         values = _numbers(frame, col)
         if values.isna().any() or (values != values.round()).any() or (values < 0).any():
@@ -157,16 +158,18 @@ def unfrozen_label(value: object) -> str:
     return str(int(number))
 
 
-def n_label(value: object) -> str:
-    """The requested-n label: the number as text, or ``"all"`` (also for ``-1``)."""
+def read_n_label(value: object) -> str:
+    """The requested-n label (:func:`~robust_transfer.models.finetune.n_label`) of a value
+    other code wrote: ``-1`` or ``all`` -> ``"all"``, ``200.0`` -> ``"200"``; other text as
+    given."""
     text = str(value).strip().lower()
     if text in (ALL_LABEL, "-1", "-1.0"):
-        return ALL_LABEL
+        return n_label(None)
     try:
         number = float(text)
     except ValueError:
         return text
-    return str(int(number)) if number == round(number) else text
+    return n_label(int(number)) if number == round(number) else text
 
 
 def _check_runs(frame: pd.DataFrame, keys: list[str]) -> None:

@@ -21,7 +21,6 @@ import pandas as pd
 from robust_transfer.analysis import (
     efficiency,
     findings,
-    plots,
     robustness,
     stats,
     tables,
@@ -29,7 +28,8 @@ from robust_transfer.analysis import (
     verdict,
 )
 from robust_transfer.analysis.budgets import POOLED, apply_policy
-from robust_transfer.analysis.document import Document, to_html, to_markdown_document
+from robust_transfer.analysis.document import to_html, to_markdown_document
+from robust_transfer.analysis.drawing import save_figures
 from robust_transfer.analysis.explain import find_outputs, load_explanations
 from robust_transfer.analysis.frames import (
     load_study,
@@ -363,20 +363,6 @@ def write_report(result: AnalysisResult, out_dir: Path, figures: bool = True,
                    captions={f.key: f.caption for f in doc.figures()} if figures else {},
                    figures={key: {fmt: out_dir / FIGURE_DIR / p.name for fmt, p in v.items()}
                             for key, v in written.items()})
-
-
-def save_figures(doc: Document, directory: Path) -> dict[str, dict[str, Path]]:
-    """Save the document's figures (drawn ones in their formats, copied PNGs as they are)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written: dict[str, dict[str, Path]] = {}
-    for block in doc.figures():
-        if block.png is not None:
-            shutil.copyfile(block.png, directory / f"{block.key}.png")
-            written[block.key] = {"png": directory / f"{block.key}.png"}
-        elif block.figure is not None:
-            written[block.key] = plots.save_figures(block.figure, directory, block.key,
-                                                    block.formats)
-    return written
 
 
 def _move_into(tmp: Path, out_dir: Path) -> None:

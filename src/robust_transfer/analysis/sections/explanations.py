@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from robust_transfer.analysis.document import Bullets, Figure, Section
 from robust_transfer.analysis.explain import class_match_figure, paired_sentence, saliency_figure
 from robust_transfer.analysis.result import AnalysisResult
@@ -26,7 +28,7 @@ def why_lines(result: AnalysisResult) -> list[str]:
         return []
     lines = []
     if exp.influence and len(exp.paired):
-        lines += paired_sentence(exp.paired, names(result))
+        lines += paired_sentence(exp.paired, names(result), result.options.percent)
     elif exp.influence:
         lines.append(f"No influence output holds a {base_name(result)} model to pair with, "
                      "so no class-match difference is tested.")
@@ -47,12 +49,12 @@ def _figures(result: AnalysisResult) -> list[Figure]:
             "why_class_match", "Why: share of test images whose k-th most influential "
             "training image has the test image's class (left), and each source minus "
             f"{shown.get(exp.baseline_model or '', exp.baseline_model)} paired over the same "
-            "test images (right).", class_match_figure(exp, shown, order)))
+            "test images (right).", partial(class_match_figure, exp, shown, order)))
     for i, folder in enumerate(exp.saliency):
         figures.append(Figure(
             f"why_saliency_{i}", f"Why: input-gradient magnitude of each source's fine-tuned "
             f"model ({folder.path.name}), greyscale, at the model input's own size.",
-            saliency_figure(folder, shown, order, exp.baseline_model)))
+            partial(saliency_figure, folder, shown, order, exp.baseline_model)))
     for i, folder in enumerate(exp.influence):
         grid = folder.path / "influence_grid.png"
         if grid.is_file():

@@ -26,4 +26,4 @@ def build(result: AnalysisResult, draw: bool) -> list[Section]:
 def as_block(spec: plots.FigureSpec) -> Figure:
     """A drawn figure spec as a document figure (PNG, and SVG for Figs. 1 and 2)."""
     formats = plots.FORMATS if spec.key.startswith(VECTOR) else ("png",)
-    return Figure(spec.key, spec.caption, spec.figure, formats=formats)
+    return Figure(spec.key, spec.caption, spec.draw, formats=formats)

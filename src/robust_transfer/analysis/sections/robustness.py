@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pandas as pd
 
 from robust_transfer.analysis import robustness
@@ -87,5 +89,5 @@ def figures(result: AnalysisResult) -> list[Figure]:
                    "and robust (dashed) test accuracy of the fine-tuned models against the "
                    "source's training eps (L2 and Linf sources on one axis), a line per n; "
                    f"robust under {attack}; mean over seeds, final epoch.",
-                   robustness.robustness_figure(section.table, target))
+                   partial(robustness.robustness_figure, section.table, target))
             for target in sorted(section.table["target"].unique())]

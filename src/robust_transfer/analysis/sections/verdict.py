@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from robust_transfer.analysis import verdict
 from robust_transfer.analysis.document import Figure, Paragraph, Section
 from robust_transfer.analysis.result import AnalysisResult
@@ -23,6 +25,6 @@ def figures(result: AnalysisResult) -> list[Figure]:
                    "accuracy (points, mean over seeds of the paired difference) for each robust "
                    f"source, n and unfrozen setting; blue: the robust source is ahead, red: {base}"
                    f" is; outlined cells' {result.options.percent} interval excludes 0.",
-                   verdict.verdict_figure(result.verdict_cells, target, result.sources,
-                                          result.view.epochs))
+                   partial(verdict.verdict_figure, result.verdict_cells, target, result.sources,
+                           result.view.epochs, result.options.percent))
             for target in sorted(result.runs["target"].unique())]
