@@ -18,15 +18,15 @@ from robust_transfer.errors import ConfigError, RobustTransferError, UnknownName
 from robust_transfer.models.finetune import n_label
 from robust_transfer.study.results import StudyResults, read_study
 from robust_transfer.study.store import RECIPE_COLUMNS as STORE_RECIPE_COLUMNS
+from robust_transfer.study.store import RUN_TYPES
 
-RUN_COLUMNS = ("run_id", "source", "source_eps", "source_norm", "target", "n", "n_label",
-               "unfrozen_blocks", "epochs", "seed", "test_acc")
+RUN_COLUMNS = tuple(RUN_TYPES)
 EPOCH_REQUIRED = ("run_id", "epoch", "test_acc")
 
 CELL_KEYS = ["source", "target", "n", "unfrozen_blocks", "epochs", "seed"]
 NATURAL_LABEL = "natural"
-_INT_COLUMNS = ("n", "epochs", "seed")
-_STR_COLUMNS = ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks")
+_INT_COLUMNS, _FLOAT_COLUMNS, _STR_COLUMNS = (
+    tuple(c for c, t in RUN_TYPES.items() if t is kind) for kind in (int, float, str))
 # columns that change how a run trains: if one differs between runs, comparisons mix
 # recipes. The store's, plus ones other code's result files use.
 VARYING_RECIPE_COLUMNS = (*STORE_RECIPE_COLUMNS, "arch", "optimizer", "lr_schedule",
@@ -134,8 +134,8 @@ def _coerce_runs(frame: pd.DataFrame) -> pd.DataFrame:
                               "training set use n_label 'all' with the number of images as n)")
     for col in _STR_COLUMNS:
         frame[col] = frame[col].astype(str)
-    frame["source_eps"] = _numbers(frame, "source_eps").astype(float)
-    frame["test_acc"] = _numbers(frame, "test_acc").astype(float)
+    for col in _FLOAT_COLUMNS:
+        frame[col] = _numbers(frame, col).astype(float)
     return frame
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robust_transfer.engine import recipe as recipe_fields
 from robust_transfer.errors import CheckpointError, ConfigError
 from robust_transfer.study import store
 
@@ -22,10 +23,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 # Recipe fields of the evaluations after training, with the values a recipe that leaves
-# them out means (robust_transfer.engine.transfer.Recipe's defaults; a test checks them)
-EVALUATION_DEFAULTS: dict[str, Any] = {"val_images": 0, "robust_norm": "linf",
-                                       "robust_eps": None, "robust_steps": 20,
-                                       "robust_images": 500}
+# them out means (the defaults of robust_transfer.engine.recipe.Recipe's field specs)
+EVALUATION_DEFAULTS: dict[str, Any] = {k: recipe_fields.defaults()[k] for k in (
+    "val_images", "robust_norm", "robust_eps", "robust_steps", "robust_images")}
 SOURCE_INFO_COLUMNS = ("source", "arch", "norm", "eps", "clean_acc", "robust_acc",
                        "robust_eval", "checkpoint")
 
