@@ -1,7 +1,9 @@
 """``analyze``: from the runs and epochs frames to tables, figures and a report.
 
 The one entry point most callers need. It never prints: everything it finds is in the
-returned :class:`AnalysisResult`, and the files it writes are listed there. The report
+returned :class:`AnalysisResult` (built once by :func:`compute`, frozen; the written
+paths come in a copy), and the files it writes are listed there. The report's text,
+tables and figures are the sections' (:mod:`~robust_transfer.analysis.sections`). The report
 directory is built in a temporary folder beside it and moved into place at the end, so
 a failure leaves the previous report (or nothing), never half of a new one.
 """
@@ -78,7 +80,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
         block_baseline: the unfrozen setting others are compared with; default the fewest.
         influence: influence output folders to show (``robust-transfer influence --out``).
         saliency: saliency output folders to show.
-        source_info: the sources' metadata table (:func:`~.frames.source_metadata`).
+        source_info: the sources' metadata table
+            (:func:`~robust_transfer.study.results.source_metadata`).
         notes: sentences on how the input was read, shown in the report.
 
     Returns:

@@ -55,10 +55,10 @@ def _figures(result: AnalysisResult) -> list[Figure]:
             f"why_saliency_{i}", f"Why: input-gradient magnitude of each source's fine-tuned "
             f"model ({folder.path.name}), greyscale, at the model input's own size.",
             partial(saliency_figure, folder, shown, order, exp.baseline_model)))
-    for i, folder in enumerate(exp.influence):
-        grid = folder.path / "influence_grid.png"
+    for i, influence in enumerate(exp.influence):
+        grid = influence.path / "influence_grid.png"
         if grid.is_file():
             figures.append(Figure(f"why_topk_{i}", f"Why: most helpful training images of each "
-                                  f"test image ({folder.path.name}); green captions share the "
-                                  "test image's class, red do not.", png=grid))
+                                  f"test image ({influence.path.name}); green captions share "
+                                  "the test image's class, red do not.", png=grid))
     return figures
