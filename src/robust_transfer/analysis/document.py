@@ -182,8 +182,9 @@ def _md_block(block: Block, figures: FigurePaths, figure_dir: str) -> list[str]:
         title = [f"### {block.title}", ""] if block.title is not None else []
         return [*title, to_markdown(block.frame), ""]
     if isinstance(block, Figure):
-        if block.key in figures:
-            return [f"![{block.key}]({figure_dir}/{block.key}.png)", "", f"*{block.caption}*", ""]
+        if block.key in figures:  # the file's name is the key made safe (io.safe_filename)
+            name = Path(figures[block.key]["png"]).name
+            return [f"![{block.key}]({figure_dir}/{name})", "", f"*{block.caption}*", ""]
         return [f"*{block.caption} (no data to plot)*", ""]
     if isinstance(block, Code):
         return [f"```{block.language}", block.text.rstrip(), "```", ""]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from robust_transfer.analysis import plots
 from robust_transfer.analysis.document import Document, Figure
+from robust_transfer.io import safe_filename
 
 Paths = dict[str, Path]
 MIN_PARALLEL = 4  # fewer figures than this are drawn here: a worker costs ~0.1 s to start
@@ -49,7 +50,7 @@ def save_figures(doc: Document, directory: Path, workers: int | None = None
 
 def _save_one(block: Figure, directory: Path) -> Paths | None:
     if block.png is not None:
-        target = directory / f"{block.key}.png"
+        target = directory / f"{safe_filename(block.key)}.png"
         shutil.copyfile(block.png, target)
         return {"png": target}
     figure = block.draw() if block.draw is not None else None
