@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robust_transfer.analysis.frames import ALL_LABEL, NATURAL_LABEL, n_label, require_columns
+from robust_transfer.analysis.frames import (
+    ALL_LABEL,
+    NATURAL_LABEL,
+    read_n_label,
+    require_columns,
+)
 from robust_transfer.errors import ConfigError
 
 CSV_COLUMNS = ("source", "target", "n", "unfrozen_blocks", "epochs", "seed", "test_acc")
@@ -126,7 +131,7 @@ def _csv_to_runs(frame: pd.DataFrame, stem: str, n_all: dict[str, int],
         frame["source_norm"] = np.where(frame["source_eps"] == 0, "none", "unknown")
     frame["source_norm"] = frame["source_norm"].fillna("none").astype(str).str.lower()
     _linf_units(frame, notes)
-    frame["n_label"] = [n_label(v) for v in frame["n"]]
+    frame["n_label"] = [read_n_label(v) for v in frame["n"]]
     _n_all(frame, n_all, notes)
     if "run_id" not in frame.columns:
         frame["run_id"] = [f"{stem}-{i}" for i in range(len(frame))]

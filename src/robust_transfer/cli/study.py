@@ -61,6 +61,10 @@ def _register_run(sub) -> None:
                    help="allow runs to ask for more CPU cores (or GPUs) than this machine has, "
                    "on purpose (otherwise refused: shared cores make every run slower)")
     p.add_argument("--device", default=None, type=v.device_name, help="torch device for runs (default: the spec's, auto)")
+    p.add_argument("--device-budget", default=None, type=v.byte_size, metavar="SIZE",
+                   help="device memory for each run's data (images, cached prefix outputs), "
+                        "e.g. '8 GiB'; beyond it data is streamed from host memory (default: "
+                        "the spec's device_budget, else half the run's share of the GPU)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the spec's or "
                    "$ROBUST_TRANSFER_DATA or ~/.cache/robust_transfer/data)")
     p.add_argument("--no-feature-cache", action="store_true",
@@ -241,7 +245,8 @@ def _call_run(spec, args, display):
                      extend=args.extend, data_root=args.data_root, device=args.device,
                      feature_cache=False if args.no_feature_cache else None,
                      num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display,
-                     oversubscribe=args.oversubscribe, slurm=_slurm_overrides(spec, args))
+                     oversubscribe=args.oversubscribe, slurm=_slurm_overrides(spec, args),
+                     device_budget=args.device_budget)
 
 
 def _dry_run(spec, args) -> int:

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robust_transfer.engine.names import NORMS  # noqa: F401 (re-exported)
+from robust_transfer.engine.recipe import NORMS
 from robust_transfer.errors import ConfigError
 
 

@@ -1,8 +1,9 @@
 """One training loop for natural, adversarial (PGD, FGSM-RS) and fine-tuning runs.
 
-Data come from :class:`TensorLoader`, which batches in-memory tensors (uint8 images through
-an input policy, or cached float features) without worker processes: on small images
-that is much faster than a ``DataLoader`` over PIL images, and it shards itself under
+Data come from :class:`~robust_transfer.data.loader.TensorLoader` (re-exported here), which
+batches in-memory tensors (uint8 images through an input policy, or cached float features)
+without worker processes, on the run's device when they fit there: on small images that is
+much faster than a ``DataLoader`` over PIL images, and it shards itself under
 ``torch.distributed``.
 """
 
@@ -13,20 +14,23 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robust_transfer.data.loader import TensorLoader
 from robust_transfer.engine.attacks import AttackConfig
-from robust_transfer.engine.names import SCHEDULES  # noqa: F401 (re-exported)
+from robust_transfer.engine.recipe import SCHEDULES
 from robust_transfer.errors import ConfigError, NonFiniteError
 from robust_transfer.io import atomic_write_text
+
+__all__ = ["EpochMetrics", "FitOptions", "MetricsCSV", "OptimConfig", "TensorBoardWriter",
+           "TensorLoader", "combine_callbacks", "evaluate", "fit", "metrics_csv", "resolve_device"]
 
 Callback = Callable[[str, dict], None]
 """``callback(event, info)``: ``"batch"``, ``"eval_batch"`` and ``"epoch"`` events (see :func:`fit`)."""
@@ -89,60 +93,6 @@ class EpochMetrics:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class TensorLoader:
-    """Batches of ``(inputs, labels)`` from tensors held in memory.
-
-    Args:
-        data: uint8 images ``[N, C, H, W]`` or float features ``[N, ...]``.
-        labels: int64 ``[N]``.
-        batch_size: examples per batch.
-        shuffle: reshuffle every epoch (seeded by ``seed`` and the epoch number).
-        transform: maps a batch of ``data`` to model inputs (e.g. ``policy.train_batch``).
-        seed: shuffling seed.
-        rank, world_size: shard for distributed training (each rank sees the same number
-            of batches; default from ``torch.distributed`` when initialised).
-    """
-
-    def __init__(self, data: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
-                 shuffle: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
-        self.data, self.labels = data, labels
-        self.batch_size, self.shuffle, self.transform, self.seed = batch_size, shuffle, transform, seed
-        distributed = dist.is_available() and dist.is_initialized()
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        self.world_size = world_size if world_size is not None else (
-            dist.get_world_size() if distributed else 1)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> torch.Tensor:
-        n = len(self.labels)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            idx = torch.randperm(n, generator=gen)
-        else:
-            idx = torch.arange(n)
-        if self.world_size > 1:  # equal shards: pad by wrapping, like DistributedSampler
-            per = math.ceil(n / self.world_size)
-            idx = torch.cat([idx, idx[: per * self.world_size - n]])[self.rank::self.world_size]
-        return idx
-
-    def __len__(self) -> int:
-        n = math.ceil(len(self.labels) / self.world_size)
-        return math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self._indices()
-        for start in range(0, len(idx), self.batch_size):
-            b = idx[start: start + self.batch_size]
-            x = self.data[b]
-            yield (self.transform(x) if self.transform else x), self.labels[b]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

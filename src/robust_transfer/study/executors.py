@@ -329,6 +329,10 @@ def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
     remote = ray.remote(options.run_fn).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                                              max_retries=RAY_RETRIES, retry_exceptions=False)
     ctx_ref = ray.put(ctx)  # shipped once, not with every task
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if res.num_gpus > gpus:  # Ray would wait forever for such a task
+        raise ConfigError(f"each run asks for num_gpus {res.num_gpus:g} but the Ray cluster has "
+                          f"{gpus:g} GPU(s); use a smaller num_gpus")
     limit = options.workers or _ray_capacity(ray, res)
     queue = list(reversed(tasks))
     running: dict[Any, tuple[RunTask, float]] = {}  # Ray object ref -> (task, start time)
