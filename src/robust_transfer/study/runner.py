@@ -123,9 +123,9 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str |
     executor = executor or spec.executor
     if executor == "local" or (executor == "ray" and ray_address is None):  # runs on this machine
         require_device(spec.device)
+        check_gpu_shares(spec.resources.num_gpus, workers, spec.device)
         check_resources(spec.resources.num_cpus, spec.resources.num_gpus if executor == "ray"
                         else 0.0, workers, oversubscribe=oversubscribe)
-        check_gpu_shares(spec.resources.num_gpus, workers, spec.device)
     resolved = resolve_study(spec, data_root)
     resolved.require_complete()
     out = Path(out_dir)
