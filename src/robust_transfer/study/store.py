@@ -617,6 +617,8 @@ def _typed_runs(runs):
     for col in of[str]:
         runs[col] = runs[col].astype(str)
     runs["cached_prefix"] = runs["cached_prefix"].astype(bool)
+    # stored as JSON (true, false, "auto"); exported as the value, never as '"auto"'
+    runs["augment"] = runs["augment"].map(lambda s: json.loads(s) if isinstance(s, str) else s)
     return runs
 
 
