@@ -443,13 +443,19 @@ def _copy_grids(result: AnalysisResult, directory: Path) -> None:
     if result.explanations is None:
         return
     for i, folder in enumerate(result.explanations.influence):
-        grid = folder.path / "influence_grid.png"
+        # ``influence --through blocks``: the head folder holds both scopes side by side
+        both = folder.path / "influence_grid_scopes.png"
+        if folder.scope != "head" and (folder.path.parent / both.name).is_file():
+            continue
+        grid = both if both.is_file() else folder.path / "influence_grid.png"
         if grid.is_file():
             key = f"why_topk_{i}"
             shutil.copyfile(grid, directory / f"{key}.png")
             result.figures[key] = {"png": directory / f"{key}.png"}
+            scopes = (", last layer (head) and through the fine-tuned blocks side by side"
+                      if grid is both else "" if folder.scope == "head" else f", scope {folder.scope}")
             result.captions[key] = (f"Why: most helpful training images of each test image "
-                                    f"({folder.path.name}); green captions share the test "
+                                    f"({folder.path.name}{scopes}); green captions share the test "
                                     "image's class, red do not.")
 
 

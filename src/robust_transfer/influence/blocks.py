@@ -90,6 +90,11 @@ class BlocksConfig:
         """The method as the summaries name it."""
         return f"kronfluence-{self.strategy}"
 
+    @property
+    def precision(self) -> str:
+        """kronfluence's default: factors and gradients in float32, eigenvectors in float64."""
+        return "float32"
+
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "solver": self.solver}
 
