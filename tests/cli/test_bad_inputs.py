@@ -22,6 +22,7 @@ from robust_transfer.models import create_model, save_model
 
 # --- the table -----------------------------------------------------------------------
 # {tmp}: the case's empty tmp_path; {fx}: the shared fixture folder; {ckpt}: a checkpoint;
+# {ckpt_head}: a checkpoint fine-tuned head-only (as `finetune --out` records it);
 # {study}: a finished study; {spec}: a valid spec; {file}: an existing regular file.
 PRETRAIN = "pretrain --dataset digits --epochs 1 --out {tmp}/m"
 FINETUNE = "finetune {ckpt} --target digits --epochs 1"
@@ -188,6 +189,9 @@ CASES: list[tuple[str, str]] = [
     ("influence-no-source", "influence --dataset digits --out {tmp}/inf"),
     ("influence-run-without-study", "influence --run abc --out {tmp}/inf"),
     ("influence-run-unknown", "influence --study {study} --run zzzz --out {tmp}/inf"),
+    ("influence-through-blocks-head-only", "influence -c {ckpt_head} --through blocks --out {tmp}/inf"),
+    ("influence-through-bogus", f"{INFLUENCE} --through everything"),
+    ("influence-blocks-damping", f"{INFLUENCE} --through blocks --blocks-damping 0"),
     ("influence-duplicate-names", "influence -c a={ckpt} -c a={ckpt} --dataset digits --out {tmp}/inf"),
     # saliency
     *_flag_cases(SALIENCY, "--sigma", ["nan", "-1", "inf"]),
@@ -260,6 +264,9 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(1)
     robust = save_model(create_model("small_resnet", 10, input_size=16), folder / "robust",
                         {"training": "pgd", "eps": 0.5, "norm": "l2", "source_dataset": "digits"})
+    head_only = save_model(model, folder / "head_only", {
+        "training": "finetune", "target": "digits", "seed": 0, "n": 30, "n_requested": "30",
+        "unfrozen_blocks": "0"})
     fmt = {"natural": ckpt, "robust": robust}
     good = textwrap.dedent(SPEC_HEAD.format(**fmt, eps=""))
     (folder / "spec.yaml").write_text(good)
@@ -284,7 +291,7 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     (folder / "lacking.csv").write_text(CSV_HEAD.replace(",seed", "") + "natural,0,digits,10,0,2,0.5\n")
     (folder / "percent.csv").write_text(CSV_HEAD + _csv_rows("{acc}").replace(",0.", ",9"))
     return {"fx": folder, "ckpt": ckpt, "study": folder / "study", "spec": folder / "spec.yaml",
-            "file": folder / "file"}
+            "file": folder / "file", "ckpt_head": head_only}
 
 
 def _instant_run(task, ctx):
