@@ -193,6 +193,13 @@ CASES: list[tuple[str, str]] = [
     ("influence-through-bogus", f"{INFLUENCE} --through everything"),
     ("influence-blocks-damping", f"{INFLUENCE} --through blocks --blocks-damping 0"),
     ("influence-duplicate-names", "influence -c a={ckpt} -c a={ckpt} --dataset digits --out {tmp}/inf"),
+    # lds
+    *_flag_cases("lds --study {study} --run x --out {tmp}/lds", "--fraction",
+                 ["0", "1", "1.5", "-0.5", "nan", "x"]),
+    ("lds-subsets-0", "lds --study {study} --run x --subsets 0 --out {tmp}/lds"),
+    ("lds-method", "lds --study {study} --run x --method magic --out {tmp}/lds"),
+    ("lds-run-unknown", "lds --study {study} --run zzzz --out {tmp}/lds"),
+    ("lds-out-exists", "lds --study {study} --run x --out {fx}"),
     # saliency
     *_flag_cases(SALIENCY, "--sigma", ["nan", "-1", "inf"]),
     *_flag_cases(SALIENCY, "--smoothgrad", ["-1"]),
