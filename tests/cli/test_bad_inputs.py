@@ -14,6 +14,7 @@ import shlex
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -201,6 +202,15 @@ CASES: list[tuple[str, str]] = [
     ("lds-run-unknown", "lds --study {study} --run zzzz --out {tmp}/lds"),
     ("lds-out-exists", "lds --study {study} --run x --out {fx}"),
     # saliency
+    ("saliency-method", f"{SALIENCY} --method magic"),
+    ("saliency-baseline-shape", f"{SALIENCY} --method integrated-gradients --baseline {{fx}}/baseline.npy"),
+    ("saliency-baseline-grey", f"{SALIENCY} --method integrated-gradients --baseline 2"),
+    ("saliency-baseline-nan", f"{SALIENCY} --method integrated-gradients --baseline nan"),
+    ("saliency-baseline-missing", f"{SALIENCY} --method integrated-gradients --baseline {{tmp}}/b.npy"),
+    ("saliency-baseline-not-npy", f"{SALIENCY} --method integrated-gradients --baseline {{file}}"),
+    ("saliency-baseline-unused", f"{SALIENCY} --method saliency --baseline 0.5"),
+    ("saliency-smoothgrad-with-ig", f"{SALIENCY} --method integrated-gradients --smoothgrad 4"),
+    *_flag_cases(SALIENCY, "--steps", ["0", "-1", "x"]),
     *_flag_cases(SALIENCY, "--sigma", ["nan", "-1", "inf"]),
     *_flag_cases(SALIENCY, "--smoothgrad", ["-1"]),
     *_flag_cases(SALIENCY, "--count", ["0", "-1"]),
@@ -289,6 +299,7 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     (folder / "garbage").mkdir()
     (folder / "garbage" / "study.db").write_bytes(b"not a database, just bytes" * 200)
     (folder / "file").write_text("an ordinary file\n")
+    np.save(folder / "baseline.npy", np.zeros((3, 5, 5)))  # not the 16 px model input's shape
     (folder / "ok.csv").write_text(CSV_HEAD + _csv_rows())
     (folder / "dup.csv").write_text(CSV_HEAD.replace("\n", ",test_acc\n")
                                     + _csv_rows().replace("\n", ",0.1\n"))

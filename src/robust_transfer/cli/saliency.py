@@ -16,7 +16,7 @@ from robust_transfer.cli.common import command_help
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
 from robust_transfer.data import balanced_subset, load_dataset
 from robust_transfer.errors import ConfigError
-from robust_transfer.saliency import explain_saliency
+from robust_transfer.saliency import METHODS, SaliencyConfig, explain_saliency
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,14 +33,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="number of images, class-balanced and seeded (default: 8)")
     p.add_argument("--indices", default=None, metavar="I,J,...",
                    help="explicit image indices in the split (overrides --count)")
+    p.add_argument("--method", choices=METHODS.names(), default=None,
+                   help="captum's attribution of each image's loss: saliency (the input gradient, "
+                   "Fig. 4; default), smoothgrad (NoiseTunnel around Saliency) or "
+                   "integrated-gradients (from --baseline)")
     p.add_argument("--smoothgrad", type=v.nonneg_int, default=0, metavar="SAMPLES",
-                   help="SmoothGrad noisy copies per image; 0: plain gradient (default: 0)")
+                   help="SmoothGrad noisy copies per image (implies --method smoothgrad; default "
+                   f"with --method smoothgrad: {SaliencyConfig.samples}); 0: plain gradient")
     p.add_argument("--sigma", type=v.nonneg_float, default=0.1,
                    help="SmoothGrad noise std in pixel units [0, 1] (default: 0.1)")
+    p.add_argument("--steps", type=v.positive_int, default=SaliencyConfig.steps,
+                   help=f"integrated-gradients: points along the path (default: {SaliencyConfig.steps})")
+    p.add_argument("--baseline", default=None, metavar="GREY|FILE.npy",
+                   help="integrated-gradients: a grey level in [0, 1] or a .npy image of the model "
+                   "input's shape [C, H, W] (default: 0, black)")
     p.set_defaults(func=_saliency)
 
 
 def _saliency(args: argparse.Namespace) -> int:
+    config = _config(args)
     inputs = explain_inputs(args)
     data = load_dataset(inputs.dataset, args.split, root=args.data_root)
     if args.indices:
@@ -48,12 +59,35 @@ def _saliency(args: argparse.Namespace) -> int:
     else:
         indices = balanced_subset(data.labels.numpy(), args.count, inputs.seed,
                                   f"{inputs.dataset}:{args.split}")
-    summary = explain_saliency(inputs.models, data, indices, args.out, samples=args.smoothgrad,
-                               sigma=args.sigma, seed=inputs.seed, overwrite=args.overwrite,
-                               extra=inputs.provenance)
+    summary = explain_saliency(inputs.models, data, indices, args.out, seed=inputs.seed,
+                               overwrite=args.overwrite, extra=inputs.provenance, config=config)
     print(f"saliency of {summary['n_images']} {args.split} images under "
-          f"{', '.join(summary['models'])}: wrote {args.out}/saliency.png, gradients.npz, summary.json")
+          f"{', '.join(summary['models'])} ({summary['method']}): wrote {args.out}/saliency.png, "
+          "gradients.npz, summary.json")
     return 0
+
+
+def _config(args: argparse.Namespace) -> SaliencyConfig:
+    method = args.method or ("smoothgrad" if args.smoothgrad else "saliency")
+    if args.smoothgrad and method != "smoothgrad":
+        raise ConfigError(f"--smoothgrad applies to --method smoothgrad, not {method}")
+    return SaliencyConfig(method, samples=args.smoothgrad or SaliencyConfig.samples,
+                          sigma=args.sigma, steps=args.steps, baseline=_baseline(args.baseline))
+
+
+def _baseline(text: str | None) -> float | np.ndarray | None:
+    """``--baseline``: a grey level, or a .npy file (its shape is checked against the model)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return np.load(text, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--baseline must be a grey level in [0, 1] or a .npy image file; "
+                          f"cannot read '{text}' ({err})") from None
 
 
 def _parse_indices(text: str, size: int) -> np.ndarray:
