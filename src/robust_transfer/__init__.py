@@ -43,7 +43,7 @@ _LAZY = {
     "save_model": "robust_transfer.models.checkpoints",
     "load_dataset": "robust_transfer.data",
     "finetune": "robust_transfer.engine.transfer",
-    "Recipe": "robust_transfer.engine.transfer",
+    "Recipe": "robust_transfer.engine.recipe",
     "pgd": "robust_transfer.engine.attacks",
     "load_spec": "robust_transfer.study",
     "run_study": "robust_transfer.study",
@@ -52,7 +52,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from robust_transfer.data import load_dataset
     from robust_transfer.engine.attacks import pgd
-    from robust_transfer.engine.transfer import Recipe, finetune
+    from robust_transfer.engine.recipe import Recipe
+    from robust_transfer.engine.transfer import finetune
     from robust_transfer.models.checkpoints import save_model
     from robust_transfer.models.factory import create_model, list_models
     from robust_transfer.models.finetune import ALL

@@ -106,7 +106,7 @@ class CountingStore:
         self.rows, self.keys, self.computed = {}, [], 0
 
     def get_or_compute(self, key, indices, compute):
-        k = tuple(sorted(key.items()))
+        k = key  # a PrefixKey: frozen, so hashable
         self.keys.append(key)
         missing = [i for i in indices.tolist() if (k, i) not in self.rows]
         if missing:
@@ -121,8 +121,8 @@ def test_feature_store_is_shared_between_runs(digits_model, digits_train, digits
     first = run(digits_model, digits_train, digits_test, n=100, epochs=1, feature_store=store,
                 source_id="src-1")
     assert store.computed == 100 + len(digits_test)
-    assert {k["split"] for k in store.keys} == {"train", "test"}
-    assert all(k["source"] == "src-1" and k["dataset"] == "digits" and k["pooled"] for k in store.keys)
+    assert {k.split for k in store.keys} == {"train", "test"}
+    assert all(k.source == "src-1" and k.dataset == "digits" and k.pooled for k in store.keys)
     second = run(digits_model, digits_train, digits_test, n=200, epochs=1, feature_store=store,
                  source_id="src-1")
     assert store.computed == 200 + len(digits_test)  # nested subsets: only 100 new images

@@ -10,8 +10,8 @@ from robust_transfer.engine.transfer import prefix_bytes_per_image
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import create_model
 from robust_transfer.study import load_spec, run_study
+from robust_transfer.study.cache_budget import check_cache_budget, planned_cache_bytes
 from robust_transfer.study.resolve import resolve_study
-from robust_transfer.study.worker import check_cache_budget, planned_cache_bytes
 
 AXES = """\
     train_images: [30]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from robust_transfer.engine import recipe as recipe_fields
 from robust_transfer.errors import ConfigError, RobustTransferError, UnknownNameError
 from robust_transfer.study import store
 from robust_transfer.study.store import RECIPE_COLUMNS as STORE_RECIPE_COLUMNS
@@ -346,9 +347,9 @@ def load_study(study_dir: str | Path) -> StudyResults:
 
 
 # Recipe fields of the evaluations after training, with the values a recipe that leaves
-# them out means (robust_transfer.engine.transfer.Recipe's defaults; a test checks them)
-EVALUATION_DEFAULTS = {"val_images": 0, "robust_norm": "linf", "robust_eps": None,
-                       "robust_steps": 20, "robust_images": 500}
+# them out means (the defaults of robust_transfer.engine.recipe.Recipe's field specs)
+EVALUATION_DEFAULTS = {k: recipe_fields.defaults()[k] for k in
+                       ("val_images", "robust_norm", "robust_eps", "robust_steps", "robust_images")}
 
 
 def _with_evaluation_recipe(conn, runs: pd.DataFrame) -> pd.DataFrame:

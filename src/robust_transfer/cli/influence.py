@@ -32,11 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "checkpoints' last layer (Koh & Liang; the paper's Figs. 5 and 6). Writes "
         "summary.json, class_match.png, influence_grid.png and <name>/influence.npz.")
     add_inputs(p, with_n=True)
+    fields = {f.name: f for f in config_fields()}  # help text lives on InfluenceConfig
     p.add_argument("--test-n", type=n_images, default=_DEFAULT_TEST_N, metavar="N|all",
                    help=f"test images, a class-balanced subset (default: {_DEFAULT_TEST_N}, "
                    f"or all when the test split is smaller)")
     p.add_argument("--damping", type=v.nonneg_float, default=d.damping,
-                   help=f"lambda added to the Hessian's diagonal (default: {d.damping:g})")
+                   help=f"{fields['damping'].help} (default: {d.damping:g})")
     p.add_argument("--solver", choices=SOLVERS.names(), default=d.solver,
                    help="; ".join(f"{n}: {SOLVERS.get(n).description}" for n in SOLVERS.names()))
     p.add_argument("--rcond", type=v.finite_float, default=d.rcond,
@@ -48,10 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=v.positive_int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
                    help="test images and influential images per test image in the grid figure")
     p.add_argument("--batch-size", type=v.positive_int, default=256, help="images per forward pass")
-    p.add_argument("--cg-tol", type=v.positive_float, default=d.cg_tol, help="cg only: relative residual")
-    p.add_argument("--cg-max-iter", type=v.positive_int, default=d.cg_max_iter, help="cg only: iterations at most")
-    p.add_argument("--cg-batch", type=v.positive_int, default=d.cg_batch, help="cg only: right-hand sides at once")
-    fields = {f.name: f for f in config_fields()}  # help text lives on InfluenceConfig
+    p.add_argument("--cg-tol", type=v.positive_float, default=d.cg_tol, help=fields["cg_tol"].help)
+    p.add_argument("--cg-max-iter", type=v.positive_int, default=d.cg_max_iter,
+                   help=fields["cg_max_iter"].help)
+    p.add_argument("--cg-batch", type=v.positive_int, default=d.cg_batch,
+                   help=fields["cg_batch"].help)
     p.add_argument("--form", choices=FORMS, default=d.form, help=fields["form"].help)
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help=fields["precision"].help)

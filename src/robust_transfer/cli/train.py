@@ -23,8 +23,10 @@ from robust_transfer.cli.common import (
 )
 from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
 from robust_transfer.data.streaming import is_streaming
+from robust_transfer.engine import recipe as recipe_fields
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.pretrain import PretrainConfig, pretrain
+from robust_transfer.engine.recipe import Recipe
 from robust_transfer.engine.training import (
     SCHEDULES,
     MetricsCSV,
@@ -34,7 +36,7 @@ from robust_transfer.engine.training import (
     combine_callbacks,
     evaluate,
 )
-from robust_transfer.engine.transfer import Recipe, finetune
+from robust_transfer.engine.transfer import finetune
 from robust_transfer.errors import ConfigError
 from robust_transfer.models.arch import ARCHS
 from robust_transfer.models.checkpoints import checkpoint_paths, refuse_existing, save_model
@@ -170,13 +172,7 @@ def _register_finetune(sub) -> None:
     p.add_argument("--unfrozen-blocks", type=unfrozen_blocks, default=0,
                    help="blocks trained besides the head: 0 (head only), k, or 'all'")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
-    _add_optim(p)
-    p.add_argument("--augment", choices=["auto", "on", "off"], default="auto",
-                   help="train augmentation: auto = colour targets only, as the paper")
-    p.add_argument("--resolution", type=v.resolution, default=None,
-                   help="input size (default: the source model's)")
-    p.add_argument("--head-init", choices=["normal", "paper", "torch"], default="normal",
-                   help="head init: normal N(0,0.01^2), paper N(0,1), torch default")
+    _add_recipe(p)
     p.add_argument("--seed", type=v.seed, default=0, help="subset, head init and batch order seed")
     add_device(p)
     p.add_argument("--out", default=None, type=v.out_stem, help="save the fine-tuned model as "
@@ -187,14 +183,42 @@ def _register_finetune(sub) -> None:
     p.set_defaults(func=_finetune)
 
 
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """One option per :class:`Recipe` field, typed, bounded and documented by its field spec."""
+    g = p.add_argument_group("recipe")
+    for name, spec in recipe_fields.specs().items():
+        default = recipe_fields.defaults()[name]
+        choices = ["on", "off", "auto"] if spec.kind is object else [str(c) for c in spec.choices]
+        said = "(default" in spec.help or default is None
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=_recipe_value(name),
+                       default=default,
+                       metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
+                       help=spec.help + ("" if said else f" (default {str(default).lower()})"))
+
+
+def _recipe_value(name: str):
+    """argparse ``type=`` for recipe field ``name``: coerced and checked by its spec."""
+    words = {"on": True, "true": True, "off": False, "false": False}
+
+    def parse(text: str):
+        spec = recipe_fields.specs()[name]
+        value: object = words.get(text.lower(), text) if spec.kind is object else text
+        try:
+            value = recipe_fields.coerce(name, value)
+            spec.check(name, value)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err).removeprefix(f"recipe {name}: ")) from None
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
 def _finetune(args: argparse.Namespace) -> int:
     unfrozen = args.unfrozen_blocks
     if args.out:
         refuse_existing(args.out, args.overwrite)
-    augment: bool | str = "auto" if args.augment == "auto" else args.augment == "on"
-    recipe = Recipe(args.lr, args.momentum, args.weight_decay, args.schedule, args.batch_size,
-                    augment, args.resolution,
-                    args.head_init)
+    recipe = Recipe(**{name: getattr(args, name) for name in recipe_fields.specs()})
     model = load_source(args.source)
     record = model.source_record
     train = load_dataset(args.target, "train", args.data_root, args.download)

@@ -35,7 +35,7 @@ Processes share the cache through the per-key lock, so an image's outputs are co
 once even when many workers want them at the same time. ``max_bytes`` caps the size of
 the whole cache folder (bytes on disk: rows never computed are holes in a sparse
 file): a write that would exceed it raises :class:`CacheBudgetError`
-with advice instead (:func:`robust_transfer.study.worker.check_cache_budget` checks a
+with advice instead (:func:`robust_transfer.study.cache_budget.check_cache_budget` checks a
 whole study before any run starts).
 """
 
@@ -48,6 +48,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,6 @@ from filelock import FileLock
 from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write, atomic_write_text
 
-KEY_FIELDS = ("source", "dataset", "split", "resolution", "depth", "pooled")
 CHUNK_BYTES = 256 * 2**20  # computed rows written at a time
 DTYPES = ("float32", "float16")
 CACHE_ADVICE = ("store prefix outputs as float16 (recipe feature_dtype: float16, half the "
@@ -71,6 +71,70 @@ class FeatureCacheWarning(UserWarning):
 
 class CacheBudgetError(ConfigError):
     """The feature cache would not fit its byte budget (or the disk)."""
+
+
+@dataclass(frozen=True)
+class PrefixKey:
+    """What a split's frozen-prefix outputs depend on: the one feature-cache key type.
+
+    The engine computes outputs under it, :class:`DiskFeatureStore` files them under
+    :meth:`digest`, and the study's budget check and cost model plan bytes per key.
+
+    Attributes:
+        source: the source checkpoint's sha256 (or another id of its weights).
+        dataset: the target dataset.
+        split: ``"train"`` or ``"test"``.
+        resolution: input size in pixels.
+        depth: frozen stages (stem + frozen blocks) whose output is held.
+        pooled: the output is the pooled feature vector (0 unfrozen blocks).
+        dtype: how rows are stored (one of :data:`DTYPES`).
+    """
+
+    source: str
+    dataset: str
+    split: str
+    resolution: int
+    depth: int
+    pooled: bool
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"feature cache dtype must be one of {', '.join(DTYPES)}, "
+                              f"got {self.dtype!r}")
+
+    @classmethod
+    def from_dict(cls, key: dict) -> PrefixKey:
+        """A key from its JSON form (``key.json``); ``dtype`` may be absent (float32).
+
+        Raises:
+            ConfigError: a field is missing or unknown, or the dtype is not one of :data:`DTYPES`.
+        """
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names[:-1] if n not in key]
+        if missing:
+            raise ConfigError(f"feature cache key lacks {', '.join(missing)}")
+        unknown = sorted(set(key) - set(names))
+        if unknown:
+            raise ConfigError(f"feature cache key has unknown field(s) {', '.join(unknown)}")
+        return cls(**key)
+
+    def to_dict(self) -> dict:
+        """The JSON form hashed for the folder name. float32 keys leave ``dtype`` out, as
+        they did before half precision existed, so caches written then are still found."""
+        d = asdict(self)
+        if d["dtype"] == "float32":
+            del d["dtype"]
+        return d
+
+    def digest(self) -> str:
+        """The folder name: :func:`key_digest` of :meth:`to_dict`."""
+        return key_digest(self.to_dict())
+
+    def describe(self) -> str:
+        """``"digits test split of source 1a2b3c4d at depth 4 in float32"``."""
+        return (f"{self.dataset} {self.split} split of source {self.source[:8]} at depth "
+                f"{self.depth} in {self.dtype}")
 
 
 def key_digest(key: dict) -> str:
@@ -129,13 +193,13 @@ class DiskFeatureStore:
         self.computed = 0  # images computed by this instance (for tests and benchmarks)
         self.rejected = 0  # rows that failed verification and were recomputed
 
-    def get_or_compute(self, key: dict, indices: np.ndarray,
+    def get_or_compute(self, key: PrefixKey | dict, indices: np.ndarray,
                        compute: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
         """Outputs for ``indices`` of the split ``key`` names, computing only missing rows.
 
         Args:
-            key: must hold the fields in :data:`KEY_FIELDS`; ``dtype`` (one of
-                :data:`DTYPES`, default ``float32``) is how rows are stored.
+            key: a :class:`PrefixKey` (or its dict form, :meth:`PrefixKey.from_dict`);
+                its ``dtype`` is how rows are stored.
             indices: int image indices into the split.
             compute: ``compute(missing_indices) -> float Tensor [len(missing), ...]``.
 
@@ -146,7 +210,9 @@ class DiskFeatureStore:
             ConfigError: an incomplete key or unknown dtype.
             CacheBudgetError: writing the new rows would exceed ``max_bytes``.
         """
-        dtype = _key_dtype(key)
+        if isinstance(key, dict):
+            key = PrefixKey.from_dict(key)
+        dtype = key.dtype
         indices = np.asarray(indices, dtype=np.int64)
         folder = self._folder(key)
         with _locked(folder / "lock"):
@@ -166,16 +232,13 @@ class DiskFeatureStore:
                                       lambda nbytes: self._check_budget(folder, nbytes))
             return entry.rows(indices)
 
-    def _folder(self, key: dict) -> Path:
-        missing_fields = [f for f in KEY_FIELDS if f not in key]
-        if missing_fields:
-            raise ConfigError(f"feature cache key lacks {', '.join(missing_fields)}")
-        digest = key_digest(key)
+    def _folder(self, key: PrefixKey) -> Path:
+        digest = key.digest()
         folder = self.root / digest[:2] / digest
         folder.mkdir(parents=True, exist_ok=True)
         key_file = folder / "key.json"
         if not key_file.exists():
-            atomic_write_text(key_file, json.dumps(key, sort_keys=True))
+            atomic_write_text(key_file, json.dumps(key.to_dict(), sort_keys=True))
         return folder
 
     memory_mapped = True  # whole splits come back as views of the file (see cache_plan)
@@ -194,13 +257,6 @@ def disk_bytes(path: Path) -> int:
     """Bytes ``path`` occupies on disk (data files are sparse: unwritten rows are holes)."""
     st = path.stat()
     return min(st.st_size, getattr(st, "st_blocks", st.st_size // 512 + 1) * 512)
-
-
-def _key_dtype(key: dict) -> str:
-    dtype = key.get("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ConfigError(f"feature cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    return dtype
 
 
 @contextmanager

@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -69,11 +69,11 @@ import torch.nn as nn
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
 from robust_transfer.data.subsets import split_validation
 from robust_transfer.data.torchdata import as_image_arrays_pair
-from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.features import PrefixKey
+from robust_transfer.engine.recipe import FEATURE_DTYPES, Recipe  # noqa: F401 (re-exported)
 from robust_transfer.engine.training import (
     EpochMetrics,
     FitOptions,
-    OptimConfig,
     TensorLoader,
     evaluate,
     fit,
@@ -86,7 +86,6 @@ from robust_transfer.models.modes import eval_mode
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3
-FEATURE_DTYPES = ("float32", "float16")
 FLOAT16_MAX = 65504.0
 
 
@@ -94,110 +93,22 @@ class HalfPrecisionError(ConfigError):
     """A prefix output is outside what float16 storage holds within its stated bound."""
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """The fine-tuning recipe (defaults: the paper's, via the robustness library).
-
-    Attributes:
-        lr, momentum, weight_decay, schedule: see :class:`OptimConfig`.
-        batch_size: examples per step (128).
-        augment: ``"auto"`` (augment colour targets, not MNIST-likes, as the paper),
-            ``True`` or ``False``.
-        resolution: input size; default the source model's (the paper resized to 224).
-        head_init: ``"normal"`` (N(0, 0.01^2)), ``"paper"`` (N(0, 1)) or ``"torch"``.
-        eval_every: test every this many epochs (and at the last).
-        feature_dtype: how cached prefix outputs are held: ``"float32"`` (exact) or
-            ``"float16"`` (half the bytes, bound in the module docstring).
-        val_images: hold out this many class-balanced images of the training pool as a
-            validation set (same for every source and seed, disjoint from every run's
-            training images, which are then drawn from the rest); evaluated with the test
-            set, so epochs and learning rates can be chosen without looking at test. 0: none.
-        robust_eps: after training, measure robust accuracy of the fine-tuned model under
-            PGD at this radius (pixels in [0, 1]) on ``robust_images`` class-balanced test
-            images; ``None``: not measured.
-        robust_norm, robust_steps: the attack (step size 2.5 * eps / steps, no random
-            start, the robustness library's evaluation convention).
-        robust_images: test images attacked (a fixed class-balanced subset).
-
-    The last six fields are left out of :meth:`to_dict` at their defaults, so adding them
-    changed no existing run id.
-    """
-
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    batch_size: int = 128
-    augment: bool | str = "auto"
-    resolution: int | None = None
-    head_init: str = "normal"
-    eval_every: int = 1
-    feature_dtype: str = "float32"
-    val_images: int = 0
-    robust_eps: float | None = None
-    robust_norm: str = "linf"
-    robust_steps: int = 20
-    robust_images: int = 500
-
-    def __post_init__(self) -> None:
-        self.optim()  # validates lr, momentum, schedule
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
-        if self.augment not in (True, False, "auto"):
-            raise ConfigError(f"augment must be true, false or 'auto', got {self.augment!r}")
-        if self.resolution is not None and not 8 <= self.resolution <= 4096:
-            raise ConfigError(f"resolution must be 8..4096 pixels, got {self.resolution}")
-        if self.eval_every < 1:
-            raise ConfigError(f"eval_every must be a positive number of epochs, got {self.eval_every}")
-        if self.feature_dtype not in FEATURE_DTYPES:
-            raise ConfigError(f"feature_dtype must be one of {', '.join(FEATURE_DTYPES)}, "
-                              f"got {self.feature_dtype!r}")
-        if self.val_images < 0:
-            raise ConfigError(f"val_images must be 0 (no validation set) or positive, got {self.val_images}")
-        if self.robust_eps is not None:
-            if not self.robust_eps > 0 or self.robust_eps == float("inf"):
-                raise ConfigError(f"robust_eps must be a positive finite radius, got {self.robust_eps} "
-                                  "(leave it out to skip robust evaluation)")
-            self.robust_attack()  # validates norm and steps
-            if self.robust_images < 1:
-                raise ConfigError(f"robust_images must be positive, got {self.robust_images}")
-
-    def robust_attack(self) -> AttackConfig:
-        """The PGD evaluation attack (``robust_eps`` must be set)."""
-        return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
-
-
-    def optim(self) -> OptimConfig:
-        return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for name, default in _OPTIONAL_DEFAULTS.items():
-            if d[name] == default:
-                del d[name]  # run ids hash this dict: fields added later must not change them
-        return d
-
-
-_OPTIONAL_DEFAULTS = {"feature_dtype": "float32", "val_images": 0, "robust_eps": None,
-                      "robust_norm": "linf", "robust_steps": 20, "robust_images": 500}
-
-
 class FeatureStore(Protocol):
     """Shares frozen-prefix outputs between runs.
 
     ``get_or_compute(key, indices, compute)`` returns the prefix outputs of the images
-    ``indices`` of the split described by ``key`` (a dict: source id, dataset, split,
-    resolution, depth, pooled), calling ``compute(missing_indices) -> Tensor`` for any it
-    does not hold yet.
+    ``indices`` of the split described by ``key`` (a
+    :class:`~robust_transfer.engine.features.PrefixKey`), calling
+    ``compute(missing_indices) -> Tensor`` for any it does not hold yet.
     """
 
-    def get_or_compute(self, key: dict, indices: np.ndarray, compute) -> torch.Tensor: ...
+    def get_or_compute(self, key: PrefixKey, indices: np.ndarray, compute) -> torch.Tensor: ...
 
 
 class MemoryFeatureStore:
     """No sharing: computes what is asked each time."""
 
-    def get_or_compute(self, key: dict, indices: np.ndarray, compute) -> torch.Tensor:
+    def get_or_compute(self, key: PrefixKey, indices: np.ndarray, compute) -> torch.Tensor:
         return compute(np.asarray(indices))
 
 
@@ -394,9 +305,8 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
                       n_train=len(indices), n_test=len(test) + len(val_indices),
                       test_on_disk=getattr(feature_store, "memory_mapped", False))
     prefix = _PrefixCache(model, policy, dev, feature_store or MemoryFeatureStore(), plan,
-                          recipe.feature_dtype,
-                          {"source": source_id or _weights_id(source), "dataset": train.info.name,
-                           "resolution": policy.size})
+                          PrefixKey(source_id or _weights_id(source), train.info.name, "train",
+                                    policy.size, plan.depth, plan.pooled, recipe.feature_dtype))
     trainer, train_loader = model, TensorLoader(
         train.images[torch.as_tensor(indices)], train.labels[torch.as_tensor(indices)],
         recipe.batch_size, shuffle=True, transform=policy.train_batch, seed=seed)
@@ -460,12 +370,9 @@ class _PrefixCache:
     """Prefix outputs of one run's splits, through a feature store, in the recipe's dtype."""
 
     def __init__(self, model: TransferModel, policy: InputPolicy, device: torch.device,
-                 store: FeatureStore, plan: CachePlan, dtype: str, key: dict) -> None:
+                 store: FeatureStore, plan: CachePlan, key: PrefixKey) -> None:
         self.model, self.policy, self.device, self.store, self.plan = model, policy, device, store, plan
-        self.dtype = dtype
-        self.key = {**key, "depth": plan.depth, "pooled": plan.pooled}
-        if dtype != "float32":  # float32 keys stay as before, so existing caches are reused
-            self.key["dtype"] = dtype
+        self.key, self.dtype = key, key.dtype
         self.suffix = _Suffix(model, plan.depth, plan.pooled)
 
     def outputs(self, split: ImageArrays, name: str, idx: np.ndarray) -> torch.Tensor:
@@ -474,7 +381,7 @@ class _PrefixCache:
                                self.plan.depth, self.plan.pooled, self.device)
             return to_storage(h, self.dtype, f"{split.info.name} {name} images")
 
-        return self.store.get_or_compute({**self.key, "split": name}, idx, compute)
+        return self.store.get_or_compute(replace(self.key, split=name), idx, compute)
 
 
 def to_storage(h: torch.Tensor, dtype: str, what: str = "prefix outputs") -> torch.Tensor:

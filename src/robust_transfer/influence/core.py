@@ -216,7 +216,7 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
     if cfg.damping == 0 and cfg.solver != "pinv":
         check_nonsingular(problem.x_train, weight.shape[0])
     t_grads = time.perf_counter() - t0
-    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, cfg.to_dict())
+    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, cfg)
     timings = {"gradients_s": t_grads, **out.timings, "total_s": time.perf_counter() - t0}
     return InfluenceResult(
         scores=out.scores.numpy(), train_scores=_np(out.train_scores),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -106,12 +107,42 @@ class SolverOutput:
     timings: dict = field(default_factory=dict)
 
 
+class SolverOptions(Protocol):
+    """The solver settings a run reads (an
+    :class:`~robust_transfer.influence.core.InfluenceConfig` is one; its fields' metadata
+    holds their defaults and help, stated once there)."""
+
+    @property
+    def precision(self) -> str: ...
+
+    @property
+    def form(self) -> str: ...
+
+    @property
+    def rcond(self) -> float: ...
+
+    @property
+    def refine_tol(self) -> float: ...
+
+    @property
+    def refine_max_iter(self) -> int: ...
+
+    @property
+    def cg_tol(self) -> float: ...
+
+    @property
+    def cg_max_iter(self) -> int: ...
+
+    @property
+    def cg_batch(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class SolverSpec:
     """A registered solver: ``run(problem, damping, options) -> SolverOutput``."""
 
     name: str
-    run: Callable[[GradientProblem, float, dict], SolverOutput]
+    run: Callable[[GradientProblem, float, SolverOptions], SolverOutput]
     description: str
 
 
@@ -276,11 +307,11 @@ def _cholesky_whiten(hess: Tensor, damping: float, grads: list[Tensor]) -> None:
         torch.linalg.solve_triangular(hess.mT, g.mT, upper=False, out=g.mT)
 
 
-def _run_cholesky(problem: GradientProblem, damping: float, opts: dict) -> SolverOutput:
+def _run_cholesky(problem: GradientProblem, damping: float, opts: SolverOptions) -> SolverOutput:
     n, m = len(problem.r_train), len(problem.r_test)
     c, d = problem.probs.shape[1], problem.x_train.shape[1] - 1
-    precision = opts.get("precision", "float64")
-    form = choose_form(opts.get("form", "auto"), n, m, c, d, damping, "cholesky", precision,
+    precision = opts.precision
+    form = choose_form(opts.form, n, m, c, d, damping, "cholesky", precision,
                        problem.train_targets)
     if form in ("kernel", "block"):
         scores, train, timings = (run_kernel if form == "kernel" else run_block)(problem, damping)
@@ -314,7 +345,7 @@ def _run_direct_whiten(problem: GradientProblem, damping: float, info: dict) -> 
     return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
 
 
-def _run_direct_solve(problem: GradientProblem, damping: float, opts: dict,
+def _run_direct_solve(problem: GradientProblem, damping: float, opts: SolverOptions,
                       info: dict) -> SolverOutput:
     """``V = (H' + lambda I)^-1 G_train`` (refined when mixed), then scores ``G V^T``.
 
@@ -323,7 +354,7 @@ def _run_direct_solve(problem: GradientProblem, damping: float, opts: dict,
     again in float32 and added (iterative refinement) until the correction is below
     ``refine_tol`` of the solution.
     """
-    mixed = opts.get("precision", "float64") == "mixed"
+    mixed = opts.precision == "mixed"
     dtype = torch.float32 if mixed else torch.float64
     timings = {}
     total = 5 if mixed else 4
@@ -386,14 +417,14 @@ def _factor_solve(hess: Tensor, rows: Tensor) -> Tensor:
 
 
 def _refine(problem: GradientProblem, damping: float, factor: Tensor, g: Tensor, v: Tensor,
-            opts: dict) -> tuple[Tensor, dict]:
+            opts: SolverOptions) -> tuple[Tensor, dict]:
     """Iterative refinement of ``v (H' + lambda I) = g`` with float64 residuals.
 
     Raises:
         ConvergenceError: the correction is still above ``refine_tol`` after
             ``refine_max_iter`` steps (or grows), saying by how much.
     """
-    tol, max_iter = opts.get("refine_tol", 1e-10), opts.get("refine_max_iter", 10)
+    tol, max_iter = opts.refine_tol, opts.refine_max_iter
     rel = float("inf")
     for it in range(1, max_iter + 1):
         res = g.clone()
@@ -427,7 +458,7 @@ def _eig_scales(evals: Tensor, damping: float, rcond: float | None) -> tuple[Ten
     return scales, {"rcond": rcond, "kept_eigenvalues": int(keep.sum()), "dimension": len(evals)}
 
 
-def _run_eig(problem: GradientProblem, damping: float, opts: dict,
+def _run_eig(problem: GradientProblem, damping: float, opts: SolverOptions,
              rcond: float | None) -> SolverOutput:
     timings = {}
     t0 = time.perf_counter()
@@ -454,7 +485,7 @@ SOLVERS.register("eigh", SolverSpec(
     "eigh", lambda p, lam, o: _run_eig(p, lam, o, None),
     "one eigendecomposition of H; slower than cholesky, same scores"))
 SOLVERS.register("pinv", SolverSpec(
-    "pinv", lambda p, lam, o: _run_eig(p, lam, o, o.get("rcond", 5e-2)),
+    "pinv", lambda p, lam, o: _run_eig(p, lam, o, o.rcond),
     "the paper's truncated pseudo-inverse: eigenvalues below rcond*max dropped"))
 
 
@@ -539,10 +570,10 @@ def conjugate_gradient(matvec: Callable[[Tensor], Tensor], rhs: Tensor,
 
 
 def _cg_solver(problem: GradientProblem, damping: float,
-               opts: dict) -> Callable[[Tensor], tuple[Tensor, dict]]:
+               opts: SolverOptions) -> Callable[[Tensor], tuple[Tensor, dict]]:
     """``g -> (H' + lambda I)^-1 g`` for a batch of rows, raising when CG does not converge."""
     precond = kronecker_preconditioner(problem.x_train, problem.probs, damping)
-    tol, max_iter = opts.get("cg_tol", 1e-10), opts.get("cg_max_iter", 500)
+    tol, max_iter = opts.cg_tol, opts.cg_max_iter
 
     def matvec(v: Tensor) -> Tensor:
         return hessian_vector_product(problem.x_train, problem.probs, v, reduced=True) + damping * v
@@ -583,9 +614,9 @@ def _cg_scores(problem: GradientProblem, split: str, solve: Callable, batch: int
     return scores, own
 
 
-def _run_cg(problem: GradientProblem, damping: float, opts: dict) -> SolverOutput:
-    timings, info = {}, {"cg_tol": opts.get("cg_tol", 1e-10)}
-    solve, batch = _cg_solver(problem, damping, opts), opts.get("cg_batch", 256)
+def _run_cg(problem: GradientProblem, damping: float, opts: SolverOptions) -> SolverOutput:
+    timings, info = {}, {"cg_tol": opts.cg_tol}
+    solve, batch = _cg_solver(problem, damping, opts), opts.cg_batch
     m, n = len(problem.r_test), len(problem.r_train)
     test_batches = -(-m // batch)
     total = test_batches + (-(-n // batch) if problem.train_targets else 0)

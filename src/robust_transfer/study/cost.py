@@ -20,9 +20,8 @@ T test images:
 
 What is cached (:func:`cached_splits`): test images always at the frozen depth (they are
 never augmented); training images only when they are not augmented; nothing when every
-block trains (``unfrozen: all``: no frozen prefix). [The engine's own statement of this
-rule, ``engine.transfer.cache_plan``, is used when present; without it this module
-encodes the rule above.]
+block trains (``unfrozen: all``: no frozen prefix). This is the engine's own statement of
+the rule, ``engine.transfer.cache_plan``.
 
 Time. :func:`calibrate` measures this machine's rate for the model: FLOP/s of a no-grad
 forward pass and of a full training step (at the study's threads, bf16 autocast on a
@@ -43,6 +42,8 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.nn.functional as F
+
+from robust_transfer.engine.transfer import cache_plan
 
 PARTS = ("train_step", "train_prefix", "eval_suffix", "eval_prefix", "cache_fill", "inputs",
          "overhead")
@@ -157,25 +158,21 @@ def _suffix(model, h: torch.Tensor, depth: int, pooled: bool) -> torch.Tensor:
 def cached_splits(depth: int, augmented: bool, n_blocks: int | None = None) -> tuple[bool, bool]:
     """Whether the (train, test) images' frozen-prefix outputs are computed once.
 
-    Test images are never augmented, so theirs are cached whenever there is a frozen
-    prefix; training images' only when they are not augmented. When the engine states
-    its rule (``engine.transfer.cache_plan``), that statement is used instead.
+    The engine's rule (:func:`robust_transfer.engine.transfer.cache_plan`, with the test
+    outputs on disk as a study's cache holds them): test images are never augmented, so
+    theirs are cached whenever there is a frozen prefix; training images' only when they
+    are not augmented.
 
     Args:
         depth: frozen stages (stem + frozen blocks); 0 when every block trains.
         augmented: the training images are augmented.
-        n_blocks: the architecture's blocks (needed to ask the engine).
+        n_blocks: the architecture's blocks (default: ``depth - 1``, i.e. depth counted
+            from a head-only run; the answer depends only on ``depth`` and ``augmented``).
     """
-    try:
-        from robust_transfer.engine.transfer import cache_plan as plan_fn
-    except ImportError:
-        plan_fn = None  # type: ignore[assignment]
-    if plan_fn is not None and n_blocks is not None:
-        unfrozen = "all" if depth == 0 else n_blocks + 1 - depth
-        plan = plan_fn(n_blocks, unfrozen, augmented, test_on_disk=True)
-        return plan.train, plan.test
-    has_prefix = depth > 0
-    return has_prefix and not augmented, has_prefix
+    blocks = max(depth - 1, 0) if n_blocks is None else n_blocks
+    unfrozen = "all" if depth == 0 else blocks + 1 - depth
+    plan = cache_plan(blocks, unfrozen, augmented, test_on_disk=True)
+    return plan.train, plan.test
 
 
 @dataclass

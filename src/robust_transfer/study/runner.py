@@ -16,12 +16,13 @@ from typing import Any
 
 from robust_transfer.errors import ConfigError, RobustTransferError
 from robust_transfer.io import atomic_write_text
+from robust_transfer.study.cache_budget import check_cache_budget
 from robust_transfer.study.executors import ExecutorOptions, get_executor
 from robust_transfer.study.lock import DriverLock
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import RunOutcome, StudyStore, run_row
-from robust_transfer.study.worker import RunContext, RunTask, check_cache_budget
+from robust_transfer.study.worker import RunContext, RunTask
 
 FEATURE_CACHE_DIR = "feature_cache"
 SPEC_COPY = "spec.yaml"

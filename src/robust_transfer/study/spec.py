@@ -44,7 +44,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from robust_transfer.engine.transfer import Recipe
+from robust_transfer.engine import recipe as recipe_fields
+from robust_transfer.engine.recipe import Recipe
 from robust_transfer.errors import ConfigError
 from robust_transfer.models.finetune import UnfrozenBlocks, n_label, parse_n, parse_unfrozen
 from robust_transfer.models.sources import looks_like_path
@@ -59,8 +60,6 @@ SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
 NORMS = ("l2", "linf", "none")
 RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
-_FLOAT_FIELDS = ("lr", "momentum", "weight_decay")
-_INT_FIELDS = ("batch_size", "eval_every", "val_images", "robust_steps", "robust_images")
 
 
 @dataclass(frozen=True)
@@ -363,9 +362,9 @@ class _Parser:
 
     def recipe_value(self, name: str, value: Any, path: tuple) -> Any:
         try:
-            return _coerce_recipe(name, value)
-        except (ValueError, TypeError):
-            raise self.fail(path, f"recipe {name}: bad value {value!r}") from None
+            return recipe_fields.coerce(name, value)
+        except ConfigError as err:
+            raise self.fail(path, str(err)) from None
 
     # --- the rest --------------------------------------------------------------------
     def resources(self, data: Any) -> Resources:
@@ -424,29 +423,6 @@ def _positive(value: Any) -> int:
 def _seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise ValueError(f"must be an integer in 0..{2**32 - 1}, got {value!r}")
-    return value
-
-
-def _coerce_recipe(name: str, value: Any) -> Any:
-    """YAML 1.1 reads ``1e-3`` as a string and ``1`` as an int: make types canonical."""
-    if name == "robust_eps" and value is None:
-        return None
-    if name in _FLOAT_FIELDS or name == "robust_eps":
-        if isinstance(value, bool):
-            raise TypeError(name)
-        return float(value)
-    if name in _INT_FIELDS or (name == "resolution" and value is not None):
-        if isinstance(value, bool) or float(value) != int(float(value)):
-            raise TypeError(name)
-        return int(value)
-    if name == "augment":
-        if value not in (True, False, "auto"):
-            raise ValueError(name)
-        return value
-    if name == "resolution":
-        return None
-    if not isinstance(value, str):
-        raise TypeError(name)
     return value
 
 

@@ -5,7 +5,8 @@ may read it while it runs. A finished or failed run is written in one transactio
 study killed at any moment (SIGKILL included) leaves every run either fully recorded or
 not at all, and a restart reruns exactly the runs that are not finished.
 
-Schema (version 1)::
+Schema (version 2; the recipe columns are those of
+:func:`robust_transfer.engine.recipe.store_columns`)::
 
     meta(key TEXT PRIMARY KEY, value TEXT)         -- schema_version, created_at
     specs(spec_id INTEGER PRIMARY KEY, added_at REAL, run_set TEXT, n_runs INTEGER,
@@ -56,13 +57,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robust_transfer.engine import recipe as recipe_fields
 from robust_transfer.errors import ConfigError, RobustTransferError
 
 SCHEMA_VERSION = 2  # 2: validation and robust accuracy columns (added to version-1 stores on open)
 DB_NAME = "study.db"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-RECIPE_COLUMNS = ("lr", "momentum", "weight_decay", "schedule", "batch_size", "augment",
-                  "resolution", "head_init", "eval_every")
+# the recipe fields with a column, and their SQL types: from the recipe's field specs
+_RECIPE_SQL = recipe_fields.store_columns()
+RECIPE_COLUMNS = tuple(_RECIPE_SQL)
 RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
                   "started_at", "finished_at", "device", "host", "worker", "cached_prefix", "error",
                   "val_acc", "robust_acc")
@@ -81,8 +84,7 @@ CREATE TABLE IF NOT EXISTS sources (label TEXT PRIMARY KEY, model TEXT, path TEX
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, spec_id INTEGER, config TEXT NOT NULL,
     source TEXT, source_eps REAL, source_norm TEXT, target TEXT, n_label TEXT, n INTEGER,
     unfrozen_blocks TEXT, epochs INTEGER, seed INTEGER,
-    lr REAL, momentum REAL, weight_decay REAL, schedule TEXT, batch_size INTEGER, augment TEXT,
-    resolution INTEGER, head_init TEXT, eval_every INTEGER,
+    {recipe_columns},
     status TEXT NOT NULL DEFAULT 'pending'
         CHECK (status IN ('pending', 'running', 'finished', 'failed')),
     attempts INTEGER NOT NULL DEFAULT 0, test_acc REAL, test_loss REAL, train_acc REAL,
@@ -93,7 +95,7 @@ CREATE TABLE IF NOT EXISTS epochs (run_id TEXT NOT NULL REFERENCES runs (run_id)
     lr REAL, train_loss REAL, train_acc REAL, test_loss REAL, test_acc REAL, seconds REAL,
     val_loss REAL, val_acc REAL, robust_acc REAL,
     PRIMARY KEY (run_id, epoch)) WITHOUT ROWID;
-"""
+""".replace("{recipe_columns}", ", ".join(f"{c} {t}" for c, t in _RECIPE_SQL.items()))
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,7 @@ class StudyStore:
                 have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
                 if column not in have:
                     c.execute(f"ALTER TABLE {table} ADD COLUMN {column} REAL")
+            _add_recipe_columns(c)
             c.execute("UPDATE meta SET value=? WHERE key='schema_version' AND CAST(value AS INTEGER) < ?",
                       (str(SCHEMA_VERSION), SCHEMA_VERSION))
 
@@ -500,8 +503,30 @@ def run_row(config: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
            "source_eps": source["eps"], "source_norm": source["norm"], "target": config["target"],
            "n_label": config["n"], "unfrozen_blocks": config["unfrozen_blocks"],
            "epochs": config["epochs"], "seed": config["seed"]}
-    row.update({k: (json.dumps(recipe[k]) if k == "augment" else recipe[k]) for k in RECIPE_COLUMNS})
+    row.update({k: recipe_cell(recipe, k) for k in RECIPE_COLUMNS})
     return row
+
+
+def recipe_cell(recipe: dict[str, Any], name: str) -> Any:
+    """The store's cell for recipe field ``name`` of a config's recipe dict.
+
+    A field left out of the dict (at its default, see ``Recipe.to_dict``) gets its default;
+    choice fields whose values are not all strings (``augment``: true, false, "auto") are
+    stored as JSON text.
+    """
+    value = recipe.get(name, recipe_fields.defaults()[name])
+    return json.dumps(value) if recipe_fields.specs()[name].kind is object else value
+
+
+def _add_recipe_columns(c: sqlite3.Connection) -> None:
+    """Give a store the recipe columns it lacks (a field given a column later), filled in
+    from each run's config."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(runs)")}
+    for name in (n for n in RECIPE_COLUMNS if n not in have):
+        c.execute(f"ALTER TABLE runs ADD COLUMN {name} {_RECIPE_SQL[name]}")
+        cells = [(recipe_cell(json.loads(config).get("recipe") or {}, name), run_id)
+                 for run_id, config in c.execute("SELECT run_id, config FROM runs").fetchall()]
+        c.executemany(f"UPDATE runs SET {name}=? WHERE run_id=?", cells)
 
 
 # --- reading results (the analysis' entry point) -------------------------------------
@@ -546,9 +571,13 @@ def _v2_select(conn: sqlite3.Connection) -> str:
 
 
 def _typed_runs(runs):
-    for col in ("n", "epochs", "seed", "batch_size", "eval_every"):
+    kinds = recipe_fields.column_kinds()
+    nullable = {n: s.nullable for n, s in recipe_fields.specs().items()}
+    recipe_int = [c for c in RECIPE_COLUMNS if kinds[c] is int and not nullable[c]]
+    recipe_float = [c for c in RECIPE_COLUMNS if kinds[c] is float and not nullable[c]]
+    for col in ("n", "epochs", "seed", *recipe_int):
         runs[col] = runs[col].astype("int64")
-    for col in ("source_eps", "test_acc", "lr", "momentum", "weight_decay", "val_acc", "robust_acc"):
+    for col in ("source_eps", "test_acc", *recipe_float, "val_acc", "robust_acc"):
         runs[col] = runs[col].astype("float64")
     for col in ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks"):
         runs[col] = runs[col].astype(str)
