@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from robust_transfer.analysis.explain import load_explanations, read_influence
+from robust_transfer.analysis.explain import class_match_figure, load_explanations, read_influence
 from robust_transfer.cli import main
 from robust_transfer.influence import compute_influence
 from robust_transfer.influence.blocks import (
@@ -99,6 +99,10 @@ def test_influence_through_blocks_writes_both_scopes_side_by_side(tmp_path, fine
     assert read_influence(out).scope == "head" and read_influence(out / "blocks").scope == "blocks"
     exp = load_explanations([out, out / "blocks"], [], "natural")
     assert [f.scope for f in exp.influence] == ["head", "blocks"]
+    figure = class_match_figure(exp, {}, ["natural"])  # the report's: scopes side by side
+    titles = [ax.get_title() for ax in figure.axes]
+    assert len(titles) == 4 and titles[0].startswith("last layer: ")
+    assert titles[2].startswith("through the fine-tuned blocks: ")
 
 
 def test_through_blocks_refuses_a_head_only_checkpoint(tmp_path, finetuned_checkpoints, capsys):

@@ -198,7 +198,9 @@ def compute_block_influence(model: TransferModel, train_x: Tensor, train_y: Tens
                                  factor_args=factor_args, overwrite_output_dir=True)
         t_factors = time.perf_counter() - t0
         analyzer.compute_pairwise_scores(
-            "scores", "factors", query_ds, train_ds, per_device_query_batch_size=cfg.batch_size,
+            "scores", "factors", query_ds, train_ds,
+            per_device_query_batch_size=query_batch(len(query_ds), _parameters(model, modules),
+                                                    cfg.batch_size),
             per_device_train_batch_size=cfg.batch_size, score_args=score_args,
             overwrite_output_dir=True)
         raw = analyzer.load_pairwise_scores("scores")["all_modules"]
@@ -228,6 +230,19 @@ def _frozen_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+QUERY_BYTES = 512 * 2**20  # preconditioned query gradients held at once (float32)
+
+
+def query_batch(queries: int, parameters: int, least: int) -> int:
+    """Query images per kronfluence batch: as many as :data:`QUERY_BYTES` of gradients allow.
+
+    kronfluence passes over every training image once per query batch, so fewer, larger
+    query batches cost less (549 queries, 100 training images, 58,000 parameters: 9
+    batches of 64 took 1.3x the time of one batch, on one thread under load).
+    """
+    return max(1, min(queries, max(least, QUERY_BYTES // (4 * max(parameters, 1)))))
 
 
 def _parameters(model: nn.Module, modules: list[str]) -> int:
