@@ -99,6 +99,19 @@ class BlocksConfig:
         return {**asdict(self), "solver": self.solver}
 
 
+def require_kronfluence() -> None:
+    """Import kronfluence, or say how to install it.
+
+    Raises:
+        ConfigError: kronfluence (the ``explain`` extra) is not installed.
+    """
+    try:
+        import kronfluence  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"influence through the blocks needs kronfluence (pip install "
+                          f"'robust-transfer[explain]'): {err}") from None
+
+
 def unfrozen_stages(model: TransferModel) -> list[nn.Module]:
     """The stages (and neck) the model trained besides its head; empty for head-only."""
     stages = model.stages()
@@ -174,6 +187,7 @@ def compute_block_influence(model: TransferModel, train_x: Tensor, train_y: Tens
     Raises:
         NoUnfrozenBlocksError: scope ``blocks`` and a head-only model.
     """
+    require_kronfluence()
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 

@@ -177,6 +177,41 @@ def _exact_head(model: TransferModel, train: ImageArrays, test: ImageArrays) -> 
     return influence_for_model(model, train, test, config=InfluenceConfig(train_targets=False)).scores
 
 
+@METHODS.register("exact-head-heuristic-damping")
+def _exact_head_heuristic(model: TransferModel, train: ImageArrays, test: ImageArrays) -> np.ndarray:
+    """Exact last-layer influence damped as kronfluence damps: 0.1 x the Hessian's mean eigenvalue.
+
+    Separates what the damping does from what the Kronecker factors do.
+    """
+    from robust_transfer.influence.core import (
+        InfluenceConfig,
+        extract_features,
+        influence_for_model,
+    )
+    from robust_transfer.influence.hessian import augment, head_probs
+
+    policy = InputPolicy(channels=model.channels, size=model.input_size, augment=False)
+    x = extract_features(model, train.images, policy)
+    head = model.head
+    p = head_probs(x, head.weight.detach().cpu(), head.bias.detach().cpu())
+    # trace of H = mean over images of tr(diag(p) - p p^T) * |x~|^2, over C (d + 1) eigenvalues
+    trace = float(((1 - (p ** 2).sum(1)) * (augment(x) ** 2).sum(1)).mean())
+    damping = 0.1 * trace / (p.shape[1] * (x.shape[1] + 1))
+    cfg = InfluenceConfig(damping=damping, train_targets=False)
+    return influence_for_model(model, train, test, config=cfg).scores
+
+
+def _head_form(form: str) -> ScoreFn:
+    def score(model: TransferModel, train: ImageArrays, test: ImageArrays) -> np.ndarray:
+        from robust_transfer.influence.core import InfluenceConfig, influence_for_model
+
+        cfg = InfluenceConfig(form=form, train_targets=False)
+        return influence_for_model(model, train, test, config=cfg).scores
+
+    score.__doc__ = f"last-layer influence, form {form} (:mod:`.forms`)"
+    return score
+
+
 def _kronfluence(strategy: str, scope: str) -> ScoreFn:
     def score(model: TransferModel, train: ImageArrays, test: ImageArrays) -> np.ndarray:
         from robust_transfer.influence.blocks import BlocksConfig, block_influence_for_model
@@ -192,6 +227,18 @@ METHODS.register("kfac-head-kronfluence", _kronfluence("kfac", "head"))
 METHODS.register("ekfac-head-kronfluence", _kronfluence("ekfac", "head"))
 METHODS.register("ekfac-blocks", _kronfluence("ekfac", "blocks"))
 BLOCK_METHODS = frozenset({"ekfac-blocks"})  # need unfrozen blocks
+
+
+def _register_head_forms() -> None:
+    """The Kronecker-factored head forms of :mod:`.forms`, where that module has them."""
+    from robust_transfer.influence.forms import FORMS
+
+    for form in ("kfac", "ekfac"):
+        if form in FORMS:
+            METHODS.register(f"{form}-head", _head_form(form))
+
+
+_register_head_forms()
 
 
 @dataclass

@@ -24,6 +24,7 @@ from robust_transfer.influence.blocks import (
     BlocksConfig,
     NoUnfrozenBlocksError,
     block_influence_for_model,
+    require_kronfluence,
     tracked_modules,
 )
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
@@ -92,6 +93,7 @@ def explain_scopes(models: Mapping[str, TransferModel], train: ImageArrays, test
     """
     if not models:
         raise ConfigError("no models given")
+    require_kronfluence()
     models = {name: with_recorded_blocks(m, name) for name, m in models.items()}
     if Path(out_dir).exists() and not overwrite:
         prepare_output_dir(out_dir, overwrite)  # raises now, not after the computation
