@@ -22,11 +22,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robust_transfer.engine.attacks import NORMS, AttackConfig
-from robust_transfer.engine.training import SCHEDULES, OptimConfig
 from robust_transfer.errors import ConfigError
+
+if TYPE_CHECKING:  # torch stays unimported: the store and `study status` read recipes
+    from robust_transfer.engine.attacks import AttackConfig
+    from robust_transfer.engine.training import OptimConfig
+
+NORMS = ("l2", "linf")
+"""The attack norms (the attacks and the recipe's ``robust_norm`` share them)."""
+SCHEDULES = ("step", "cosine", "constant")
+"""The learning-rate schedules of the training loop."""
 
 FEATURE_DTYPES = ("float32", "float16")
 HEAD_INITS = ("normal", "paper", "torch")
@@ -181,13 +188,16 @@ class Recipe:
                 raise ConfigError(f"{f.name} {_show(value)} is given without {spec.requires}, "
                                   f"which it needs: give {spec.requires} too, or leave "
                                   f"{f.name} out")
-        self.optim()  # validates the optimiser as a whole
 
     def robust_attack(self) -> AttackConfig:
         """The PGD evaluation attack (``robust_eps`` must be set)."""
+        from robust_transfer.engine.attacks import AttackConfig
+
         return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
 
     def optim(self) -> OptimConfig:
+        from robust_transfer.engine.training import OptimConfig
+
         return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
 
     def to_dict(self) -> dict:

@@ -24,10 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.recipe import SCHEDULES
 from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write_text
-
-SCHEDULES = ("step", "cosine", "constant")
 
 Callback = Callable[[str, dict], None]
 """``callback(event, info)``: ``"batch"``, ``"eval_batch"`` and ``"epoch"`` events (see :func:`fit`)."""
@@ -229,6 +228,10 @@ class FitOptions:
         eval_attack: also measure robust accuracy under this attack when evaluating.
         seed: seeds torch's global generator (augmentation, random starts).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        checkpoint: a file where the training state (weights, optimiser, schedule, RNG,
+            epoch, metrics so far) is saved, whole, after every epoch; a ``fit`` that finds
+            it resumes after its epoch and ends as an uninterrupted one would
+            (:func:`load_epoch_state`). ``None``: no checkpoint.
     """
 
     epochs: int = 1
@@ -238,6 +241,7 @@ class FitOptions:
     eval_attack: AttackConfig | None = None
     seed: int = 0
     device: str = "auto"
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -273,8 +277,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         raise ConfigError("nothing to train: every parameter is frozen")
     optimizer, scheduler = opts.optim.build(params, opts.epochs)
     attack_model = attack_model or model
-    history = []
-    for epoch in range(1, opts.epochs + 1):
+    history = _resume(opts.checkpoint, model, optimizer, scheduler)
+    for epoch in range(len(history) + 1, opts.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
@@ -293,9 +297,49 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
                                                  device, callback)
         metrics.seconds = time.perf_counter() - start
         history.append(metrics)
+        if opts.checkpoint:
+            save_epoch_state(opts.checkpoint, model, optimizer, scheduler, history)
         if callback:
             callback("epoch", metrics.to_dict())
     return history
+
+
+def save_epoch_state(path: str | os.PathLike, model: nn.Module, optimizer, scheduler,
+                     history: list[EpochMetrics]) -> None:
+    """Save what :func:`fit` needs to go on after ``history[-1]``, whole or not at all.
+
+    The RNG states matter: augmentation and random starts draw from torch's global
+    generator, so a resumed run draws what the uninterrupted one would have.
+    """
+    from robust_transfer.io import atomic_write
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+             "history": [m.to_dict() for m in history]}
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load_epoch_state(path: str | os.PathLike) -> dict | None:
+    """The state :func:`save_epoch_state` wrote, or ``None`` when there is none."""
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _resume(path: str | None, model: nn.Module, optimizer, scheduler) -> list[EpochMetrics]:
+    """Restore a checkpointed training state into these objects; the epochs it had done."""
+    state = load_epoch_state(path) if path else None
+    if state is None:
+        return []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return [EpochMetrics(**m) for m in state["history"]]
 
 
 def _train_epoch(model, loader, optimizer, adversary, attack_model, device, callback,

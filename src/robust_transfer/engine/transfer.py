@@ -260,7 +260,8 @@ class _Suffix(nn.Module):
 def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
              n: int | None = None, unfrozen: int | str = 0, epochs: int = 10, seed: int = 0,
              recipe: Recipe | None = None, device: str = "auto", source_id: str = "",
-             feature_store: FeatureStore | None = None, callback=None) -> FinetuneResult:
+             feature_store: FeatureStore | None = None, callback=None,
+             checkpoint: str | None = None) -> FinetuneResult:
     """Fine-tune a copy of ``source`` on ``n`` images of ``train``; test on ``test``.
 
     Args:
@@ -276,6 +277,8 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         source_id: identifies the source weights (e.g. sha256) for the feature store.
         feature_store: shares frozen-prefix outputs between runs (default: none).
         callback: progress events, see :func:`robust_transfer.engine.training.fit`.
+        checkpoint: save the training state here after every epoch, and resume from it
+            when it exists (``FitOptions.checkpoint``); same result as without.
 
     Returns:
         A :class:`FinetuneResult`; ``cached_prefix`` is true when any split ran from
@@ -298,7 +301,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     policy = default_policy(train.info, model.channels, recipe.resolution or model.input_size,
                             recipe.augment)
     options = FitOptions(epochs=epochs, optim=recipe.optim(), eval_every=recipe.eval_every,
-                         seed=seed, device=str(dev))
+                         seed=seed, device=str(dev), checkpoint=checkpoint)
     plan = cache_plan(len(model.blocks()), unfrozen, policy.augment,
                       bytes_per_image=prefix_bytes_per_image(model, unfrozen, policy.size,
                                                              recipe.feature_dtype),

@@ -226,7 +226,9 @@ def compute_block_influence(model: TransferModel, train_x: Tensor, train_y: Tens
         self_influence=None if train_scores is None else np.diag(train_scores).copy(),
         train_labels=train_y.cpu().numpy().copy(), test_labels=test_y.cpu().numpy().copy(),
         config=cfg, timings={"factors_s": t_factors, "total_s": time.perf_counter() - t0},
-        info={"scope": scope, "form": cfg.strategy, "tracked_modules": modules,
+        info={"scope": scope, "form": cfg.strategy, "tracked_modules": modules, "scores": "full",
+              "plan": {"form": cfg.strategy, "exact": False,
+                       "reason": f"kronfluence {cfg.strategy.upper()} over the {scope}"},
               "parameters": _parameters(model, modules), "library": "kronfluence"})
 
 

@@ -166,6 +166,18 @@ def logits_on(model: TransferModel, test: ImageArrays, batch_size: int = 256) ->
 
 
 # --- the methods compared --------------------------------------------------------------
+def held(result: Any) -> np.ndarray:
+    """The held ``[m, n]`` scores of an influence result (LDS sums them over subsets).
+
+    Raises:
+        ConfigError: the result streamed its scores (kept only rankings).
+    """
+    if result.scores is None:
+        raise ConfigError("LDS needs every test-by-train score, but this influence result "
+                          "streamed them; use scores 'full'")
+    return np.asarray(result.scores)
+
+
 METHODS: Registry[ScoreFn] = Registry("LDS attribution method")
 
 
@@ -174,7 +186,8 @@ def _exact_head(model: TransferModel, train: ImageArrays, test: ImageArrays) -> 
     """Exact last-layer influence (:mod:`.core`, damping 1e-3)."""
     from robust_transfer.influence.core import InfluenceConfig, influence_for_model
 
-    return influence_for_model(model, train, test, config=InfluenceConfig(train_targets=False)).scores
+    cfg = InfluenceConfig(train_targets=False, scores="full")
+    return held(influence_for_model(model, train, test, config=cfg))
 
 
 @METHODS.register("exact-head-heuristic-damping")
@@ -197,16 +210,16 @@ def _exact_head_heuristic(model: TransferModel, train: ImageArrays, test: ImageA
     # trace of H = mean over images of tr(diag(p) - p p^T) * |x~|^2, over C (d + 1) eigenvalues
     trace = float(((1 - (p ** 2).sum(1)) * (augment(x) ** 2).sum(1)).mean())
     damping = 0.1 * trace / (p.shape[1] * (x.shape[1] + 1))
-    cfg = InfluenceConfig(damping=damping, train_targets=False)
-    return influence_for_model(model, train, test, config=cfg).scores
+    cfg = InfluenceConfig(damping=damping, train_targets=False, scores="full")
+    return held(influence_for_model(model, train, test, config=cfg))
 
 
 def _head_form(form: str) -> ScoreFn:
     def score(model: TransferModel, train: ImageArrays, test: ImageArrays) -> np.ndarray:
         from robust_transfer.influence.core import InfluenceConfig, influence_for_model
 
-        cfg = InfluenceConfig(form=form, train_targets=False)
-        return influence_for_model(model, train, test, config=cfg).scores
+        cfg = InfluenceConfig(form=form, train_targets=False, scores="full")
+        return held(influence_for_model(model, train, test, config=cfg))
 
     score.__doc__ = f"last-layer influence, form {form} (:mod:`.forms`)"
     return score
@@ -217,7 +230,7 @@ def _kronfluence(strategy: str, scope: str) -> ScoreFn:
         from robust_transfer.influence.blocks import BlocksConfig, block_influence_for_model
 
         cfg = BlocksConfig(strategy=strategy, train_targets=False)
-        return block_influence_for_model(model, train, test, cfg, scope).scores
+        return held(block_influence_for_model(model, train, test, cfg, scope))
 
     score.__doc__ = f"kronfluence {strategy.upper()} over the {scope}"
     return score

@@ -119,7 +119,8 @@ def write_scope_figures(out: Path, scopes: Mapping[str, Mapping[str, InfluenceRe
               for scope, results in scopes.items() for name, r in results.items()}
     first = next(iter(next(iter(scopes.values())).values()))
     rows = grid_rows(first.test_labels, grid_size[0])
-    grids = {f"{name} | {scope}": _grid(r, train, test, rows, grid_size[1])
+    grids = {f"{name} | {scope}": _grid(r, r.rank(grid_size[1], max_rank), train, test, rows,
+                                        grid_size[1])
              for name in first_names(scopes) for scope, results in scopes.items()
              for r in [results[name]]}
     return [plot_class_match(curves, out / "class_match_scopes.png"),

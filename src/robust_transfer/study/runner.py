@@ -20,6 +20,7 @@ from robust_transfer.study.cache_budget import check_cache_budget
 from robust_transfer.study.executors import ExecutorOptions, get_executor
 from robust_transfer.study.lock import DriverLock
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
+from robust_transfer.study.slurm_jobs import SlurmOptions
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import RunOutcome, StudyStore, run_row
 from robust_transfer.study.worker import RunContext, RunTask
@@ -81,18 +82,19 @@ class StudySummary:
 ProgressCallback = Callable[[StudyProgress], None]
 
 
-def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str = "local", *,
+def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str | None = None, *,
               workers: int | None = 1, ray_address: str | None = None,
               retry_failed: bool = False, extend: bool = False, data_root: str | None = None,
               device: str | None = None, feature_cache: bool | None = None,
               num_cpus: float | None = None, num_gpus: float | None = None,
-              progress: ProgressCallback | None = None, run_fn=None) -> StudySummary:
+              progress: ProgressCallback | None = None, run_fn=None,
+              slurm: SlurmOptions | None = None) -> StudySummary:
     """Run every unfinished run of a study, resumably.
 
     Args:
         spec: a :class:`StudySpec` or the path of a YAML spec.
         out_dir: the study directory (created if absent).
-        executor: ``"local"`` or ``"ray"``.
+        executor: ``"local"``, ``"ray"`` or ``"slurm"`` (default: the spec's, else local).
         workers: runs at a time (local: processes; 1 = in this process).
         ray_address: join this Ray cluster instead of starting one.
         retry_failed: rerun runs that failed before.
@@ -100,6 +102,7 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
         data_root, device, feature_cache, num_cpus, num_gpus: override the spec's.
         progress: called after each run (and once at the start).
         run_fn: replaces :func:`~.worker.execute_run` (benchmarks, tests); module-level.
+        slurm: the SLURM executor's settings (default: the spec's ``slurm:``).
 
     Returns:
         A :class:`StudySummary`.
@@ -110,15 +113,17 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
             start. Failing runs are recorded, not raised.
     """
     spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
-    if executor == "local" or ray_address is None:  # runs on this machine
+    executor = executor or spec.executor
+    if executor == "local" or (executor == "ray" and ray_address is None):  # runs on this machine
         require_device(spec.device)
     resolved = resolve_study(spec, data_root)
     resolved.require_complete()
-    options = ExecutorOptions(workers, spec.resources, ray_address)
+    out = Path(out_dir)
+    options = ExecutorOptions(workers, spec.resources, ray_address, slurm=slurm or spec.slurm,
+                              study_dir=str(out))
     if run_fn is not None:
         options.run_fn = run_fn
     runner = get_executor(executor, options)  # fails before the directory is touched
-    out = Path(out_dir)
     if spec.feature_cache:  # a cache that cannot fit is refused before any run starts
         check_cache_budget(resolved, out / FEATURE_CACHE_DIR, spec.feature_cache_budget)
     with DriverLock(out), StudyStore(out, create=True) as store:

@@ -17,6 +17,8 @@ preset, ``robust_transfer/studies/embedded.yaml``, is a complete one)::
     resources: {num_cpus: 1, num_gpus: 0.25}            # per run (Ray; threads per run)
     feature_cache: true                                 # share frozen-prefix outputs
     feature_cache_budget: 50 GB                         # optional; refused up front if too small
+    executor: slurm                                     # local (default), ray or slurm
+    slurm: {partition: gpu, time: "4:00:00", mem: 16G}  # see study.slurm_jobs.SlurmOptions
     grid:                                               # optional sub-grids; each overrides
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
@@ -31,7 +33,7 @@ so a different run id).
 A run's id is the sha256 of its fully resolved config (every default filled in, canonical
 JSON with sorted keys), so reordering the YAML keeps the ids and changing any value that
 affects the result (say the lr) makes a new run. Execution settings (``resources``,
-``device``, ``feature_cache``, ``data_root``) do not enter the id.
+``device``, ``feature_cache``, ``data_root``, ``executor``, ``slurm``) do not enter the id.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ from robust_transfer.engine.recipe import Recipe
 from robust_transfer.errors import ConfigError
 from robust_transfer.models.finetune import UnfrozenBlocks, n_label, parse_n, parse_unfrozen
 from robust_transfer.models.sources import looks_like_path
+from robust_transfer.study.slurm_jobs import SlurmOptions, slurm_options
 from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
 TOP_KEYS = ("name", "description", "sources", *AXES, "recipe", "grid", "resources", "device",
-            "feature_cache", "feature_cache_budget", "data_root")
+            "feature_cache", "feature_cache_budget", "data_root", "executor", "slurm")
 GRID_KEYS = (*AXES, "recipe")
 SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
@@ -183,6 +186,8 @@ class StudySpec:
     text: str = ""
     path: Path | None = None
     feature_cache_budget: int | None = None  # bytes
+    executor: str = "local"
+    slurm: SlurmOptions = SlurmOptions()
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study, once each, in a deterministic order."""
@@ -257,7 +262,8 @@ class _Parser:
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
                          data.get("data_root"), str(data.get("description") or ""), text, path,
-                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)))
+                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)),
+                         self.executor(data.get("executor", "local")), self.slurm(data.get("slurm")))
 
     # --- sources ---------------------------------------------------------------------
     def sources(self, items: Any, base: Path) -> tuple[SourceSpec, ...]:
@@ -379,6 +385,22 @@ class _Parser:
             raise self.fail(("resources",), "num_cpus must be a finite number > 0 and num_gpus "
                             f"a finite number >= 0, got {res.num_cpus} and {res.num_gpus}")
         return res
+
+    def executor(self, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(("executor",), f"executor must be a name (local, ray, slurm), got {value!r}")
+        return value
+
+    def slurm(self, data: Any) -> SlurmOptions:
+        if data is None:
+            return SlurmOptions()
+        if not isinstance(data, dict):
+            raise self.fail(("slurm",), "slurm must be a mapping of keys to values")
+        try:
+            return slurm_options(data)
+        except ConfigError as err:
+            key = next((k for k in data if f"slurm {k}" in str(err) or f"'{k}'" in str(err)), None)
+            raise self.fail(("slurm", key) if key else ("slurm",), str(err)) from None
 
     def byte_size(self, value: Any, path: tuple) -> int | None:
         from robust_transfer.engine.features import parse_bytes

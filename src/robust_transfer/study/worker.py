@@ -41,6 +41,9 @@ class RunContext:
         threads: torch CPU threads per run (fixed, so results do not depend on the executor).
         feature_cache: folder of the on-disk feature cache, or ``None`` for none.
         feature_cache_budget: the most bytes that cache may hold (``None``: no limit).
+        checkpoint_dir: a folder where each run saves its training state after every
+            epoch (``<run_id>.pt``) and resumes from it when rerun (the SLURM executor's
+            requeues); ``None``: no checkpoints.
     """
 
     sources: dict[str, SourceRecord]
@@ -49,6 +52,11 @@ class RunContext:
     threads: int = 1
     feature_cache: str | None = None
     feature_cache_budget: int | None = None
+    checkpoint_dir: str | None = None
+
+    def checkpoint(self, run_id: str) -> str | None:
+        """The run's epoch checkpoint file, or ``None`` without a checkpoint folder."""
+        return os.path.join(self.checkpoint_dir, f"{run_id}.pt") if self.checkpoint_dir else None
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,8 @@ def execute_run(task: RunTask, ctx: RunContext) -> RunOutcome:
 
 def finetune_config(run: RunConfig, model: TransferModel, source_sha256: str | None,
                     data_root: str | None, device: str = "auto",
-                    feature_store: FeatureStore | None = None) -> FinetuneResult:
+                    feature_store: FeatureStore | None = None,
+                    checkpoint: str | None = None) -> FinetuneResult:
     """Fine-tune ``model`` as the run says (what a study run and a replay do).
 
     Args:
@@ -93,6 +102,7 @@ def finetune_config(run: RunConfig, model: TransferModel, source_sha256: str | N
         data_root: dataset folder.
         device: torch device.
         feature_store: shares frozen-prefix outputs between runs.
+        checkpoint: the run's epoch checkpoint file (saved each epoch, resumed from).
 
     Returns:
         The :class:`~robust_transfer.engine.transfer.FinetuneResult`.
@@ -101,7 +111,8 @@ def finetune_config(run: RunConfig, model: TransferModel, source_sha256: str | N
     test = load_split(run.target, "test", data_root)
     return finetune(model, train, test, n=run.n, unfrozen=run.unfrozen_blocks, epochs=run.epochs,
                     seed=run.seed, recipe=run.recipe, device=device,
-                    source_id=source_sha256 or "", feature_store=feature_store)
+                    source_id=source_sha256 or "", feature_store=feature_store,
+                    checkpoint=checkpoint)
 
 
 def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
@@ -109,7 +120,7 @@ def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
     store = (DiskFeatureStore(ctx.feature_cache, max_bytes=ctx.feature_cache_budget)
              if ctx.feature_cache else None)
     result = finetune_config(task.config, cached_source(record), record.sha256, ctx.data_root,
-                             ctx.device, store)
+                             ctx.device, store, ctx.checkpoint(task.run_id))
     history = tuple(m.to_dict() for m in result.history)
     return RunOutcome(task.run_id, "finished", started, time.time(), *_where(ctx),
                       n=result.n_train, cached_prefix=result.cached_prefix, history=history)
