@@ -11,7 +11,13 @@ import torch
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.models import create_model
-from robust_transfer.saliency import explain_saliency, input_gradients, saliency_image
+from robust_transfer.saliency import (
+    SaliencyConfig,
+    attribute,
+    explain_saliency,
+    input_gradients,
+    saliency_image,
+)
 
 
 def tiny_model(dtype=torch.float64):
@@ -93,3 +99,79 @@ def test_explain_saliency_writes_figure_and_arrays(tmp_path, digits_net, digits_
     assert np.allclose(grads["natural"], grads["robust"])  # same model, same seeded noise
     assert json.loads((out / "summary.json").read_text())["smoothgrad_samples"] == 2
     assert summary["n_images"] == 3
+
+
+# --- through captum --------------------------------------------------------------------
+def test_captum_saliency_equals_our_input_gradients(digits_model, digits_batch):
+    """Today's maps are kept: captum's Saliency (signed) is the input gradient, to rounding."""
+    x, y = digits_batch[0][:24], digits_batch[1][:24]
+    ours = input_gradients(digits_model, x, y)
+    theirs = attribute(digits_model, x, y, SaliencyConfig("saliency", batch_size=10))
+    scale = ours.abs().max()
+    assert scale > 0 and (theirs - ours).abs().max() <= 1e-6 * scale
+    tiny, xt = tiny_model(), torch.rand(3, 1, 6, 6, dtype=torch.float64)
+    assert torch.equal(attribute(tiny, xt, torch.tensor([0, 1, 2])),
+                       input_gradients(tiny, xt, torch.tensor([0, 1, 2])))
+
+
+def test_captum_smoothgrad_is_seeded_and_reduces_to_the_gradient():
+    model = tiny_model()
+    x = torch.rand(3, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 2])
+    plain = input_gradients(model, x, y)
+    flat = attribute(model, x, y, SaliencyConfig("smoothgrad", samples=4, sigma=0.0))
+    assert torch.allclose(flat, plain, rtol=1e-12, atol=1e-15)
+    cfg = SaliencyConfig("smoothgrad", samples=6, sigma=0.2, batch_size=4)
+    state = torch.random.get_rng_state()
+    a, b = attribute(model, x, y, cfg, seed=5), attribute(model, x, y, cfg, seed=5)
+    assert torch.equal(a, b) and not torch.allclose(a, plain)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's stream is untouched
+    # the same estimator as our own SmoothGrad: both near the many-sample mean
+    ref = input_gradients(model, x, y, samples=200, sigma=0.2, generator=torch.Generator().manual_seed(1))
+    big = attribute(model, x, y, SaliencyConfig("smoothgrad", samples=200, sigma=0.2, batch_size=256))
+    assert (big - ref).norm() < 0.15 * ref.norm()
+
+
+def test_integrated_gradients_are_complete_and_check_the_baseline():
+    model = tiny_model()
+    x = torch.rand(2, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = torch.tensor([0, 2])
+    loss = torch.nn.functional.cross_entropy
+    for baseline in (None, 0.5, np.full((1, 6, 6), 0.25)):
+        ig = attribute(model, x, y, SaliencyConfig("integrated-gradients", steps=512,
+                                                   baseline=baseline))
+        b = torch.full_like(x, 0.0 if baseline is None else float(np.asarray(baseline).flat[0]))
+        model.eval()
+        with torch.no_grad():
+            gap = loss(model(x), y, reduction="none") - loss(model(b), y, reduction="none")
+        # completeness: attributions sum to the loss difference from the baseline (up to
+        # the quadrature of a path through ReLU kinks)
+        assert ig.sum(dim=(1, 2, 3)) == pytest.approx(gap.numpy(), rel=1e-2, abs=1e-3)
+    with pytest.raises(ConfigError, match=r"baseline has shape \[3, 6, 6\] but the model input is"):
+        attribute(model, x, y, SaliencyConfig("integrated-gradients", baseline=np.zeros((3, 6, 6))))
+    with pytest.raises(ConfigError, match="takes no baseline"):
+        SaliencyConfig("saliency", baseline=0.5)
+    with pytest.raises(ConfigError, match=r"must lie in \[0, 1\]"):
+        SaliencyConfig("integrated-gradients", baseline=2.0)
+
+
+def test_explain_saliency_records_the_method_and_refuses_a_bad_baseline_before_writing(
+        tmp_path, digits_net, digits_test):
+    out = tmp_path / "ig"
+    cfg = SaliencyConfig("integrated-gradients", steps=8)
+    summary = explain_saliency({"natural": digits_net}, digits_test, np.array([1, 2]), out, config=cfg)
+    assert summary["method"] == "integrated-gradients" and summary["baseline"] == 0.0
+    assert np.load(out / "gradients.npz")["natural"].shape == (2, 3, 16, 16)
+    bad = SaliencyConfig("integrated-gradients", baseline=np.zeros((1, 16, 16)))
+    with pytest.raises(ConfigError, match="baseline has shape"):
+        explain_saliency({"natural": digits_net}, digits_test, np.array([1]), tmp_path / "no", config=bad)
+    assert not (tmp_path / "no").exists()
+
+
+def test_the_cli_restates_the_methods_and_defaults_of_the_library():
+    from robust_transfer.cli import saliency as cli
+    from robust_transfer.saliency import METHODS, SaliencyConfig
+
+    assert sorted(cli.METHOD_NAMES) == sorted(METHODS.names())
+    assert (cli.DEFAULT_SAMPLES, cli.DEFAULT_STEPS) == (SaliencyConfig.samples, SaliencyConfig.steps)
+    assert cli.DEFAULT_SIGMA == SaliencyConfig.sigma

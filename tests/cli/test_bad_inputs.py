@@ -14,6 +14,7 @@ import shlex
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from robust_transfer.models import create_model, save_model
 
 # --- the table -----------------------------------------------------------------------
 # {tmp}: the case's empty tmp_path; {fx}: the shared fixture folder; {ckpt}: a checkpoint;
+# {ckpt_head}: a checkpoint fine-tuned head-only (as `finetune --out` records it);
 # {study}: a finished study; {spec}: a valid spec; {file}: an existing regular file.
 PRETRAIN = "pretrain --dataset digits --epochs 1 --out {tmp}/m"
 FINETUNE = "finetune {ckpt} --target digits --epochs 1"
@@ -205,8 +207,27 @@ CASES: list[tuple[str, str]] = [
     ("influence-no-source", "influence --dataset digits --out {tmp}/inf"),
     ("influence-run-without-study", "influence --run abc --out {tmp}/inf"),
     ("influence-run-unknown", "influence --study {study} --run zzzz --out {tmp}/inf"),
+    ("influence-through-blocks-head-only", "influence -c {ckpt_head} --through blocks --out {tmp}/inf"),
+    ("influence-through-bogus", f"{INFLUENCE} --through everything"),
+    ("influence-blocks-damping", f"{INFLUENCE} --through blocks --blocks-damping 0"),
     ("influence-duplicate-names", "influence -c a={ckpt} -c a={ckpt} --dataset digits --out {tmp}/inf"),
+    # lds
+    *_flag_cases("lds --study {study} --run x --out {tmp}/lds", "--fraction",
+                 ["0", "1", "1.5", "-0.5", "nan", "x"]),
+    ("lds-subsets-0", "lds --study {study} --run x --subsets 0 --out {tmp}/lds"),
+    ("lds-method", "lds --study {study} --run x --method magic --out {tmp}/lds"),
+    ("lds-run-unknown", "lds --study {study} --run zzzz --out {tmp}/lds"),
+    ("lds-out-exists", "lds --study {study} --run x --out {fx}"),
     # saliency
+    ("saliency-method", f"{SALIENCY} --method magic"),
+    ("saliency-baseline-shape", f"{SALIENCY} --method integrated-gradients --baseline {{fx}}/baseline.npy"),
+    ("saliency-baseline-grey", f"{SALIENCY} --method integrated-gradients --baseline 2"),
+    ("saliency-baseline-nan", f"{SALIENCY} --method integrated-gradients --baseline nan"),
+    ("saliency-baseline-missing", f"{SALIENCY} --method integrated-gradients --baseline {{tmp}}/b.npy"),
+    ("saliency-baseline-not-npy", f"{SALIENCY} --method integrated-gradients --baseline {{file}}"),
+    ("saliency-baseline-unused", f"{SALIENCY} --method saliency --baseline 0.5"),
+    ("saliency-smoothgrad-with-ig", f"{SALIENCY} --method integrated-gradients --smoothgrad 4"),
+    *_flag_cases(SALIENCY, "--steps", ["0", "-1", "x"]),
     *_flag_cases(SALIENCY, "--sigma", ["nan", "-1", "inf"]),
     *_flag_cases(SALIENCY, "--smoothgrad", ["-1"]),
     *_flag_cases(SALIENCY, "--count", ["0", "-1"]),
@@ -340,6 +361,9 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(1)
     robust = save_model(create_model("small_resnet", 10, input_size=16), folder / "robust",
                         {"training": "pgd", "eps": 0.5, "norm": "l2", "source_dataset": "digits"})
+    head_only = save_model(model, folder / "head_only", {
+        "training": "finetune", "target": "digits", "seed": 0, "n": 30, "n_requested": "30",
+        "unfrozen_blocks": "0"})
     fmt = {"natural": ckpt, "robust": robust}
     good = textwrap.dedent(SPEC_HEAD.format(**fmt, eps=""))
     (folder / "spec.yaml").write_text(good)
@@ -355,6 +379,7 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     (folder / "garbage").mkdir()
     (folder / "garbage" / "study.db").write_bytes(b"not a database, just bytes" * 200)
     (folder / "file").write_text("an ordinary file\n")
+    np.save(folder / "baseline.npy", np.zeros((3, 5, 5)))  # not the 16 px model input's shape
     (folder / "ok.csv").write_text(CSV_HEAD + _csv_rows())
     (folder / "dup.csv").write_text(CSV_HEAD.replace("\n", ",test_acc\n")
                                     + _csv_rows().replace("\n", ",0.1\n"))
@@ -367,7 +392,7 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     _yaml_bombs(folder, textwrap.dedent(SPEC_HEAD.format(**fmt, eps="")))
     _image_folders(folder)
     return {"fx": folder, "ckpt": ckpt, "study": folder / "study", "spec": folder / "spec.yaml",
-            "file": folder / "file"}
+            "file": folder / "file", "ckpt_head": head_only}
 
 
 def _issue22_fixtures(folder: Path, good: str, ckpt: Path) -> None:

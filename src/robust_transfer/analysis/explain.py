@@ -44,6 +44,8 @@ class InfluenceFolder:
         curves: model name -> ``(share, low, high)`` over ranks 1..max_rank (Wilson 95%).
         chance: share of the most common training class (what a random ranking gives).
         test_key: identifies the test images (their indices, else labels), for pairing.
+        scope: ``head`` (last-layer influence) or ``blocks`` (through the fine-tuned
+            blocks, ``influence --through blocks``).
     """
 
     path: Path
@@ -53,6 +55,7 @@ class InfluenceFolder:
     curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     chance: float
     test_key: bytes
+    scope: str = "head"
 
 
 @dataclass
@@ -82,9 +85,9 @@ class Explanations:
     Attributes:
         influence: the influence folders read.
         saliency: the saliency folders read.
-        paired: one row per (source, rank): ``source, baseline, rank, mean, lo, hi,
-            n_seeds, n_images, method, verdict`` (the share of class matches, robust minus
-            baseline, as a fraction).
+        paired: one row per (scope, source, rank): ``source, baseline, rank, mean, lo, hi,
+            n_seeds, n_images, method, verdict, scope`` (the share of class matches, robust
+            minus baseline, as a fraction; folders of each scope are paired separately).
         baseline_model: the baseline's source label.
     """
 
@@ -153,7 +156,8 @@ def read_influence(folder: str | Path) -> InfluenceFolder:
         sources[name], seeds[name] = _run_of(summary, name)
     if len(keys) != 1:
         raise ConfigError(f"the models of {folder} were scored on different test images")
-    return InfluenceFolder(folder, sources, seeds, matches, curves, chance, keys.pop())
+    return InfluenceFolder(folder, sources, seeds, matches, curves, chance, keys.pop(),
+                           str(summary.get("scope", "head")))
 
 
 def read_saliency(folder: str | Path) -> SaliencyFolder:
@@ -250,7 +254,15 @@ def load_explanations(influence: list[Path], saliency: list[Path], baseline: str
     labels = {s for f in inf for s in f.sources.values()}
     if baseline not in labels:  # outputs made with --checkpoint name their models freely
         base = next((s for s in sorted(labels) if s.lower() in NATURAL_NAMES), baseline)
-    return Explanations(inf, sal, paired_class_match(inf, base, level), base)
+    tables = [paired_class_match([f for f in inf if f.scope == scope], base, level).assign(scope=scope)
+              for scope in scopes_of(inf)]
+    paired = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return Explanations(inf, sal, paired, base)
+
+
+def scopes_of(folders: list[InfluenceFolder]) -> list[str]:
+    """The scopes present, the head first."""
+    return sorted({f.scope for f in folders}, key=lambda s: (s != "head", s))
 
 
 def paired_sentence(paired: pd.DataFrame, names: dict[str, str], percent: str = "95%"
@@ -258,11 +270,14 @@ def paired_sentence(paired: pd.DataFrame, names: dict[str, str], percent: str = 
     """One sentence per source on the top-1 class-match difference (``percent``: the level
     the interval was computed at)."""
     lines = []
+    if "scope" not in paired:
+        paired = paired.assign(scope="head")
     for _, r in paired[paired["rank"] == 1].iterrows():
         name, base = names.get(r["source"], r["source"]), names.get(r["baseline"], r["baseline"])
         word = {"higher": "higher than", "lower": "lower than",
                 "no clear difference": "not clearly different from"}[r["verdict"]]
-        lines.append(f"Top-1 class match of {name} is {word} {base}'s: {100 * r['mean']:+.1f} "
+        through = "" if r["scope"] == "head" else " through the fine-tuned blocks (EK-FAC)"
+        lines.append(f"Top-1 class match{through} of {name} is {word} {base}'s: {100 * r['mean']:+.1f} "
                      f"points, {percent} CI {100 * r['lo']:+.1f} to {100 * r['hi']:+.1f} (paired over "
                      f"the same {r['n_images']} test images; {r['method']}).")
     return lines
@@ -274,43 +289,65 @@ def _colors(labels: list[str], baseline: str | None, order: list[str]) -> dict[s
     return palette_colors([*order, *(s for s in labels if s not in order)], baseline)
 
 
+_SCOPE_TITLES = {"head": "last layer", "blocks": "through the fine-tuned blocks"}
+
+
 def class_match_figure(exp: Explanations, names: dict[str, str], order: list[str]) -> Figure:
-    """Share of class matches against rank (left) and the paired difference (right)."""
+    """Share of class matches against rank (left) and the paired difference (right).
+
+    With outputs of both scopes (``influence --through blocks``) the pairs of panels
+    stand side by side, the last layer's first.
+    """
     labels = sorted({s for f in exp.influence for s in f.sources.values()})
     colors = _colors(labels, exp.baseline_model, order)
-    fig = Figure(figsize=(11, 3.6), dpi=100)
-    left, right = fig.subplots(1, 2)
-    for folder in exp.influence:
+    scopes = scopes_of(exp.influence)
+    fig = Figure(figsize=(11 * len(scopes), 3.6), dpi=100)
+    axes = fig.subplots(1, 2 * len(scopes))
+    paired = exp.paired if "scope" in exp.paired else exp.paired.assign(scope="head")
+    for i, scope in enumerate(scopes):
+        left, right = axes[2 * i], axes[2 * i + 1]
+        prefix = f"{_SCOPE_TITLES.get(scope, scope)}: " if len(scopes) > 1 else ""
+        _curves_panel(left, [f for f in exp.influence if f.scope == scope], colors, names, prefix)
+        _paired_panel(right, paired[paired["scope"] == scope] if len(paired) else paired, colors,
+                      names, names.get(exp.baseline_model or "", exp.baseline_model), prefix)
+    for ax in axes:
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.tick_params(labelsize=9)
+    fig.subplots_adjust(left=0.07 / len(scopes), right=0.98, bottom=0.15, top=0.9, wspace=0.22)
+    return fig
+
+
+def _curves_panel(ax, folders: list[InfluenceFolder], colors: dict[str, str],
+                  names: dict[str, str], prefix: str) -> None:
+    for folder in folders:
         for model, src in folder.sources.items():
             share, low, high = folder.curves[model]
             ranks = np.arange(1, len(share) + 1)
-            left.plot(ranks, 100 * share, color=colors[src], lw=1.4,
-                      label=names.get(src, src) if folder is exp.influence[0] else None)
-            if len(exp.influence) == 1:
-                left.fill_between(ranks, 100 * low, 100 * high, color=colors[src], alpha=0.12, lw=0)
-    left.axhline(100 * exp.influence[0].chance, color="#888888", ls="--", lw=0.8, label="chance")
-    left.set(xlabel="rank k of the influential training image", ylim=(0, 101),
-             ylabel="same class as test image (%)")
-    left.set_title("class match by rank" + (f" ({len(exp.influence)} influence runs, one line "
-                                             "each)" if len(exp.influence) > 1 else
-                                             ", 95% Wilson bands"), fontsize=10)
-    left.legend(fontsize=8.5, frameon=False)
-    for source, part in exp.paired.groupby("source", sort=False):
-        right.plot(part["rank"], 100 * part["mean"], color=colors[source], marker="o", ms=3,
-                   label=names.get(source, source))
-        right.fill_between(part["rank"], 100 * part["lo"], 100 * part["hi"], color=colors[source],
-                           alpha=0.12, lw=0)
-    right.axhline(0, color="#888888", ls="--", lw=0.8)
-    base = names.get(exp.baseline_model or "", exp.baseline_model)
-    right.set(xlabel="rank k", ylabel=f"minus {base} (points)")
-    right.set_title(f"paired difference from {base}, 95% interval", fontsize=10)
-    if len(exp.paired):
-        right.legend(fontsize=8.5, frameon=False)
-    for ax in (left, right):
-        ax.grid(alpha=0.3, lw=0.5)
-        ax.tick_params(labelsize=9)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.15, top=0.9, wspace=0.22)
-    return fig
+            ax.plot(ranks, 100 * share, color=colors[src], lw=1.4,
+                    label=names.get(src, src) if folder is folders[0] else None)
+            if len(folders) == 1:
+                ax.fill_between(ranks, 100 * low, 100 * high, color=colors[src], alpha=0.12, lw=0)
+    ax.axhline(100 * folders[0].chance, color="#888888", ls="--", lw=0.8, label="chance")
+    ax.set(xlabel="rank k of the influential training image", ylim=(0, 101),
+           ylabel="same class as test image (%)")
+    ax.set_title(prefix + "class match by rank" + (
+        f" ({len(folders)} influence runs, one line each)" if len(folders) > 1
+        else ", 95% Wilson bands"), fontsize=10)
+    ax.legend(fontsize=8.5, frameon=False)
+
+
+def _paired_panel(ax, paired: pd.DataFrame, colors: dict[str, str], names: dict[str, str],
+                  base: str | None, prefix: str) -> None:
+    for source, part in paired.groupby("source", sort=False) if len(paired) else []:
+        ax.plot(part["rank"], 100 * part["mean"], color=colors[source], marker="o", ms=3,
+                label=names.get(source, source))
+        ax.fill_between(part["rank"], 100 * part["lo"], 100 * part["hi"], color=colors[source],
+                        alpha=0.12, lw=0)
+    ax.axhline(0, color="#888888", ls="--", lw=0.8)
+    ax.set(xlabel="rank k", ylabel=f"minus {base} (points)")
+    ax.set_title(f"{prefix}paired difference from {base}, 95% interval", fontsize=10)
+    if len(paired):
+        ax.legend(fontsize=8.5, frameon=False)
 
 
 def saliency_figure(folder: SaliencyFolder, names: dict[str, str], order: list[str],

@@ -32,6 +32,8 @@ COMMANDS: dict[str, Command] = {
     "analyze": Command("analyze", "tables, figures and an HTML/Markdown report of finished runs"),
     "influence": Command("influence", "last-layer influence functions: top-k images, "
                          "class-match curves"),
+    "lds": Command("lds", "linear datamodeling score of influence methods: retrain on random "
+                   "subsets of study runs"),
     "saliency": Command("saliency", "input-gradient maps, models side by side"),
     "recommend": Command("recommend", "rank source models for a target by head-only probes "
                          "on a held-out validation set (never the test set)"),

@@ -22,6 +22,7 @@ from robust_transfer.cli.common import (
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
 from robust_transfer.data import balanced_subset, load_dataset
 from robust_transfer.influence import SOLVERS, InfluenceConfig, config_fields, explain_influence
+from robust_transfer.influence.blocks import SCOPES, STRATEGIES, BlocksConfig
 from robust_transfer.influence.forms import FORMS
 from robust_transfer.influence.solvers import PRECISIONS
 from robust_transfer.influence.streaming import SCORE_MODES
@@ -83,6 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget-s", type=v.positive_float, default=d.time_budget_s,
                    help=fields["time_budget_s"].help + f" (default: {d.time_budget_s:g})")
     p.add_argument("--scores", choices=SCORE_MODES, default=d.scores, help=fields["scores"].help)
+    p.add_argument("--through", choices=SCOPES, default="head",
+                   help="head: exact last-layer influence (default); blocks: also EK-FAC influence "
+                   "over the head and the unfrozen blocks' conv and linear modules (kronfluence), "
+                   "written to OUT/blocks with side-by-side figures (runs with unfrozen >= 1)")
+    p.add_argument("--blocks-strategy", choices=STRATEGIES, default=BlocksConfig.strategy,
+                   help="--through blocks only: kronfluence's curvature (default: ekfac)")
+    p.add_argument("--blocks-damping", type=v.positive_float, default=None,
+                   help="--through blocks only: damping (default: kronfluence's heuristic, "
+                   "0.1 x the mean eigenvalue)")
     add_force(p, f"the grid figure (ROWS x COLS, bound {MAX_GRID_CELLS})")
     p.set_defaults(func=_influence)
 
@@ -118,6 +128,9 @@ def _influence(args: argparse.Namespace) -> int:
                                what="test images", option="--test-n")
     extra = {"dataset": inputs.dataset, "seed": inputs.seed, "n": len(train_idx),
              "test_n": args.test_n, **inputs.provenance}
+    if args.through == "blocks":
+        return _through_blocks(args, inputs, train.subset(train_idx), test.subset(test_idx), cfg,
+                               {**extra, "train_indices": train_idx, "test_indices": test_idx})
     # the solver's steps (class blocks, passes over test rows, ...) over all models
     with Progress("influence", unit="steps") as progress:
         summary = explain_influence(
@@ -131,8 +144,29 @@ def _influence(args: argparse.Namespace) -> int:
     return 0
 
 
+def _through_blocks(args: argparse.Namespace, inputs: Any, train: Any, test: Any,
+                    cfg: InfluenceConfig, extra: dict[str, Any]) -> int:
+    from robust_transfer.influence.scopes import explain_scopes  # loads kronfluence
+
+    train_idx, test_idx = extra.pop("train_indices"), extra.pop("test_indices")
+    bcfg = BlocksConfig(strategy=args.blocks_strategy, damping=args.blocks_damping,
+                        seed=inputs.seed, train_targets=cfg.train_targets)
+    summaries = explain_scopes(
+        inputs.models, train, test, args.out, cfg, bcfg, overwrite=args.overwrite,
+        batch_size=args.batch_size, extra=extra, top=args.top_k, max_rank=args.max_rank,
+        grid_size=tuple(args.grid), train_indices=train_idx, test_indices=test_idx)
+    for scope, summary in summaries.items():
+        for name, rec in summary["models"].items():
+            print(_influence_line(f"{name} ({scope})", rec))
+    print(f"wrote {args.out}/ (head) and {args.out}/blocks/ (blocks): summary.json, class_match.png, "
+          f"influence_grid.png, <name>/influence.npz; side by side: class_match_scopes.png, "
+          "influence_grid_scopes.png")
+    return 0
+
+
 def _influence_line(name: str, rec: dict[str, Any]) -> str:
-    parts = [f"{name}: solver {rec['solver']}, damping {rec['damping']:g}, " + _form_words(rec)]
+    damping = "heuristic" if rec["damping"] is None else f"{rec['damping']:g}"
+    parts = [f"{name}: solver {rec['solver']}, damping {damping}, " + _form_words(rec)]
     for kind in ("test", "train"):
         m = rec.get(f"top1_class_match_{kind}")
         if m:

@@ -38,6 +38,7 @@ from robust_transfer.influence.streaming import (
 )
 
 if TYPE_CHECKING:
+    from robust_transfer.influence.blocks import BlocksConfig
     from robust_transfer.models.arch import TransferModel
 
 Tensor = torch.Tensor
@@ -196,7 +197,8 @@ class InfluenceResult:
         train_scores: ``[n, n]`` with training images as targets, or ``None``.
         self_influence: ``[n]``, ``I(z_i, z_i) = -g_i^T H^-1 g_i`` (<= 0), or ``None``.
         train_labels, test_labels: ``[n]``, ``[m]``.
-        config: what produced it (damping, solver, ...).
+        config: what produced it (damping, solver, ...); a
+            :class:`~robust_transfer.influence.blocks.BlocksConfig` through the blocks.
         timings: seconds per step.
         info: solver details (form and why, scores mode, eigenvalues kept, CG iterations...).
         ranking: the streamed :class:`~robust_transfer.influence.streaming.Ranking`
@@ -208,7 +210,7 @@ class InfluenceResult:
     self_influence: np.ndarray | None
     train_labels: np.ndarray
     test_labels: np.ndarray
-    config: InfluenceConfig
+    config: InfluenceConfig | BlocksConfig
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     ranking: Ranking | None = None

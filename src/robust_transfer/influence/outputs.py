@@ -66,7 +66,7 @@ def model_summary(result: InfluenceResult, curves: list[ClassMatchCurve]) -> dic
               "scores": result.info.get("scores", "full"),
               "precision": result.info.get("precision", cfg.precision), "n_train": len(result.train_labels),
               "n_test": len(result.test_labels), "timings_s": result.timings, "info": result.info}
-    if cfg.solver == "pinv":
+    if isinstance(cfg, InfluenceConfig) and cfg.solver == "pinv":
         record["rcond"] = cfg.rcond
     for c in curves:
         record[f"top1_class_match_{c.targets}"] = {

@@ -107,3 +107,14 @@ def _pinned_record(source: dict[str, Any]):
                               f"study ran (sha256 {str(record.sha256)[:12]}... != {pinned[:12]}...); "
                               "restore it")
     return record
+
+
+def run_source(study_dir: str | Path, run_id: str) -> tuple[str, RunConfig, Any]:
+    """A finished run's full id, config and source model as the study pinned it (not fine-tuned).
+
+    Raises:
+        ConfigError: see :func:`find_run`.
+        CheckpointError: the source checkpoint is gone or changed since the study ran.
+    """
+    rid, config, source, _ = find_run(study_dir, run_id)
+    return rid, config, load_source(_pinned_record(source))

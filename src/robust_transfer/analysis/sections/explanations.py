@@ -56,9 +56,16 @@ def _figures(result: AnalysisResult) -> list[Figure]:
             f"model ({folder.path.name}), greyscale, at the model input's own size.",
             partial(saliency_figure, folder, shown, order, exp.baseline_model)))
     for i, influence in enumerate(exp.influence):
-        grid = influence.path / "influence_grid.png"
+        # ``influence --through blocks``: the head folder holds both scopes side by side
+        both = influence.path / "influence_grid_scopes.png"
+        if influence.scope != "head" and (influence.path.parent / both.name).is_file():
+            continue
+        grid = both if both.is_file() else influence.path / "influence_grid.png"
         if grid.is_file():
+            scopes = (", last layer (head) and through the fine-tuned blocks side by side"
+                      if grid == both else "" if influence.scope == "head"
+                      else f", scope {influence.scope}")
             figures.append(Figure(f"why_topk_{i}", f"Why: most helpful training images of each "
-                                  f"test image ({influence.path.name}); green captions share "
-                                  "the test image's class, red do not.", png=grid))
+                                  f"test image ({influence.path.name}{scopes}); green captions "
+                                  "share the test image's class, red do not.", png=grid))
     return figures
