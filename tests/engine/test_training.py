@@ -119,7 +119,7 @@ def test_fit_decreases_loss_on_digits(digits_train, digits_test):
     events = []
     history = fit(model, train_loader, test_loader,
                   FitOptions(epochs=3, optim=OptimConfig(lr=0.05, schedule="cosine"), device="cpu"),
-                  callback=lambda kind, info: events.append(kind))
+                  callback=lambda event: events.append(event.kind))
     losses = [h.train_loss for h in history]
     assert losses[2] < losses[1] < losses[0]
     assert history[0].train_loss > 1.0 and history[-1].test_acc > 0.85

@@ -23,6 +23,7 @@ from typing import Protocol
 import torch
 
 from robust_transfer.errors import RobustTransferError
+from robust_transfer.events import Listener, StepDone
 from robust_transfer.influence.forms import _BLOCK_ROWS, choose_form, gram, run_block, run_kernel
 from robust_transfer.influence.hessian import (
     hessian_from_probs,
@@ -67,8 +68,8 @@ class GradientProblem:
         x_test: ``[m, D]`` augmented test features.
         r_test: ``[m, C-1]`` test residuals.
         train_targets: also score training images as targets (and self-influence).
-        callback: ``callback("step", {"done", "total", "what"})`` as the solve advances
-            (the events :class:`~robust_transfer.progress.Progress` shows), or ``None``.
+        callback: called with a :class:`~robust_transfer.events.StepDone` as the solve
+            advances, or ``None``.
     """
 
     x_train: Tensor
@@ -77,12 +78,12 @@ class GradientProblem:
     x_test: Tensor
     r_test: Tensor
     train_targets: bool = True
-    callback: Callable[[str, dict], None] | None = None
+    callback: Listener | None = None
 
     def step(self, done: int, total: int, what: str) -> None:
         """Report ``done`` of ``total`` steps of the solve to the callback, if any."""
         if self.callback is not None:
-            self.callback("step", {"done": done, "total": total, "what": what})
+            self.callback(StepDone(done, total, what))
 
     def grads(self, split: str, rows: slice = slice(None)) -> Tensor:
         """Dense gradients ``[k, P]`` of some ``train`` or ``test`` rows."""
