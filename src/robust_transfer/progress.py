@@ -44,6 +44,7 @@ from robust_transfer.events import (
     StepDone,
     as_event,
 )
+from robust_transfer.units import format_bytes
 
 DEFAULT_INTERVAL = 30.0
 INTERVAL_ENV = "ROBUST_TRANSFER_PROGRESS_INTERVAL"
@@ -162,13 +163,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _amount(value: float, unit: str) -> str:
-    if unit != "B":
-        return f"{value:,.0f}"
-    for prefix in ("", "Ki", "Mi", "Gi"):
-        if abs(value) < 1024 or prefix == "Gi":
-            return f"{value:,.0f} B" if not prefix else f"{value:.1f} {prefix}B"
-        value /= 1024
-    return f"{value:.1f} GiB"  # unreachable
+    return format_bytes(value) if unit == "B" else f"{value:,.0f}"
 
 
 class Progress:

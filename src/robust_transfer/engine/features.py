@@ -57,6 +57,7 @@ from filelock import FileLock
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write, atomic_write_text
+from robust_transfer.units import format_bytes
 
 CHUNK_BYTES = 256 * 2**20  # computed rows written at a time
 DTYPES = ("float32", "float16")
@@ -141,15 +142,6 @@ def key_digest(key: dict) -> str:
     """The sha256 of ``key`` as canonical JSON (sorted keys, no whitespace)."""
     text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def format_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 KiB'`` (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def parse_bytes(value: int | float | str) -> int:

@@ -149,6 +149,30 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def require_device(device: str | torch.device) -> None:
+    """Refuse, before anything runs, a CUDA or MPS device this machine does not have.
+
+    ``auto`` and ``cpu`` always pass.
+
+    Raises:
+        ConfigError: an unknown device name, or a device that is not here.
+    """
+    if str(device) == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise ConfigError(f"device '{device}' is not available here ({count} CUDA device(s)); "
+                              "use device auto or cpu, or run where that GPU is")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                    and torch.backends.mps.is_available()):
+        raise ConfigError(f"device '{device}' is not available here (no Apple MPS); use cpu")
+
+
 def _autocast(device: torch.device):
     # bf16 autocast on CUDA only: on the CPU it is slower and changes numerics
     if device.type == "cuda":

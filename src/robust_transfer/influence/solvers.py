@@ -32,6 +32,7 @@ from robust_transfer.influence.hessian import (
     sum_zero_basis,
 )
 from robust_transfer.registry import Registry
+from robust_transfer.units import format_bytes
 
 Tensor = torch.Tensor
 _BYTES = 8  # float64
@@ -214,15 +215,6 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         if solver in ("eigh", "pinv"):
             total += 2 * p * p + (n + m) * p  # eigenvectors, LAPACK's copy, rotated gradients
     return int(total * _BYTES)
-
-
-def format_bytes(num: float) -> str:
-    """``1.5 GB``-style size."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if num < 1024 or unit == "GB":
-            return f"{num:.1f} {unit}" if unit != "B" else f"{int(num)} B"
-        num /= 1024
-    return f"{num:.1f} GB"
 
 
 def check_memory(estimate: int, limit: int | None, solver: str, describe: str,

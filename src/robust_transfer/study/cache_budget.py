@@ -23,10 +23,10 @@ from robust_transfer.engine.features import (
     CacheBudgetError,
     PrefixKey,
     disk_bytes,
-    format_bytes,
 )
 from robust_transfer.engine.transfer import cache_plan, prefix_bytes_per_image
 from robust_transfer.models import create_model
+from robust_transfer.units import format_bytes
 
 
 def planned_cache_bytes(resolved, runs=None) -> dict[PrefixKey, int]:
