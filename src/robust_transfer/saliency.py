@@ -32,7 +32,7 @@ from robust_transfer.outputs import (
 )
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 Tensor = torch.Tensor
 

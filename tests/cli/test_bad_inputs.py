@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from robust_transfer.cli import main
-from robust_transfer.models import create_model, save_model
+from robust_transfer.models import build_architecture, save_model
 
 # --- the table -----------------------------------------------------------------------
 # {tmp}: the case's empty tmp_path; {fx}: the shared fixture folder; {ckpt}: a checkpoint;
@@ -269,11 +269,11 @@ def _csv_rows(acc: str = "{acc}") -> str:
 def fx(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("bad_inputs")
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
+    model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
     ckpt = save_model(model, folder / "src", {"training": "natural", "eps": 0.0,
                                               "source_dataset": "digits"})
     torch.manual_seed(1)
-    robust = save_model(create_model("small_resnet", 10, input_size=16), folder / "robust",
+    robust = save_model(build_architecture("small_resnet", 10, input_size=16), folder / "robust",
                         {"training": "pgd", "eps": 0.5, "norm": "l2", "source_dataset": "digits"})
     fmt = {"natural": ckpt, "robust": robust}
     good = textwrap.dedent(SPEC_HEAD.format(**fmt, eps=""))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robust_transfer.cli import build_parser, main
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.models.checkpoints import save_model
 
 
@@ -22,7 +22,7 @@ def checkpoints(tmp_path_factory):
     paths = {}
     for name, seed, classes in (("robust", 0, 10), ("natural", 1, 10), ("three", 2, 3)):
         torch.manual_seed(seed)
-        model = create_model("small_resnet", classes, mean=(0.3,) * 3, std=(0.35,) * 3,
+        model = build_architecture("small_resnet", classes, mean=(0.3,) * 3, std=(0.35,) * 3,
                              input_size=16)
         paths[name] = save_model(model, root / name, {"source_dataset": "digits"})
     return paths

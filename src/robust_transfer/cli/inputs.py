@@ -18,7 +18,7 @@ import numpy as np
 from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import n_images
 from robust_transfer.errors import ConfigError
-from robust_transfer.models.arch import TransferModel
+from robust_transfer.models.base import TransferModel
 from robust_transfer.models.finetune import n_label, parse_n
 from robust_transfer.models.sources import load_source
 from robust_transfer.study.replay import replay_run

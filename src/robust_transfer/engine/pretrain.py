@@ -25,7 +25,7 @@ from robust_transfer.engine.training import (
     resolve_device,
 )
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
+from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, build_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
         train_loader, test_loader, classes, mean, std, size, n_train = _in_memory(
             cfg, data_root, train, test)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, classes, mean, std, size).to(dev)
+    model = build_architecture(cfg.arch, classes, mean, std, size).to(dev)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(

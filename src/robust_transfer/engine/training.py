@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -173,8 +173,9 @@ def require_device(device: str | torch.device) -> None:
         raise ConfigError(f"device '{device}' is not available here (no Apple MPS); use cpu")
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA only: on the CPU it is slower and changes numerics
+def autocast(device: torch.device) -> AbstractContextManager:
+    """The mixed precision the loop runs under on ``device``: bf16 autocast on CUDA, none
+    elsewhere (on the CPU it is slower and changes numerics)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -226,7 +227,7 @@ def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
             x, y = _to(x, device), y.to(device)
             if attack is not None:
                 x = attack(model, x, y)
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 logits = model(x)
             loss, corr = _batch_metrics(logits, y)
             loss_sum, correct, count = loss_sum + loss, correct + corr, count + len(y)
@@ -327,7 +328,7 @@ def _train_epoch(model, loader, optimizer, adversary, attack_model, device, call
         x, y = _to(x, device), y.to(device)
         if adversary is not None:
             x = adversary(attack_model, x, y)
-        with _autocast(device):
+        with autocast(device):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)

@@ -210,7 +210,7 @@ def prefix_bytes_per_image(model: TransferModel, unfrozen: int | str, resolution
         dtype: storage dtype (``"float32"``, ``"float16"`` or a torch dtype).
 
     Example:
-        >>> prefix_bytes_per_image(create_model("resnet50"), 3, 224)  # 1024 x 14 x 14 x 4
+        >>> prefix_bytes_per_image(build_architecture("resnet50"), 3, 224)  # 1024 x 14 x 14 x 4
         802816
     """
     depth = frozen_depth_for(len(model.blocks()), unfrozen)

@@ -31,7 +31,7 @@ from robust_transfer.influence.solvers import (
 )
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 Tensor = torch.Tensor
 

@@ -29,7 +29,7 @@ from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plo
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 __all__ = ["curves_for", "explain_influence", "grid_rows", "model_summary", "prepare_output_dir",
            "write_influence", "write_json", "write_npz"]

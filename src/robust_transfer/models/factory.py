@@ -19,7 +19,7 @@ from robust_transfer.models.sources import SourceRecord
 if TYPE_CHECKING:
     import torch
 
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 
 def create_model(name_or_path: str | os.PathLike | SourceRecord, num_classes: int | None = None,
@@ -74,15 +74,16 @@ def create_model(name_or_path: str | os.PathLike | SourceRecord, num_classes: in
 
 
 def _untrained(record: SourceRecord) -> TransferModel:
-    from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD
-    from robust_transfer.models.arch import create_model as build
+    from robust_transfer.models.arch import build_architecture
+    from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD
     from robust_transfer.models.sources import timm_source
 
     if record.kind == "timm":
         return timm_source(record.arch, pretrained=False)
     meta = record.metadata
-    model = build(record.arch, record.num_classes, tuple(meta.get("mean", IMAGENET_MEAN)),
-                  tuple(meta.get("std", IMAGENET_STD)), record.input_size)
+    model = build_architecture(record.arch, record.num_classes,
+                               tuple(meta.get("mean", IMAGENET_MEAN)),
+                               tuple(meta.get("std", IMAGENET_STD)), record.input_size)
     model.channels = int(meta.get("channels", model.channels))
     return model
 

@@ -31,7 +31,8 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.errors import CheckpointError, ConfigError, UnknownNameError
-from robust_transfer.models.arch import TIMM_PREFIX, TransferModel
+from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD, TransferModel
+from robust_transfer.models.metadata import timm_arch, timm_name
 
 Modules = list[nn.Module]
 
@@ -129,7 +130,7 @@ class TimmTransferModel(TransferModel):
 
     def __init__(self, name: str, net: nn.Module, family: Family, mean: tuple[float, ...],
                  std: tuple[float, ...], input_size: int, channels: int = 3) -> None:
-        super().__init__(f"{TIMM_PREFIX}{name}", net, mean, std, input_size, channels)
+        super().__init__(timm_arch(name), net, mean, std, input_size, channels)
         self.family_name = family.name  # a name, not the Family, so the model pickles
 
     @property
@@ -200,14 +201,14 @@ def create_timm_source(name: str, pretrained: bool = False, num_classes: int | N
     from robust_transfer.models.convstem import register_convstem_models
 
     register_convstem_models()
-    name = name.removeprefix(TIMM_PREFIX)
+    name = timm_name(name) or name
     _check_name(timm, name)
     net = _build(timm, name, pretrained, num_classes, input_size, kwargs)
     family = family_of(net, name)
     cfg = getattr(net, "pretrained_cfg", None) or {}
     size = input_size or _native_size(net, cfg)
-    model = TimmTransferModel(name, net, family, tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406))),
-                              tuple(std or cfg.get("std", (0.229, 0.224, 0.225))), size,
+    model = TimmTransferModel(name, net, family, tuple(mean or cfg.get("mean", IMAGENET_MEAN)),
+                              tuple(std or cfg.get("std", IMAGENET_STD)), size,
                               int(cfg.get("input_size", (3,))[0]))
     model.arch_kwargs = dict(kwargs)  # so that checkpoints rebuild the same architecture
     return model
