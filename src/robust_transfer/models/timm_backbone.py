@@ -35,6 +35,9 @@ from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD, TransferMod
 from robust_transfer.models.metadata import timm_arch, timm_name
 
 Modules = list[nn.Module]
+TimmModel = Any
+"""A model built by timm: its submodules (``blocks``, ``norm``, ``head``) depend on its class,
+so a :class:`Family` reads them untyped (torch types each as ``Tensor | Module``)."""
 
 
 class _ViTStem(nn.Module):
@@ -45,7 +48,7 @@ class _ViTStem(nn.Module):
     only through a bound method, which registers nothing.
     """
 
-    def __init__(self, vit: nn.Module) -> None:
+    def __init__(self, vit: TimmModel) -> None:
         super().__init__()
         self.patch_embed, self.patch_drop, self.norm_pre = vit.patch_embed, vit.patch_drop, vit.norm_pre
         for name in ("cls_token", "reg_token", "pos_embed"):
@@ -80,17 +83,17 @@ class Family:
     name: str
     block: str
     examples: str
-    stem: Callable[[nn.Module], nn.Module]
-    blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]]
-    post: Callable[[nn.Module], nn.Module | None]
-    neck: Callable[[nn.Module], Modules]
+    stem: Callable[[TimmModel], nn.Module]
+    blocks: Callable[[TimmModel], list[tuple[str, nn.Module]]]
+    post: Callable[[TimmModel], nn.Module | None]
+    neck: Callable[[TimmModel], Modules]
 
 
-def _vit_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _vit_blocks(m: TimmModel) -> list[tuple[str, nn.Module]]:
     return [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
 
 
-def _swin_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _swin_blocks(m: TimmModel) -> list[tuple[str, nn.Module]]:
     out = []
     for s, stage in enumerate(m.layers):
         for i, block in enumerate(stage.blocks):
@@ -100,7 +103,7 @@ def _swin_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _resnet_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _resnet_blocks(m: TimmModel) -> list[tuple[str, nn.Module]]:
     return [(f"layer{i}.{j}", b) for i in range(1, 5) for j, b in enumerate(getattr(m, f"layer{i}"))]
 
 
@@ -137,6 +140,11 @@ class TimmTransferModel(TransferModel):
     def family(self) -> Family:
         return FAMILIES[self.family_name]
 
+    @property
+    def timm_model(self) -> TimmModel:
+        """The timm model itself (``net``), read through its family's attributes."""
+        return self.net
+
     def stem(self) -> nn.Module:
         return self.family.stem(self.net)
 
@@ -151,10 +159,10 @@ class TimmTransferModel(TransferModel):
 
     @property
     def head(self) -> nn.Linear:
-        return self.net.get_classifier()
+        return self.timm_model.get_classifier()
 
     def _set_head(self, fc: nn.Linear) -> None:
-        self.net.reset_classifier(fc.out_features)  # puts a Linear where timm's head is
+        self.timm_model.reset_classifier(fc.out_features)  # puts a Linear where timm's head is
         with torch.no_grad():
             self.head.weight.copy_(fc.weight)
             self.head.bias.copy_(fc.bias)
@@ -163,7 +171,7 @@ class TimmTransferModel(TransferModel):
         post = self.family.post(self.net)
         if post is not None:
             h = post(h)
-        return self.net.forward_head(h, pre_logits=True)
+        return self.timm_model.forward_head(h, pre_logits=True)
 
 
 def create_timm_source(name: str, pretrained: bool = False, num_classes: int | None = None, *,
@@ -246,7 +254,7 @@ def _takes_img_size(name: str) -> bool:
     return name.startswith(("vit_", "deit_", "swin_", "singh2023_vit"))
 
 
-def family_of(net: nn.Module, name: str = "") -> Family:
+def family_of(net: TimmModel, name: str = "") -> Family:
     """The :class:`Family` of a built timm model, checked to cover every parameter.
 
     Raises:
