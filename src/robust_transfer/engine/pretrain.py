@@ -75,7 +75,7 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["adversary"] = self.adversary.to_dict() if self.adversary else None
-        d["eval_attack"] = self.robust_eval_attack().to_dict() if self.robust_eval_attack() else None
+        d["eval_attack"] = attack.to_dict() if (attack := self.robust_eval_attack()) else None
         return d
 
     def robust_eval_attack(self) -> AttackConfig | None:
@@ -209,7 +209,7 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
         "clean_acc": last.test_acc,
         "robust_acc": None if last.robust_acc != last.robust_acc else last.robust_acc,
         "test_images": cfg.eval_images,
-        "robust_eval": cfg.robust_eval_attack().to_dict() if cfg.robust_eval_attack() else None,
+        "robust_eval": attack.to_dict() if (attack := cfg.robust_eval_attack()) else None,
         "world_size": world,
         "config": cfg.to_dict(),
         "history": [h.to_dict() for h in history],

@@ -184,7 +184,13 @@ class Recipe:
         self.optim()  # validates the optimiser as a whole
 
     def robust_attack(self) -> AttackConfig:
-        """The PGD evaluation attack (``robust_eps`` must be set)."""
+        """The PGD evaluation attack.
+
+        Raises:
+            ConfigError: ``robust_eps`` is not set.
+        """
+        if self.robust_eps is None:
+            raise ConfigError("robust accuracy needs robust_eps (the attack's radius)")
         return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
 
     def optim(self) -> OptimConfig:
