@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robust_transfer.engine.choices import NORMS
 from robust_transfer.errors import ConfigError
-
-NORMS = ("l2", "linf")
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robust_transfer.engine.attacks import NORMS, AttackConfig
-from robust_transfer.engine.training import SCHEDULES, OptimConfig
+from robust_transfer.engine.choices import NORMS, SCHEDULES
 from robust_transfer.errors import ConfigError
+
+if TYPE_CHECKING:  # the recipe is read without torch (the study store, ``study status``)
+    from robust_transfer.engine.attacks import AttackConfig
+    from robust_transfer.engine.training import OptimConfig
 
 FEATURE_DTYPES = ("float32", "float16")
 HEAD_INITS = ("normal", "paper", "torch")
@@ -189,11 +192,15 @@ class Recipe:
         Raises:
             ConfigError: ``robust_eps`` is not set.
         """
+        from robust_transfer.engine.attacks import AttackConfig
+
         if self.robust_eps is None:
             raise ConfigError("robust accuracy needs robust_eps (the attack's radius)")
         return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
 
     def optim(self) -> OptimConfig:
+        from robust_transfer.engine.training import OptimConfig
+
         return OptimConfig(self.lr, self.momentum, self.weight_decay, self.schedule)
 
     def to_dict(self) -> dict:

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robust_transfer.engine.attacks import AttackConfig
+from robust_transfer.engine.choices import SCHEDULES
 from robust_transfer.errors import ConfigError
 from robust_transfer.events import (
     METRICS_COLUMNS,
@@ -39,7 +40,6 @@ from robust_transfer.events import (
 )
 from robust_transfer.io import atomic_write_text
 
-SCHEDULES = ("step", "cosine", "constant")
 __all__ = ["EpochMetrics", "FitOptions", "MetricsCSV", "OptimConfig", "TensorBoardWriter",
            "TensorLoader", "combine_callbacks", "evaluate", "fit", "metrics_csv", "resolve_device"]
 
@@ -165,9 +165,12 @@ def require_device(device: str | torch.device) -> None:
         raise ConfigError(f"unknown device '{device}'; valid: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{device}' is not available here: torch sees no CUDA GPU; "
+                              "use device auto or cpu, or run where a GPU is")
         if (dev.index or 0) >= count:
             raise ConfigError(f"device '{device}' is not available here ({count} CUDA device(s)); "
-                              "use device auto or cpu, or run where that GPU is")
+                              "use device auto, cpu or one of those")
     elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
                                     and torch.backends.mps.is_available()):
         raise ConfigError(f"device '{device}' is not available here (no Apple MPS); use cpu")
