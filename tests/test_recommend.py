@@ -68,3 +68,13 @@ def test_recommend_refuses_impossible_n():
         recommend("digits", 1300, ["fmnist-natural"], seeds=(0,), val_images=300)
     with pytest.raises(ConfigError, match="fewer than"):
         recommend("digits", 5, ["fmnist-natural"], seeds=(0,))
+
+
+def test_recommend_refuses_a_one_class_target():
+    from dataclasses import replace
+
+    digits = load_dataset("digits", "train")
+    keep = digits.labels == 3
+    one = replace(digits, images=digits.images[keep], labels=digits.labels[keep])
+    with pytest.raises(ConfigError, match="one class only"):
+        recommend(one, 20, ["fmnist-natural"], seeds=(0,))

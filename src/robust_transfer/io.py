@@ -11,6 +11,7 @@ umask), so checkpoints others must read are not private by accident.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,3 +71,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False
 def atomic_write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` whole or not at all (see :func:`atomic_write`)."""
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,@-]{0,99}")
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9._+=,@-]+")
+
+
+def safe_filename(name: str) -> str:
+    """``name`` (a label, target or checkpoint name) as one file name that stays in its folder.
+
+    A name that is already a plain file name (letters, digits, ``._+=,@-``, not starting
+    with a dot, at most 100 characters) is kept as it is, so ordinary names keep their
+    files. Any other (``cifar/10``, ``../../x``, ``folder:/data/set``, ``.hidden``, an
+    empty or very long name) has each run of other characters replaced by ``_`` and gets
+    the first 8 hex digits of its sha256 appended, so two names never share a file.
+
+    Example:
+        >>> safe_filename("verdict_digits"), safe_filename("verdict_../../x")
+        ('verdict_digits', 'verdict_.._.._x-67841370')
+    """
+    if _SAFE_NAME.fullmatch(name):
+        return name
+    import hashlib
+
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem = _UNSAFE_RUN.sub("_", name).lstrip("._")[:80]
+    return f"{stem}-{digest}" if stem else digest

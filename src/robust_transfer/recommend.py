@@ -131,7 +131,8 @@ def recommend(target: str | ImageArrays, n: int, sources: list[str] | None = Non
 
     Raises:
         ConfigError: no sources, no source that can take the target, ``n`` or the
-            validation set too large for the training pool, or fewer images than classes.
+            validation set too large for the training pool, fewer images than classes, or
+            a target of one class.
     """
     train = target if isinstance(target, ImageArrays) else load_dataset(target, "train", data_root)
     name = train.info.name
@@ -139,6 +140,9 @@ def recommend(target: str | ImageArrays, n: int, sources: list[str] | None = Non
     if not seeds:
         raise ConfigError("recommend needs at least one seed")
     labels = train.labels.numpy()
+    if len(np.unique(labels)) < 2:  # a probe of one class is 100% whatever the source
+        raise ConfigError(f"{name} has images of one class only; ranking sources needs a "
+                          "target with at least two classes")
     val_size = default_val_images(len(labels), n) if val_images is None else int(val_images)
     pool, val = split_validation(labels, val_size, name)
     classes = train.info.num_classes

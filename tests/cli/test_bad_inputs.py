@@ -32,6 +32,9 @@ SALIENCY = "saliency -c {ckpt} --dataset digits --out {tmp}/sal"
 ANALYZE = "analyze {study} --out {tmp}/a --no-figures"
 ANALYZE_CSV = "analyze --csv {fx}/ok.csv --out {tmp}/a --no-figures"
 
+# folder targets, each broken one way (made by _image_folders)
+IMAGE_CASES = ("truncated", "bomb", "huge", "int32", "float", "unseen_test_class",
+               "empty_train_class", "one_class")
 NAN_INF = ["nan", "inf", "-inf", "NaN"]
 NOT_NUMBER = ["abc", ""]
 POS_FLOAT_BAD = NAN_INF + NOT_NUMBER + ["0", "-1"]
@@ -209,6 +212,17 @@ CASES: list[tuple[str, str]] = [
     ("saliency-out-exists", "saliency -c {ckpt} --dataset digits --out {fx}"),
     ("saliency-checkpoint-missing", "saliency -c {tmp}/none.safetensors --dataset digits --out {tmp}/sal"),
     ("saliency-dataset-unknown", "saliency -c {ckpt} --dataset bogus --out {tmp}/sal"),
+    # issue 22: bounded YAML, guarded image decoding, class lists checked across splits
+    ("run-spec-alias-bomb", "study run {fx}/alias_bomb.yaml --out {tmp}/s"),
+    ("run-spec-recursive-alias", "study run {fx}/alias_loop.yaml --out {tmp}/s"),
+    ("run-spec-deep", "study run {fx}/deep.yaml --out {tmp}/s"),
+    ("run-spec-huge", "study run {fx}/huge.yaml --out {tmp}/s"),
+    ("demo-spec-deep", "demo --spec {fx}/deep.yaml --out {tmp}/d"),
+    *[(f"finetune-folder-{case}", f"finetune {{ckpt}} --target folder:{{fx}}/img_{case} --epochs 1")
+      for case in IMAGE_CASES],
+    ("recommend-one-class", "recommend --target folder:{fx}/img_one_class --n 2 --source {ckpt}"),
+    ("influence-folder-truncated", "influence -c {ckpt} --dataset folder:{fx}/img_truncated "
+     "--out {tmp}/inf"),
     # zoo, data, the top level
     ("zoo-fetch-unknown", "zoo fetch nonesuch --dest {tmp}/z"),
     ("zoo-fetch-not-downloaded", "zoo fetch resnet50-l2-eps3 --dest {tmp}/z"),
@@ -298,8 +312,54 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     (folder / "text.csv").write_text(CSV_HEAD + "\n".join(text_rows) + "\n")
     (folder / "lacking.csv").write_text(CSV_HEAD.replace(",seed", "") + "natural,0,digits,10,0,2,0.5\n")
     (folder / "percent.csv").write_text(CSV_HEAD + _csv_rows("{acc}").replace(",0.", ",9"))
+    _yaml_bombs(folder, textwrap.dedent(SPEC_HEAD.format(**fmt, eps="")))
+    _image_folders(folder)
     return {"fx": folder, "ckpt": ckpt, "study": folder / "study", "spec": folder / "spec.yaml",
             "file": folder / "file"}
+
+
+def _yaml_bombs(folder: Path, good: str) -> None:
+    """Specs that would hang or crash an unbounded YAML loader, each a valid spec plus one key."""
+    levels = ["&l0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"&l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 10)]  # 10**10 values
+    (folder / "alias_bomb.yaml").write_text(good + f"description: [{', '.join(levels)}]\n")
+    (folder / "alias_loop.yaml").write_text(good + "description: &d [*d]\n")
+    (folder / "deep.yaml").write_text(good + "description: " + "[" * 5000 + "]" * 5000 + "\n")
+    (folder / "huge.yaml").write_text(good + "description: " + "x" * (1 << 21) + "\n")
+
+
+def _image_folders(folder: Path) -> None:
+    """``img_<case>/{train,test}/<class>/*.png``, one folder per :data:`IMAGE_CASES`."""
+    import struct
+    import zlib
+
+    import numpy as np
+    from PIL import Image
+
+    def make(case: str, train: dict[str, int], test: dict[str, int]) -> Path:
+        for split, classes in (("train", train), ("test", test)):
+            for cls, count in classes.items():
+                (folder / f"img_{case}" / split / cls).mkdir(parents=True)
+                for i in range(count):
+                    Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(
+                        folder / f"img_{case}" / split / cls / f"{i}.png")
+        return folder / f"img_{case}" / "train" / "b"
+
+    two = {"a": 2, "b": 2}
+    cut = make("truncated", two, two) / "1.png"
+    cut.write_bytes(cut.read_bytes()[:-30])
+    for case, (width, height) in (("bomb", (20000, 10000)), ("huge", (9000, 9000))):
+        path = make(case, two, two) / "1.png"  # a header claiming the size, 1x1 pixel data
+        Image.new("L", (1, 1)).save(path)
+        data = bytearray(path.read_bytes())
+        data[16:24] = struct.pack(">II", width, height)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+        path.write_bytes(bytes(data))
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(make("int32", two, two) / "1.tif")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(make("float", two, two) / "1.tif")
+    make("unseen_test_class", two, {**two, "z": 1})
+    make("empty_train_class", {**two, "c": 0}, two)
+    make("one_class", {"a": 3}, {"a": 1})
 
 
 def _instant_run(task, ctx):

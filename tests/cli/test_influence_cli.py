@@ -150,3 +150,20 @@ def test_form_and_precision_options_reach_the_solver(tmp_path, checkpoints, caps
     ref = scores["direct", "float64"]
     for key, value in scores.items():
         assert np.allclose(value, ref, rtol=0, atol=1e-8 * np.abs(ref).max()), key
+
+
+def test_a_checkpoint_name_never_writes_outside_out(tmp_path, checkpoints, capsys):
+    victim = tmp_path / "escape" / "influence.npz"
+    victim.parent.mkdir()
+    victim.write_bytes(b"the user's own file")
+    out = tmp_path / "inf"
+    code, _, err = run(["influence", "-c", f"../escape={checkpoints['robust']}", "-c",
+                        f"/abs/b={checkpoints['natural']}", "--dataset", "digits", "--n", "30",
+                        "--test-n", "10", "--out", out, "--max-rank", "5", "--grid", "1", "2"],
+                       capsys)
+    assert code == 0, err
+    assert victim.read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["escape", "inf"]
+    folders = sorted(p.parent.name for p in out.glob("*/influence.npz"))
+    assert len(folders) == 2 and all("/" not in f and not f.startswith(".") for f in folders)
+    assert set(json.loads((out / "summary.json").read_text())["models"]) == {"../escape", "/abs/b"}

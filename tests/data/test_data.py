@@ -309,7 +309,7 @@ def test_grayscale_folder_dataset(tmp_path):
 def test_folder_dataset_errors(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         load_dataset(f"folder:{tmp_path / 'nope'}")
-    write_folder(tmp_path, "train", {"a": 1})
+    write_folder(tmp_path, "train", {"a": 1, "b": 1})
     with pytest.raises(DatasetError, match="test/ or val/"):
         load_dataset(f"folder:{tmp_path}", "test")
     (tmp_path / "train" / "a" / "broken.png").write_bytes(b"not a png")
@@ -319,6 +319,77 @@ def test_folder_dataset_errors(tmp_path):
     (empty / "train" / "a").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no images"):
         load_dataset(f"folder:{empty}", "train")
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims ``width`` x ``height`` (its pixel data is a 1x1 image's)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = ihdr[4:12]
+    data[29:33] = struct.pack(">I", zlib.crc32(ihdr) & 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+
+def test_the_guarded_loader_refuses_damaged_huge_and_deep_images_naming_the_file(tmp_path):
+    from PIL import Image
+
+    from robust_transfer.data.images import read_image
+
+    Image.fromarray(random_images(np.random.default_rng(0), (40, 40, 3))).save(tmp_path / "ok.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "ok.png").read_bytes()[:-600])
+    _png_header(tmp_path / "bomb.png", 20000, 10000)  # PIL's DecompressionBombError
+    _png_header(tmp_path / "big.png", 9000, 9000)  # below PIL's bound, above ours
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "int32.tif")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "float.tif")
+    assert read_image(tmp_path / "ok.png", 3, 16).shape == (3, 16, 16)
+    for name, why in [("cut.png", "truncated"), ("bomb.png", "above the limit"),
+                      ("big.png", "9000x9000 pixels"), ("int32.tif", "32-bit integer"),
+                      ("float.tif", "32-bit float")]:
+        with pytest.raises(DatasetError, match=why) as err:
+            read_image(tmp_path / name, 1, 16)
+        assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    values = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.fromarray(values).save(tmp_path / split / cls / "deep.png")
+    assert Image.open(tmp_path / "train" / "a" / "deep.png").mode == "I;16"
+    got = load_dataset(f"folder:{tmp_path}", "train").images[0, 0].numpy().astype(int)
+    assert np.abs(got - np.round(values / 257.0)).max() <= 1
+    assert (got == 255).mean() < 0.01 and got.min() == 0
+
+
+def test_a_damaged_image_in_a_folder_is_refused_naming_it(tmp_path):
+    write_folder(tmp_path, "train", {"a": 1, "b": 1})
+    good = (tmp_path / "train" / "b" / "0.png").read_bytes()
+    (tmp_path / "train" / "b" / "0.png").write_bytes(good[:-40])
+    with pytest.raises(DatasetError, match="b/0.png cannot be decoded"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
+def test_class_lists_are_checked_across_splits(tmp_path):
+    write_folder(tmp_path / "one", "train", {"a": 2})
+    with pytest.raises(DatasetError, match="one class"):
+        load_dataset(f"folder:{tmp_path / 'one'}", "train")
+    write_folder(tmp_path / "gap", "train", {"a": 2, "b": 2})
+    (tmp_path / "gap" / "train" / "c").mkdir()
+    with pytest.raises(DatasetError, match="train/c has no images"):
+        load_dataset(f"folder:{tmp_path / 'gap'}", "train")
+    write_folder(tmp_path / "extra", "train", {"a": 2, "b": 2})
+    write_folder(tmp_path / "extra", "test", {"a": 1, "b": 1, "z": 1})
+    with pytest.raises(DatasetError, match="class\\(es\\) z that"):
+        load_dataset(f"folder:{tmp_path / 'extra'}", "test")
 
 
 # --- digits -----------------------------------------------------------------------------

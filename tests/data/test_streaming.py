@@ -57,3 +57,18 @@ def test_cli_pretrain_on_an_image_folder(folder, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     model, meta = load_model(out)
     assert meta["source_dataset"].startswith("imagefolder:") and model.input_size == 16
+
+
+def test_a_damaged_image_read_by_a_loader_worker_is_one_line_naming_it(tmp_path):
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(
+                    tmp_path / split / label / f"{i}.png")
+    cut = tmp_path / "train" / "b" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:-30])
+    split = streaming_split(f"folder:{tmp_path}", "train", 8, 4, augment=False, workers=1)
+    with pytest.raises(DatasetError) as err:
+        list(split)
+    assert str(err.value).startswith(f"{cut} cannot be decoded") and "\n" not in str(err.value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import shutil
 import warnings
 from pathlib import Path
 
@@ -274,3 +275,54 @@ def test_parse_bytes(text, expected):
 def test_parse_bytes_refuses(bad):
     with pytest.raises(ConfigError):
         parse_bytes(bad)
+
+
+def _data_npy_a_folder(root: Path) -> None:
+    path = next(root.rglob("data.npy"))
+    path.unlink()
+    (path / "inner").mkdir(parents=True)
+
+
+def _index_a_folder(root: Path) -> None:
+    path = next(root.rglob("index.npz"))
+    path.unlink()
+    path.mkdir()
+
+
+def _lock_a_folder(root: Path) -> None:
+    path = next(root.rglob("lock"))
+    path.unlink()
+    path.mkdir()
+
+
+def _shard_a_file(root: Path) -> None:
+    shard = next(p for p in root.iterdir() if p.is_dir())
+    shutil.rmtree(shard)
+    shard.write_text("not a folder")
+
+
+def _root_a_file(root: Path) -> None:
+    shutil.rmtree(root)
+    root.write_text("not a folder")
+
+
+STRUCTURAL = {"data-folder": _data_npy_a_folder, "index-folder": _index_a_folder,
+              "lock-folder": _lock_a_folder, "shard-file": _shard_a_file, "root-file": _root_a_file}
+
+
+@pytest.mark.parametrize("damage", sorted(STRUCTURAL))
+def test_structural_damage_is_repaired_by_rebuilding(tmp_path, damage):
+    root = tmp_path / "feature_cache"
+    DiskFeatureStore(root).get_or_compute(KEY, np.arange(6), fake_features)
+    STRUCTURAL[damage](root)
+    rec = Recorder()
+    with pytest.warns(FeatureCacheWarning):
+        out = DiskFeatureStore(root).get_or_compute(KEY, np.arange(6), rec)
+    # the rows are recomputed unless they survived (a lock in the way loses no data)
+    assert torch.equal(out, fake_features(np.arange(6)))
+    assert len(rec.calls) == (0 if damage == "lock-folder" else 1)
+    rec = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rebuilt: read back without complaint or recomputation
+        again = DiskFeatureStore(root).get_or_compute(KEY, np.arange(6), rec)
+    assert rec.calls == [] and torch.equal(again, out)

@@ -273,3 +273,53 @@ def test_a_source_rewritten_with_its_header_keeps_its_study(tmp_path, monkeypatc
                                      "sha256": sha256_file(weights)}))
     with pytest.raises(RobustTransferError, match="restore that checkpoint"):
         run_study(spec, tmp_path / "s", run_fn=timed_run)
+
+
+# --- a full disk ---------------------------------------------------------------------
+def _sixty_epochs(task, ctx):
+    """A stand-in run with a long history: each record needs about one new page."""
+    from dataclasses import replace
+
+    outcome = timed_run(task, ctx)
+    return replace(outcome, history=tuple({**outcome.history[-1], "epoch": e} for e in range(1, 61)))
+
+
+def test_a_full_disk_mid_study_is_one_line_and_a_rerun_loses_nothing(tmp_path, capsys, monkeypatch):
+    """SQLite's page limit raises exactly what a full disk raises (SQLITE_FULL, 'database or
+    disk is full'); it is set once three runs are recorded, so the fourth cannot be."""
+    import functools
+
+    import robust_transfer.study as study_api
+
+    spec = write_spec(tmp_path, make_sources(tmp_path))  # 8 runs
+    monkeypatch.setenv("RT_TEST_RUN_SECONDS", "0")
+    monkeypatch.setattr(study_api, "run_study", functools.partial(run_study, run_fn=_sixty_epochs))
+    real_record = StudyStore.record
+
+    def filling_record(self, outcome):
+        real_record(self, outcome)
+        if self.status().finished == 3:
+            pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+            self.conn.execute(f"PRAGMA max_page_count={pages}")
+
+    monkeypatch.setattr(StudyStore, "record", filling_record)
+    out = tmp_path / "s"
+    code = main(["study", "run", str(spec), "--out", str(out), "--quiet"])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "disk is full" in line and "rerun the same command" in line
+    monkeypatch.setattr(StudyStore, "record", real_record)
+    assert study_status(out).finished == 3
+    with sqlite3.connect(out / "study.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert main(["study", "run", str(spec), "--out", str(out), "--quiet"]) == 0
+    runs, epochs = load_results(out)
+    assert len(runs) == 8 and runs["run_id"].is_unique and len(epochs) == 8 * 60
+
+
+def test_repair_refuses_a_study_a_live_driver_is_writing(study, tmp_path):
+    from robust_transfer.study.lock import DriverLock
+
+    study_dir = _copy(study[1], tmp_path / "s")
+    with DriverLock(study_dir), pytest.raises(ConfigError, match="live driver"):
+        repair_store(study_dir, tmp_path / "new")
+    assert not (tmp_path / "new").exists()

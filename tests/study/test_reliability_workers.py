@@ -60,10 +60,10 @@ def test_a_killed_worker_fails_only_its_own_run(sources, tmp_path):
     assert runs["run_id"].is_unique
 
 
-def _driver(spec: Path, out: Path, pid_dir: Path) -> subprocess.Popen:
+def _driver(spec: Path, out: Path, pid_dir: Path, workers: int = 2) -> subprocess.Popen:
     code = ("import sys; sys.path.insert(0, sys.argv[3]); from reliability_support import timed_run; "
             "from robust_transfer.study import run_study; "
-            "run_study(sys.argv[1], sys.argv[2], workers=2, run_fn=timed_run)")
+            f"run_study(sys.argv[1], sys.argv[2], workers={workers}, run_fn=timed_run)")
     env = {**os.environ, PID_DIR_ENV: str(pid_dir), SECONDS_ENV: "0.4",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     return subprocess.Popen([sys.executable, "-c", code, str(spec), str(out), str(HERE)],
@@ -129,3 +129,35 @@ def test_a_rerun_that_leaves_failed_runs_exits_1_and_says_how_many(sources, tmp_
     captured = capsys.readouterr()
     assert "ran 0 run(s)" in captured.out and "skipped 8" in captured.out
     assert "2 run(s) failed" in captured.err and "--retry-failed" in captured.err
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """The study's data files, byte for byte (the lock file's mtime may change on a probe)."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name.startswith("study.db")}
+
+
+def test_repair_of_a_killed_study_salvages_every_finished_run_and_writes_nothing_there(
+        spec, tmp_path, capsys):
+    from robust_transfer.cli import main
+
+    out, pid_dir = tmp_path / "killed", tmp_path / "pids"
+    pid_dir.mkdir()
+    proc = _driver(spec, out, pid_dir, workers=1)
+    deadline = time.monotonic() + 120
+    try:  # SIGKILL once a few runs are recorded: they sit in study.db-wal, not yet in study.db
+        while _finished(out) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "no progress to kill"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = study_status(out).finished
+    assert 3 <= finished < 20 and (out / "study.db-wal").stat().st_size > 0
+    before = _files(out)
+    assert main(["study", "repair", str(out), "--out", str(tmp_path / "new")]) == 0
+    assert f"salvaged {finished} finished run(s)" in capsys.readouterr().out
+    assert _files(out) == before, "repair wrote into the study it salvages"
+    runs, epochs = load_results(tmp_path / "new")
+    killed_runs, _ = load_results(out)
+    assert set(runs["run_id"]) == set(killed_runs["run_id"]) and len(epochs) == 2 * finished
+    assert runs.set_index("run_id")["test_acc"].equals(killed_runs.set_index("run_id")["test_acc"])

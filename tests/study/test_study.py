@@ -347,3 +347,12 @@ def test_paper_preset_expands_to_the_paper_grid():
     assert {r.unfrozen_blocks for r in runs} == {0, 1, 3, 9}
     assert {r.n for r in runs} == {100 * 2 ** k for k in range(9)} | {None}
     assert len(runs) == 4 * 6 * 4 * (5 * 10 + 2 * 10 + 2 * 5 + 1)
+
+
+def test_yaml_aliases_within_the_bounds_still_load():
+    from robust_transfer.study.yamlio import load_yaml
+
+    data, lines = load_yaml("base: &r {lr: 0.1, batch_size: 32}\ngrid:\n  - {recipe: *r}\n"
+                            "  - {recipe: *r, seeds: [1]}\n", "s.yaml")
+    assert data["grid"][0]["recipe"] == data["grid"][1]["recipe"] == {"lr": 0.1, "batch_size": 32}
+    assert lines[("grid", 1)] == 4

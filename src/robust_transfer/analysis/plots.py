@@ -22,6 +22,7 @@ from robust_transfer.analysis.frames import unfrozen_key, unfrozen_text
 from robust_transfer.analysis.palette import source_colors
 from robust_transfer.analysis.stats import BY_BUDGET
 from robust_transfer.analysis.verdict import VerdictView
+from robust_transfer.io import safe_filename
 from robust_transfer.outputs import save_figure
 
 FIG_WIDTH = 11.0  # inches at 100 dpi: the report's full column width (1,100 px)
@@ -265,6 +266,6 @@ def save_figures(figure: Figure, directory: str | Path, stem: str,
         # so reports are reproducible; the full figure, not a tight crop
         extra = ({"pil_kwargs": {"compress_level": 1}} if fmt == "png"
                  else {"metadata": {"Date": None}} if fmt == "svg" else {})
-        paths[fmt] = save_figure(figure, directory / f"{stem}.{fmt}", dpi=100,
+        paths[fmt] = save_figure(figure, directory / f"{safe_filename(stem)}.{fmt}", dpi=100,
                                  bbox_inches=None, **extra)
     return paths

@@ -440,7 +440,8 @@ def _md_figures(result: AnalysisResult, figure_dir: str, wanted) -> list[str]:
         if not wanted(key):
             continue
         if key in result.figures:
-            parts += [f"![{key}]({figure_dir}/{key}.png)", "", f"*{caption}*", ""]
+            parts += [f"![{key}]({figure_dir}/{result.figures[key]['png'].name})", "",
+                      f"*{caption}*", ""]
         else:
             parts += [f"*{caption} (no data to plot)*", ""]
     return parts

@@ -37,10 +37,13 @@ def _demo(args) -> int:
     spec = resolve_spec_path(args.spec)
     if args.dry_run:
         return _dry_run(spec, args.out)
+    from robust_transfer.study.spec import load_spec
+
     start = time.perf_counter()
+    loaded = load_spec(spec)  # a bad spec is one error line, before anything is printed
     print(f"demo: running {spec} into {args.out}", file=sys.stderr)
     with Progress("study", unit="runs") as progress:
-        summary = run_study(spec, args.out, workers=args.workers, device=args.device,
+        summary = run_study(loaded, args.out, workers=args.workers, device=args.device,
                             progress=progress.study)
     print(f"demo: {summary.finished} runs finished now, {summary.skipped} already done, "
           f"{summary.failed} failed ({summary.seconds:.0f} s)", file=sys.stderr)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robust_transfer.data.images import IMAGE_EXTS, image_channels, is_image_file, read_image
 from robust_transfer.errors import ConfigError, DatasetError
 from robust_transfer.registry import Registry
 
@@ -330,7 +331,6 @@ _register_torchvision()
 # --- folder:PATH ----------------------------------------------------------------------
 
 _FOLDER_SIZE = 32  # images of a user's folder are resized to this square size on load
-_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def folder_split_dir(path: Path, split: str) -> Path:
@@ -339,14 +339,18 @@ def folder_split_dir(path: Path, split: str) -> Path:
     Raises:
         DatasetError: the split's folder is missing.
     """
+    found = _split_dir(path, split)
+    if found is None:
+        names = ["train"] if split == "train" else ["test", "val"]
+        raise DatasetError(
+            f"folder dataset {path} has no {' or '.join(n + '/' for n in names)} subfolder; "
+            f"lay it out as {path}/train/<class>/*.png and {path}/test/<class>/*.png (or val/)")
+    return found
+
+
+def _split_dir(path: Path, split: str) -> Path | None:
     names = ["train"] if split == "train" else ["test", "val"]
-    for n in names:
-        if (path / n).is_dir():
-            return path / n
-    raise DatasetError(
-        f"folder dataset {path} has no {' or '.join(n + '/' for n in names)} subfolder; "
-        f"lay it out as {path}/train/<class>/*.png and {path}/test/<class>/*.png (or val/)"
-    )
+    return next((path / n for n in names if (path / n).is_dir()), None)
 
 
 def _folder_classes(split_dir: Path) -> list[str]:
@@ -356,48 +360,50 @@ def _folder_classes(split_dir: Path) -> list[str]:
     return classes
 
 
+def _images_in(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if is_image_file(p)] if folder.is_dir() else []
+
+
+def _check_folder_classes(path: Path, train_dir: Path, classes: list[str]) -> None:
+    """Refuse class lists a classifier cannot learn or be scored on: one class, an empty
+    training class, or test classes that training never sees."""
+    if len(classes) < 2:
+        raise DatasetError(f"{train_dir} has one class ({classes[0]}); a classifier needs at "
+                           "least two class subfolders")
+    empty = [c for c in classes if not any(map(is_image_file, (train_dir / c).iterdir()))]
+    if empty:
+        raise DatasetError(f"{train_dir / empty[0]} has no images ({len(empty)} empty training "
+                           f"class(es): {', '.join(empty[:5])}); add images or remove the folder")
+    test_dir = _split_dir(path, "test")
+    unseen = sorted(set(_folder_classes(test_dir)) - set(classes)) if test_dir else []
+    if unseen:
+        raise DatasetError(f"{test_dir} has class(es) {', '.join(unseen[:5])} that {train_dir} "
+                           "lacks: a model trained there cannot predict them; add them to "
+                           "train/ or remove them from the test split")
+
+
 def _folder_info(path: Path, name: str) -> DatasetInfo:
     if not path.is_dir():
         raise DatasetError(f"folder dataset {path} does not exist")
     train_dir = folder_split_dir(path, "train")
     classes = _folder_classes(train_dir)
-    first = next((p for c in classes for p in sorted((train_dir / c).iterdir())
-                  if p.suffix.lower() in _IMAGE_EXTS), None)
+    first = next((p for c in classes for p in _images_in(train_dir / c)), None)
     if first is None:
         raise DatasetError(f"no images under {train_dir}/<class>/ (extensions: "
-                           f"{', '.join(sorted(_IMAGE_EXTS))})")
-    with _open_image(first) as im:
-        channels = 1 if im.mode in ("L", "1", "I;16") else 3
+                           f"{', '.join(sorted(IMAGE_EXTS))})")
+    _check_folder_classes(path, train_dir, classes)
+    channels = image_channels(first)
     return DatasetInfo(name, tuple(classes), channels, _FOLDER_SIZE, channels == 1,
                        f"images under {path}, resized to {_FOLDER_SIZE}px")
 
 
-def _open_image(path: Path):
-    from PIL import Image
-
-    try:
-        return Image.open(path)
-    except OSError as err:  # PIL's UnidentifiedImageError is an OSError
-        raise DatasetError(f"{path} is not a readable image ({type(err).__name__}); "
-                           f"remove or replace it") from None
-
-
 def _load_folder(path: Path, split: str, name: str) -> ImageArrays:
-    from PIL import Image
-
     info = _folder_info(path, name)
     split_dir = folder_split_dir(path, split)
-    mode = "L" if info.channels == 1 else "RGB"
     images, labels = [], []
     for label, cls in enumerate(info.classes):
-        cls_dir = split_dir / cls
-        for p in sorted(cls_dir.iterdir()) if cls_dir.is_dir() else []:
-            if p.suffix.lower() not in _IMAGE_EXTS:
-                continue
-            with _open_image(p) as im:
-                im = im.convert(mode).resize((_FOLDER_SIZE, _FOLDER_SIZE), Image.Resampling.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-            images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        for p in _images_in(split_dir / cls):
+            images.append(read_image(p, info.channels, _FOLDER_SIZE))
             labels.append(label)
     if not images:
         raise DatasetError(f"no images found under {split_dir}")

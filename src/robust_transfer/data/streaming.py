@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from robust_transfer.data.datasets import folder_path, folder_split_dir
+from robust_transfer.data.datasets import dataset_info, folder_path, folder_split_dir
+from robust_transfer.data.images import open_image
 from robust_transfer.errors import DatasetError
 
 PREFIX = "imagefolder:"  # kept for callers; folder_path() accepts both spellings
@@ -45,13 +46,44 @@ class StreamingSplit:
         return len(self.loader)
 
     def __iter__(self):
-        return iter(self.loader)
+        try:
+            yield from self.loader
+        except DatasetError as err:  # from a loader worker: its message carries a traceback
+            raise DatasetError(_last_line(str(err))) from None
 
     @property
     def num_images(self) -> int:
         return len(self.loader.dataset)  # type: ignore[arg-type]  # an ImageFolder: sized
 
     seed_base: int = 0
+
+
+def _last_line(message: str) -> str:
+    """The error's own message out of a DataLoader worker's wrapped traceback."""
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    return line.split("DatasetError: ", 1)[-1]
+
+
+def _folder_class():
+    from torchvision.datasets import ImageFolder
+
+    class GuardedFolder(ImageFolder):
+        """An ImageFolder whose class indices are the training split's (a test split
+        lacking a class would otherwise shift every label after it), decoding every image
+        through :func:`~robust_transfer.data.images.open_image`."""
+
+        def __init__(self, root, classes: list[str], transform) -> None:
+            self.fixed_classes = classes
+            super().__init__(str(root), transform=transform, loader=open_image)
+
+        def find_classes(self, directory):
+            return self.fixed_classes, {c: i for i, c in enumerate(self.fixed_classes)}
+
+    return GuardedFolder
+
+
+def _guarded_folder(root, classes: list[str], transform):
+    return _folder_class()(root, classes, transform)
 
 
 def _transform(size: int, train: bool, augment: bool):
@@ -70,14 +102,14 @@ def streaming_split(name: str, split: str, size: int, batch_size: int, augment: 
     Under ``torch.distributed`` the training split is sharded with a DistributedSampler;
     the test split is read whole by the rank that evaluates.
     """
-    from torchvision.datasets import ImageFolder
-
     root = folder_path(name)
     if root is None or not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
     train = split == "train"
-    try:
-        ds = ImageFolder(str(folder_split_dir(root, split)), transform=_transform(size, train, augment))
+    split_dir = folder_split_dir(root, split)
+    try:  # decoded through the guarded loader, labelled by the training split's classes
+        classes = list(dataset_info(name).classes)
+        ds = _guarded_folder(split_dir, classes, _transform(size, train, augment))
     except FileNotFoundError as err:
         raise DatasetError(f"{root}/{split}: {err}") from None
     if distributed is None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -227,7 +228,10 @@ class DiskFeatureStore:
     def _folder(self, key: PrefixKey) -> Path:
         digest = key.digest()
         folder = self.root / digest[:2] / digest
-        folder.mkdir(parents=True, exist_ok=True)
+        for level in (self.root, self.root / digest[:2], folder):
+            _clear_for(level, folder_wanted=True)
+        for name in ("lock", "key.json", "data.npy", "index.npz"):
+            _clear_for(folder / name, folder_wanted=False)
         key_file = folder / "key.json"
         if not key_file.exists():
             atomic_write_text(key_file, json.dumps(key.to_dict(), sort_keys=True))
@@ -243,6 +247,30 @@ class DiskFeatureStore:
             raise CacheBudgetError(
                 f"the feature cache {self.root} would grow to {format_bytes(others + new_bytes)}, "
                 f"over its budget of {format_bytes(self.max_bytes)}: {CACHE_ADVICE}")
+
+
+def _clear_for(path: Path, folder_wanted: bool) -> None:
+    """Make room for the cache's own folder (or file) at ``path``: a file where a folder
+    belongs, or a folder where a file belongs, is removed (the cache is derived data,
+    rebuilt from the source and images) with one :class:`FeatureCacheWarning`."""
+    wrong = (path.exists() or path.is_symlink()) and (
+        not path.is_dir() if folder_wanted else path.is_dir() and not path.is_symlink())
+    if wrong:
+        warnings.warn(f"feature cache: {path} was a {'file' if folder_wanted else 'folder'}; "
+                      "removed it, the cache is rebuilt", FeatureCacheWarning, stacklevel=3)
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except FileNotFoundError:  # another worker removed it first
+            pass
+        except OSError as err:
+            raise ConfigError(f"feature cache: {path} is in the way and cannot be removed "
+                              f"({err.strerror or err}); remove it by hand") from None
+    if folder_wanted:
+        try:
+            path.mkdir(exist_ok=True)
+        except FileExistsError:  # a file put there just now: the next call removes it
+            raise ConfigError(f"feature cache: {path} keeps being replaced by a file; "
+                              "remove it by hand") from None
 
 
 def disk_bytes(path: Path) -> int:

@@ -52,6 +52,7 @@ import math
 import os
 import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -253,14 +254,23 @@ class StudyStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back on any exception.
+
+        Raises:
+            StoreWriteError: the write failed (a full disk, an I/O error); nothing of the
+                transaction is kept, so rerunning the command redoes exactly its runs.
+        """
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may have rolled back by itself
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as err:
+            raise _write_error(self.path, err) from None
 
     def close(self) -> None:
         if not self.readonly:
@@ -464,6 +474,24 @@ def reader_uri(path: Path) -> str:
 
     # an idle WAL database (left by an older version): immutable unless a driver writes now
     return base if driver_alive(path.parent) else base + "&immutable=1"
+
+
+class StoreWriteError(RobustTransferError):
+    """``study.db`` could not be written (disk full, I/O error); what was committed stays."""
+
+
+_FULL, _IOERR = 13, 10  # SQLITE_FULL, SQLITE_IOERR (primary result codes)
+
+
+def _write_error(path: Path, err: sqlite3.OperationalError) -> RobustTransferError:
+    text = " ".join(str(err).split())
+    code = (getattr(err, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (_FULL, _IOERR) or "disk is full" in text or "disk I/O" in text:
+        what = "the disk is full" if code == _FULL or "full" in text else "a disk I/O error"
+        return StoreWriteError(f"cannot write {path}: {what} ({text}); free space in "
+                               f"{path.parent} and rerun the same command: every run recorded so "
+                               "far is kept, and the runs not recorded run again")
+    return _as_error(path, err)
 
 
 def _as_error(path: Path, err: sqlite3.DatabaseError) -> ConfigError:
@@ -677,8 +705,9 @@ class RepairReport:
 def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
     """Copy every finished run that can still be read from a (damaged) store into a new one.
 
-    Reads row by row, narrowing down around unreadable pages, so one bad page loses only
-    the rows on it. A run is copied only with all its epochs; runs not copied simply run
+    Reads a copy of ``study.db`` and its write-ahead log (so the finished runs of a killed
+    driver, not yet checkpointed into the database file, are salvaged too) row by row,
+    narrowing down around unreadable pages, so one bad page loses only the rows on it. A run is copied only with all its epochs; runs not copied simply run
     again when the spec is rerun into ``out_dir``. The source directory is never written.
 
     Args:
@@ -689,8 +718,8 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
         A :class:`RepairReport`.
 
     Raises:
-        ConfigError: no ``study.db`` in ``study_dir``, ``out_dir`` is not empty, or nothing
-            at all can be read (not an SQLite database).
+        ConfigError: no ``study.db`` in ``study_dir``, ``out_dir`` is not empty, nothing
+            at all can be read (not an SQLite database), or a live driver runs the study.
     """
     src = Path(study_dir) / DB_NAME
     out = Path(out_dir)
@@ -702,14 +731,20 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
         if not f.read(16).startswith(_SQLITE_MAGIC):
             raise ConfigError(f"nothing in {src} can be salvaged (not an SQLite database); rerun "
                               f"the spec ({Path(study_dir) / 'spec.yaml'}) into a new --out")
-    conn = sqlite3.connect(f"file:{_quote(src)}?mode=ro&immutable=1", uri=True)
-    try:
-        specs, _ = _salvage(conn, "specs", "spec_id")
-        sources, _ = _salvage(conn, "sources", "rowid")
-        runs, bad = _salvage(conn, "runs", "rowid", "status='finished'")
-        epochs = {r["run_id"]: _epochs_of(conn, r["run_id"]) for r in runs}
-    finally:
-        conn.close()
+    from robust_transfer.study.lock import driver_alive
+
+    if driver_alive(study_dir):
+        raise ConfigError(f"{study_dir} is being run by a live driver; stop it (or let it "
+                          "finish) before repairing, so the copy is consistent")
+    with tempfile.TemporaryDirectory(prefix="rt-repair-") as tmp:
+        conn = sqlite3.connect(_snapshot(src, Path(tmp)))
+        try:
+            specs, _ = _salvage(conn, "specs", "spec_id")
+            sources, _ = _salvage(conn, "sources", "rowid")
+            runs, bad = _salvage(conn, "runs", "rowid", "status='finished'")
+            epochs = {r["run_id"]: _epochs_of(conn, r["run_id"]) for r in runs}
+        finally:
+            conn.close()
     # one epochs row per epoch (NULL test metrics where not evaluated): all of them or none
     complete = [r for r in runs
                 if (rows := epochs[r["run_id"]]) is not None and len(rows) == r["epochs"]]
@@ -718,6 +753,22 @@ def repair_store(study_dir: str | Path, out_dir: str | Path) -> RepairReport:
     if spec_copy.is_file():
         shutil.copyfile(spec_copy, out / "spec.yaml")
     return RepairReport(out, len(complete), len(runs) - len(complete), len(specs), len(sources), bad)
+
+
+def _snapshot(src: Path, folder: Path) -> Path:
+    """Copy ``src`` and its write-ahead log (a killed driver's committed runs live there
+    until a checkpoint) into ``folder``; SQLite reads the log from the copy, so the damaged
+    study is never written (not even its ``-shm``)."""
+    copy = folder / src.name
+    try:
+        shutil.copyfile(src, copy)
+        wal = Path(f"{src}-wal")
+        if wal.is_file():
+            shutil.copyfile(wal, Path(f"{copy}-wal"))
+    except OSError as err:
+        raise ConfigError(f"cannot copy {src} to salvage it ({err.strerror or err}); free "
+                          f"space in {folder.parent} or set TMPDIR to a roomier folder") from None
+    return copy
 
 
 def _salvage(conn: sqlite3.Connection, table: str, key: str,
