@@ -46,7 +46,7 @@ from robust_transfer.engine import transfer
 from robust_transfer.engine.attacks import pgd
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
 from robust_transfer.engine.transfer import Recipe, finetune
-from robust_transfer.models import create_model, save_model
+from robust_transfer.models import build_architecture, save_model
 from robust_transfer.models.finetune import prepare_finetune
 
 PARTS = ("finetune", "pgd", "cache", "influence", "ray", "pretrain")
@@ -103,7 +103,7 @@ def synthetic(n: int, split: str, seed: int, classes: int = 10, size: int = 32) 
 
 def source(sizes: Sizes) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model(sizes.arch, 1000)
+    model = build_architecture(sizes.arch, 1000)
     model.input_size = sizes.resolution
     return model.eval()
 
