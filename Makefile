@@ -42,7 +42,8 @@ check: lint typecheck
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-# GPU acceptance check (at most about 8 minutes on one GPU): writes gpu_check.json; refuses
+# GPU acceptance check (about 6 minutes on one H200, estimated; --max-seconds 360 skips parts
+# not started by then): writes gpu_check.json; refuses
 # (exit 2) where no GPU is visible. `python scripts/gpu_check.py --cpu-smoke` checks it on a CPU.
 gpu-check: setup
 	$(BIN)/python scripts/gpu_check.py --out gpu_check.json

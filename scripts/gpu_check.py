@@ -6,6 +6,16 @@ Parts (each timed; a failing part is recorded with its error and the others stil
   autocast, channels_last inputs), images/s forward + backward, every block trained.
 * ``pgd``: our PGD (L2) against torchattacks' PGDL2 on the same model, batch and steps:
   seconds per batch each and the attack success of both.
+* ``input``: the input pipeline alone (target images on the device, indexed, resized to
+  224 px and augmented there) in images/s, against the model's training step alone, and
+  the share of a training step spent on inputs, for 3 blocks unfrozen and for all.
+* ``paper_code``: one paper-like run (CIFAR-10-shaped synthetic data, n = 1,600, 3 blocks
+  unfrozen, a few epochs) through our ``finetune`` against the paper's code path
+  re-expressed: PIL ``Resize(224)``, ``RandomCrop(224, padding=4)``, flip,
+  ``ColorJitter(.25, .25, .25)``, ``RandomRotation(2)`` in a ``DataLoader`` with 10
+  workers, frozen blocks by ``requires_grad=False`` with BatchNorm in train mode, float32,
+  and a full-model evaluation of the whole test set at every logged epoch (the robustness
+  library's ``log_iters`` rule: epoch index % log_iters == 0, and the last). Seconds each.
 * ``cache``: a k=3 fine-tuning run with the frozen prefix cached and the same run with the
   cache off (identical settings otherwise): seconds each and test accuracy each.
 * ``influence``: last-layer influence on a ResNet-50's 2,048-feature head (features on
@@ -15,7 +25,9 @@ Parts (each timed; a failing part is recorded with its error and the others stil
 * ``pretrain``: ``robust-transfer pretrain`` under ``torchrun`` (NCCL on a GPU) for a few
   steps of PGD training.
 
-Sizes fit about 8 minutes on one GPU. Without a GPU the script refuses (exit 2) unless
+Sizes aim at about 6 minutes on one H200 (estimated, not yet measured); ``--max-seconds``
+(default 360) skips the parts not yet started once it has passed, recording them in
+``skipped``, so a rerun fits a session's device time. Without a GPU the script refuses (exit 2) unless
 ``--cpu-smoke``, which runs every part on the CPU at tiny sizes to show the script works
 (the suite runs it). Usage::
 
@@ -49,7 +61,7 @@ from robust_transfer.engine.transfer import Recipe, finetune
 from robust_transfer.models import build_architecture, save_model
 from robust_transfer.models.finetune import prepare_finetune
 
-PARTS = ("finetune", "pgd", "cache", "influence", "ray", "pretrain")
+PARTS = ("finetune", "input", "paper_code", "pgd", "cache", "influence", "ray", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,22 @@ class Sizes:
     ray_runs: int
     pretrain_arch: str
     pretrain_images: int
+    input_steps: int
+    paper_n: int
+    paper_test: int
+    paper_epochs: int
+    paper_log_iters: int
+    paper_workers: int
 
 
 # cache part: 1,024 + 1,000 images of 784 KiB (k=3 prefix at 224 px) stay under the
 # engine's 2 GiB in-memory limit, so the cached run really caches both splits
-GPU = Sizes("resnet50", 224, 128, 20, 128, 10, 1024, 1000, 2, 3200, 1000, 512, 4, "resnet50", 1024)
-SMOKE = Sizes("small_resnet", 16, 8, 2, 8, 2, 40, 20, 1, 30, 10, 20, 4, "small_resnet", 64)
+# paper_code: 1,600 CIFAR-sized images, 4 epochs, the test set evaluated at epochs 0, 2, 3
+# (0-based, log_iters 2) by the paper's path and after epochs 2 and 4 by ours (eval_every 2)
+GPU = Sizes("resnet50", 224, 128, 20, 128, 10, 1024, 1000, 2, 3200, 1000, 512, 4, "resnet50", 1024,
+            30, 1600, 2000, 4, 2, 10)
+SMOKE = Sizes("small_resnet", 16, 8, 2, 8, 2, 40, 20, 1, 30, 10, 20, 4, "small_resnet", 64,
+              3, 40, 20, 2, 1, 2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run every part on the CPU at tiny sizes (checks the script, not a GPU)")
     p.add_argument("--parts", default=",".join(PARTS),
                    help=f"comma-separated parts to run (default: all of {', '.join(PARTS)})")
+    p.add_argument("--max-seconds", type=float, default=360.0,
+                   help="start no part after this many seconds (default 360); the rest are skipped")
     return p.parse_args(argv)
 
 
@@ -133,6 +157,191 @@ def part_finetune(sizes: Sizes, device: torch.device, tmp: Path) -> dict:
             "autocast": "bf16" if device.type == "cuda" else "none",
             "channels_last_inputs": device.type == "cuda",
             "train_loss": history[-1].train_loss, "note": "first batch included (warm-up)"}
+
+
+def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                y: torch.Tensor, device: torch.device) -> None:
+    """One step as :func:`robust_transfer.engine.training.fit` takes it (bf16 autocast on CUDA)."""
+    from robust_transfer.engine.training import autocast
+
+    with autocast(device):
+        loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _timed_loop(fn, steps: int, device: torch.device) -> float:
+    fn()  # warm-up (cuDNN autotuning, allocator)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def part_input(sizes: Sizes, device: torch.device, tmp: Path) -> dict:
+    """Input pipeline alone, model step alone and both together, images/s each."""
+    from robust_transfer.data import InputPolicy
+    from robust_transfer.data.loader import TensorLoader, device_budget
+
+    data = synthetic(sizes.batch * 8, "train", 7)  # 32 px, as CIFAR: resized on the device
+    policy = InputPolicy(3, sizes.resolution, augment=True)
+    loader = TensorLoader(data.images, data.labels, sizes.batch, shuffle=True,
+                          transform=policy.train_batch, device=device,
+                          budget=device_budget(device))
+    batches = iter(())
+
+    def next_batch():
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            loader.set_epoch(loader.epoch + 1)
+            batches = iter(loader)
+            return next(batches)
+
+    steps = sizes.input_steps
+    out: dict = {"resolution": sizes.resolution, "batch": sizes.batch, "steps": steps,
+                 "source_px": 32, "augment": True, "placement": loader.placement}
+    t_input = _timed_loop(next_batch, steps, device)
+    out["input_images_per_s"] = steps * sizes.batch / t_input
+    for unfrozen in (3, "all"):
+        out[f"unfrozen_{unfrozen}"] = _model_rates(sizes, unfrozen, next_batch, t_input, device)
+    out["note"] = (f"input: index + resize 32->{sizes.resolution} + augment on the device; model: forward + "
+                   "backward + SGD on one fixed batch; step: both; input_share_of_step = "
+                   "1 - model time / step time (everything runs on one stream)")
+    return out
+
+
+def _model_rates(sizes: Sizes, unfrozen: int | str, next_batch, t_input: float,
+                 device: torch.device) -> dict:
+    """The model's step alone (one fixed batch) and with the input pipeline, images/s."""
+    model = prepare_finetune(copy.deepcopy(source(sizes)), 10, unfrozen).to(device).train()
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    x0, y0 = next_batch()
+    steps = sizes.input_steps
+    t_model = _timed_loop(lambda: _train_step(model, opt, x0, y0, device), steps, device)
+
+    def full_step() -> None:
+        x, y = next_batch()
+        _train_step(model, opt, x, y, device)
+
+    t_full = _timed_loop(full_step, steps, device)
+    return {"model_images_per_s": steps * sizes.batch / t_model,
+            "step_images_per_s": steps * sizes.batch / t_full,
+            "input_seconds": t_input, "model_seconds": t_model, "step_seconds": t_full,
+            "input_over_model_rate": t_model / t_input,
+            "input_share_of_step": max(0.0, 1.0 - t_model / t_full)}
+
+
+class _PaperDataset(torch.utils.data.Dataset):
+    """Our uint8 arrays as PIL images through a torchvision transform, as torchvision's CIFAR10."""
+
+    def __init__(self, data: ImageArrays, transform) -> None:
+        self.images = data.images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.labels = data.labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def _paper_transforms(size: int):
+    from torchvision import transforms as T
+
+    train = T.Compose([T.Resize(size), T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(),
+                       T.ColorJitter(.25, .25, .25), T.RandomRotation(2), T.ToTensor()])
+    test = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor()])
+    return train, test
+
+
+def _paper_model(src: torch.nn.Module, unfrozen: int, device: torch.device) -> torch.nn.Module:
+    """New N(0, 1) head, blocks frozen by requires_grad only: BatchNorm keeps training."""
+    model = copy.deepcopy(src)
+    model.reset_classifier(10, "paper", torch.Generator().manual_seed(0))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in [*model.blocks()[-unfrozen:], model.head]:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    model = model.to(device)
+    torch.nn.Module.train(model, True)  # the base class's train(): every BatchNorm in train mode
+    return model
+
+
+def _paper_run(src, train: ImageArrays, test: ImageArrays, indices: np.ndarray, sizes: Sizes,
+               device: torch.device) -> dict:
+    """The paper's code path re-expressed: PIL workers, float32, full-model evaluation."""
+    from torch.utils.data import DataLoader, SubsetRandomSampler
+
+    train_tf, test_tf = _paper_transforms(sizes.resolution)
+    kw = {"batch_size": sizes.batch, "num_workers": sizes.paper_workers,
+          "pin_memory": device.type == "cuda"}
+    train_loader = DataLoader(_PaperDataset(train, train_tf),
+                              sampler=SubsetRandomSampler(indices.tolist()), **kw)
+    test_loader = DataLoader(_PaperDataset(test, test_tf), shuffle=False, **kw)
+    model = _paper_model(src, 3, device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, sizes.paper_epochs // 3))
+    accs = []
+    for epoch in range(sizes.paper_epochs):
+        torch.nn.Module.train(model, True)
+        for x, y in train_loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        if epoch % sizes.paper_log_iters == 0 or epoch == sizes.paper_epochs - 1:
+            model.eval()
+            correct = 0
+            with torch.no_grad():
+                for x, y in test_loader:
+                    correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+            accs.append(correct / len(test))
+    return {"evaluations": len(accs), "test_acc": accs[-1]}
+
+
+def part_paper_code(sizes: Sizes, device: torch.device, tmp: Path) -> dict:
+    """Our fine-tuning against the paper's code path, same data, model and GPU."""
+    from robust_transfer.engine.transfer import training_indices
+
+    train = synthetic(max(5000, sizes.paper_n), "train", 8)
+    test = synthetic(sizes.paper_test, "test", 9)
+    src = source(sizes)
+    recipe = Recipe(resolution=sizes.resolution, augment=True, head_init="paper",
+                    eval_every=sizes.paper_log_iters, batch_size=sizes.batch)
+    out: dict = {"n": sizes.paper_n, "test": sizes.paper_test, "epochs": sizes.paper_epochs,
+                 "unfrozen": 3, "workers_paper": sizes.paper_workers}
+    sync(device)
+    start = time.perf_counter()
+    ours = finetune(src, train, test, n=sizes.paper_n, unfrozen=3, epochs=sizes.paper_epochs,
+                    recipe=recipe, device=str(device))
+    sync(device)
+    out["ours_seconds"] = time.perf_counter() - start
+    out["ours_test_acc"] = ours.test_acc
+    out["ours_evaluations"] = sum(1 for h in ours.history if h.test_acc == h.test_acc)
+    indices, _ = training_indices(train, sizes.paper_n, 0)
+    start = time.perf_counter()
+    theirs = _paper_run(src, train, test, indices, sizes, device)
+    sync(device)
+    out["paper_seconds"] = time.perf_counter() - start
+    out["paper_test_acc"] = theirs["test_acc"]
+    out["paper_evaluations"] = theirs["evaluations"]
+    out["speedup"] = out["paper_seconds"] / out["ours_seconds"]
+    out["note"] = ("ours: bf16 autocast on CUDA, inputs on the device, cached test prefix; "
+                   "paper path: float32, as the robustness library ran by default")
+    return out
 
 
 def part_pgd(sizes: Sizes, device: torch.device, tmp: Path) -> dict:
@@ -253,7 +462,8 @@ def part_pretrain(sizes: Sizes, device: torch.device, tmp: Path) -> dict:
             "images": sizes.pretrain_images, "note": "includes process start and data loading"}
 
 
-RUNNERS = {"finetune": part_finetune, "pgd": part_pgd, "cache": part_cache,
+RUNNERS = {"finetune": part_finetune, "input": part_input, "paper_code": part_paper_code,
+           "pgd": part_pgd, "cache": part_cache,
            "influence": part_influence, "ray": part_ray, "pretrain": part_pretrain}
 
 
@@ -275,11 +485,15 @@ def run(args: argparse.Namespace) -> int:
               "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
               "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "cuda": torch.version.cuda, "sizes": asdict(sizes),
-              "parts": {}, "errors": {}}
+              "parts": {}, "errors": {}, "skipped": []}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check.") as tmp:
         for name in parts:
             t0 = time.perf_counter()
+            if t0 - start > args.max_seconds:
+                report["skipped"].append(name)
+                print(f"{name}: skipped (past --max-seconds {args.max_seconds:g})", file=sys.stderr)
+                continue
             try:
                 report["parts"][name] = {**RUNNERS[name](sizes, device, Path(tmp)),
                                          "part_seconds": time.perf_counter() - t0}

@@ -2,7 +2,9 @@
 # System data and tools the project uses, installed when missing.
 #   Fashion-MNIST: the Debian package dataset-fashion-mnist (as root), else torchvision's
 #   download into $ROBUST_TRANSFER_DATA.
-#   --test: also Chromium, which the report test uses to render the HTML report.
+#   --test: also Chromium, which the report test uses to render the HTML report, and
+#   SLURM with munge (slurm-wlm, munge), which the SLURM executor tests start as a one-node
+#   cluster (tests/study/slurm_cluster.py).
 set -euo pipefail
 FMNIST=/usr/share/datasets/fashion-mnist
 want_chromium=0
@@ -29,5 +31,9 @@ fi
 if [ "$want_chromium" = 1 ] && ! command -v chromium >/dev/null; then
   echo "installing Chromium (for the report rendering test)"
   apt_install chromium || echo "warning: Chromium not installed; the report rendering test will be skipped" >&2
+fi
+if [ "$want_chromium" = 1 ] && { ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; }; then
+  echo "installing SLURM and munge (for the SLURM executor tests)"
+  apt_install slurm-wlm munge || echo "warning: SLURM not installed; the SLURM executor tests will be skipped" >&2
 fi
 exit 0

@@ -36,9 +36,9 @@ def test_unknown_part_is_refused(gpu_check, tmp_path, capsys):
     assert "unknown part(s) warp" in capsys.readouterr().err
 
 
-def _smoke(gpu_check, tmp_path, parts: str) -> dict:
+def _smoke(gpu_check, tmp_path, parts: str, *extra: str) -> dict:
     out = tmp_path / "figures.json"
-    assert gpu_check.main(["--cpu-smoke", "--parts", parts, "--out", str(out)]) == 0
+    assert gpu_check.main(["--cpu-smoke", "--parts", parts, "--out", str(out), *extra]) == 0
     report = json.loads(out.read_text())
     assert report["mode"] == "cpu-smoke" and not report["errors"]
     assert set(report["parts"]) == set(parts.split(","))
@@ -57,6 +57,29 @@ def test_cpu_smoke_in_process_parts(gpu_check, tmp_path):
     assert cache["cached_test_acc"] == pytest.approx(cache["uncached_test_acc"], abs=0.051)
     inf = parts["influence"]
     assert inf["scores_finite"] and inf["scores_shape"] == [10, 30]
+
+
+def test_cpu_smoke_input_and_paper_code_parts(gpu_check, tmp_path):
+    parts = _smoke(gpu_check, tmp_path, "input,paper_code")
+    inp = parts["input"]
+    assert inp["placement"] == "device" and inp["augment"] and inp["input_images_per_s"] > 0
+    for key in ("unfrozen_3", "unfrozen_all"):
+        rates = inp[key]
+        assert rates["model_images_per_s"] > 0 and rates["step_images_per_s"] > 0
+        assert 0 <= rates["input_share_of_step"] < 1
+    paper = parts["paper_code"]
+    assert paper["ours_seconds"] > 0 and paper["paper_seconds"] > 0
+    assert 0 <= paper["ours_test_acc"] <= 1 and 0 <= paper["paper_test_acc"] <= 1
+    # smoke: 2 epochs, log_iters 1: ours after epochs 1 and 2, the paper's at indices 0 and 1
+    assert paper["ours_evaluations"] == paper["paper_evaluations"] == 2
+
+
+def test_parts_past_max_seconds_are_skipped_and_recorded(gpu_check, tmp_path):
+    out = tmp_path / "figures.json"
+    assert gpu_check.main(["--cpu-smoke", "--parts", "input,pgd", "--max-seconds", "0",
+                           "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["skipped"] == ["input", "pgd"] and report["parts"] == {}
 
 
 @pytest.mark.slow

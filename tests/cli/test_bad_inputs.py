@@ -111,6 +111,7 @@ CASES: list[tuple[str, str]] = [
     *_flag_cases(RUN, "--workers", ["0", "-3", "x"]),
     *_flag_cases(RUN, "--cpus-per-run", ["nan", "inf", "0", "-1"]),
     *_flag_cases(RUN, "--gpus-per-run", ["nan", "-1", "inf"]),
+    *_flag_cases(RUN, "--device-budget", ["lots", "0", "-8GiB", "8 parsecs", ""]),
     *_flag_cases(RUN, "--device", ["bogus", "gpu"] + ([] if torch.cuda.is_available() else ["cuda"])),
     ("run-out-is-file", "study run {spec} --out {file}"),
     ("run-out-under-file", "study run {spec} --out {file}/s"),
@@ -121,6 +122,10 @@ CASES: list[tuple[str, str]] = [
     ("run-spec-eps-inf", "study run {fx}/eps_inf.yaml --out {tmp}/s"),
     ("run-spec-cpus-nan", "study run {fx}/cpus_nan.yaml --out {tmp}/s"),
     ("run-spec-gpus-negative", "study run {fx}/gpus_neg.yaml --out {tmp}/s"),
+    ("run-spec-device-budget-word", "study run {fx}/device_budget_word.yaml --out {tmp}/s"),
+    ("run-spec-device-budget-zero", "study run {fx}/device_budget_zero.yaml --out {tmp}/s"),
+    ("run-spec-device-budget-negative", "study run {fx}/device_budget_neg.yaml --out {tmp}/s"),
+    ("run-spec-input-pipeline-1", "study run {fx}/input_pipeline_1.yaml --out {tmp}/s"),
     ("run-spec-cpus-negative", "study run {fx}/cpus_neg.yaml --out {tmp}/s"),
     ("run-spec-lr-inf", "study run {fx}/lr_inf.yaml --out {tmp}/s"),
     ("run-spec-lr-nan", "study run {fx}/lr_nan.yaml --out {tmp}/s"),
@@ -263,6 +268,10 @@ BAD_SPECS = {
     "robust_norm": ({}, "recipe: {robust_norm: l2}"),
     "res_big": ({}, "recipe: {resolution: 100000}"),
     "device_bogus": ({}, "device: bogus"),
+    "device_budget_word": ({}, "device_budget: lots"),
+    "device_budget_zero": ({}, "device_budget: 0"),
+    "device_budget_neg": ({}, "device_budget: -4 GiB"),
+    "input_pipeline_1": ({}, "recipe: {input_pipeline: 1}"),
     "seed_neg": ({}, "seeds: [-1]"),
     "malformed": ({}, "recipe: {lr: [0.1"),
 }
@@ -412,3 +421,29 @@ def test_a_device_name_that_is_none_is_refused_by_the_device_check():
         with pytest.raises(argparse.ArgumentTypeError, match=f"unknown device '{re.escape(bad)}'"):
             v.device(bad)
     assert v.device("cpu") == "cpu"  # exists everywhere
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("--gpus-per-run 2", "num_gpus 2 but this machine has 1 GPU"),
+    ("--gpus-per-run 0.5 --workers 4", "4 runs at a time x num_gpus 0.5 = 2 GPUs"),
+], ids=["one-run-over", "shares-over"])
+def test_gpu_shares_beyond_the_gpus_present_are_refused(extra, needle, fx, tmp_path, capsys,
+                                                         monkeypatch):
+    """Shares are checked against the GPUs torch sees (one, faked here: no GPU is needed)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    before = _tree(fx["fx"])
+    argv = f"study run {fx['spec']} --out {tmp_path}/s --device cuda {extra}"
+    code = _invoke(shlex.split(argv))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert needle in err and "Traceback" not in err
+    assert _tree(tmp_path) == {} and _tree(fx["fx"]).keys() == before.keys()
+
+
+def test_gpu_shares_within_the_gpus_present_pass_the_check():
+    from robust_transfer.study.runner import check_gpu_shares
+
+    check_gpu_shares(0.25, 4, "cuda", gpus_present=1)  # four runs share one GPU
+    check_gpu_shares(0.5, None, "cuda", gpus_present=1)  # Ray: as many as fit
+    check_gpu_shares(8, 1, "cpu", gpus_present=0)  # not a GPU run: nothing to share

@@ -44,7 +44,7 @@ def test_influence_command_writes_outputs(tmp_path, checkpoints, capsys):
     out = tmp_path / "inf"
     code, stdout, err = run(influence_args(checkpoints, out), capsys)
     assert code == 0
-    assert "robust: solver cholesky, damping 0.001; top-1 class match (test targets)" in stdout
+    assert "robust: solver cholesky, damping 0.001, form direct (exact); top-1 class match (test targets)" in stdout
     # progress on stderr: the solver's steps counted over both models, to the end
     done = re.search(r"influence: done (\d+)/(\d+) steps", err)
     assert done and done[1] == done[2] and int(done[2]) % 2 == 0, err
@@ -59,12 +59,26 @@ def test_influence_command_writes_outputs(tmp_path, checkpoints, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--damping", "0", "--n", "30"], "singular at damping 0"),
-    (["--memory-limit-gb", "1e-6"], "solver 'cg'"),
+    (["--memory-limit-gb", "1e-6"], "no influence form fits 1.0 KB"),  # and names the cheapest:
+    (["--memory-limit-gb", "1e-6"], "the cheapest, form 'kfac' with held scores, needs about 556.4 KB"),
+    (["--form", "kfac", "--damping", "0"], "form 'kfac' needs damping > 0"),
     (["--solver", "pinv", "--rcond", "2"], "rcond must lie in (0, 1)"),
 ])
 def test_influence_bad_input_is_one_line(tmp_path, checkpoints, capsys, extra, message):
     code, _, err = run(influence_args(checkpoints, tmp_path / "x", *extra), capsys)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_influence_kfac_streamed_says_so(tmp_path, checkpoints, capsys):
+    out = tmp_path / "kfac"
+    code, stdout, _ = run(influence_args(checkpoints, out, "--form", "kfac", "--scores", "stream"), capsys)
+    assert code == 0
+    assert "form kfac (approximate: form 'kfac' as asked), scores streamed" in stdout
+    rec = json.loads((out / "summary.json").read_text())["models"]["robust"]
+    assert (rec["form"], rec["exact"], rec["scores"]) == ("kfac", False, "stream")
+    with np.load(out / "robust" / "influence.npz") as npz:
+        assert "scores" not in npz and npz["top_helpful"].shape == (20, 10)
+        assert npz["self_influence"].shape == (100,) and (npz["self_influence"] <= 0).all()
 
 
 def test_class_mismatch_and_missing_checkpoint(tmp_path, checkpoints, capsys):

@@ -27,7 +27,8 @@ def test_every_field_has_a_spec_whose_default_it_accepts():
     assert RECIPE_COLUMNS == ("lr", "momentum", "weight_decay", "schedule", "batch_size",
                               "augment", "resolution", "head_init", "eval_every")
     assert set(recipe_fields.optional_defaults()) == {
-        "feature_dtype", "val_images", "robust_eps", "robust_norm", "robust_steps", "robust_images"}
+        "feature_dtype", "val_images", "robust_eps", "robust_norm", "robust_steps", "robust_images",
+        "input_pipeline"}
 
 
 @pytest.mark.parametrize("name,value,coerced", [

@@ -267,3 +267,22 @@ def test_influence_features_are_prefix_outputs_and_the_mode_is_restored_on_error
     with pytest.raises(RuntimeError):
         transfer.prefix_outputs(model, torch.zeros(2, 5, 16, 16, dtype=torch.uint8), policy, 2, False)
     assert model.training, "the mode is restored even when the forward fails"
+
+
+def test_streamed_run_equals_device_resident_run(digits_model, digits_train, digits_test, caplog):
+    """A budget nothing fits streams every split from host memory: same results, one log line."""
+    from robust_transfer.data.loader import DeviceBudget
+
+    recipe = Recipe(batch_size=64, lr=0.05, augment=True, val_images=40)
+    kw = {"unfrozen": 1, "epochs": 2, "n": 120, "recipe": recipe}
+    torch.manual_seed(0)
+    resident = run(digits_model, digits_train, digits_test, data_budget=DeviceBudget(10**9), **kw)
+    with caplog.at_level("INFO", logger="robust_transfer.engine.transfer"):
+        streamed = run(digits_model, digits_train, digits_test, data_budget=DeviceBudget(1), **kw)
+    assert resident.info["streamed"] == [] and resident.info["device_bytes"] > 0
+    assert streamed.info["streamed"] == ["training images", "cached test outputs",
+                                         "cached validation outputs"]
+    lines = [r.getMessage() for r in caplog.records if "streamed" in r.getMessage()]
+    assert len(lines) == 1 and "training images" in lines[0]
+    for a, b in zip(resident.history, streamed.history, strict=True):
+        assert (a.train_loss, a.test_acc, a.val_acc) == (b.train_loss, b.test_acc, b.val_acc)

@@ -148,7 +148,7 @@ def test_gram_is_the_symmetric_product():
 def test_config_fields_give_cli_rows():
     rows = {f.name: f for f in config_fields()}
     assert rows["precision"].flag == "--precision" and rows["precision"].choices == ["float64", "mixed"]
-    assert rows["form"].choices == ["auto", "direct", "kernel", "block"]
+    assert rows["form"].choices == ["auto", "direct", "kernel", "block", "kfac", "ekfac"]
     assert rows["train_targets"].flag == "--no-train-targets" and rows["train_targets"].type is bool
     assert rows["damping"].type is float and rows["damping"].default == 1e-3
     assert rows["refine_max_iter"].type is int and "cholesky" in rows["solver"].choices

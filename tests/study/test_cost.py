@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -136,3 +137,23 @@ def test_calibration_measures_positive_rates_and_the_dry_run_prints_time(tmp_pat
     out = capsys.readouterr().out
     assert "CPU-hours with caching" in out and "where the cached cost goes" in out
     assert "measured for small_resnet at 16 px on cpu (1 thread(s))" in out
+    assert "input side on cpu per part of the grid" in out and "digits, unfrozen all" in out
+
+
+def test_input_side_per_grid_part_says_which_parts_are_input_bound():
+    from robust_transfer.study.estimate import input_shares
+
+    # a fast model and slow augmentation: the augmented all-blocks part is input-bound,
+    # the un-augmented head-only one (cached prefix: no input work per epoch) is not
+    rate = Throughput(forward=1e14, train=1e14, prepare=1e-5, augment=1e-2, overhead=0.5,
+                      device="cuda", threads=1)
+    shapes = [(_shape(augmented=True, unfrozen="all"), ("natural", "cifar10", 0)),
+              (_shape(augmented=True, unfrozen="all"), ("natural", "cifar10", 1)),
+              (_shape(augmented=False, unfrozen=0), ("natural", "mnist", 0))]
+    parts = {(p.target, p.unfrozen): p for p in input_shares(shapes, {("resnet50", 224): rate})}
+    cifar, mnist = parts[("cifar10", "all")], parts[("mnist", "0")]
+    assert cifar.runs == 2 and cifar.input_bound and cifar.share > 0.5
+    assert not mnist.input_bound and mnist.share < 0.5
+    assert "INPUT-BOUND" in cifar.line() and "model-bound" in mnist.line()
+    slow_model = replace(rate, forward=1e9, train=1e9)  # a CPU-like rate: the model dominates
+    assert not input_shares(shapes[:1], {("resnet50", 224): slow_model})[0].input_bound

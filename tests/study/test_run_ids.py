@@ -22,9 +22,59 @@ def test_embedded_study_keeps_its_run_ids():
     assert runs[0].to_dict()["unfrozen_blocks"] == "0" and runs[0].to_dict()["n"] == "25"
 
 
-def test_paper_study_keeps_its_run_set():
+MNIST_LIKE = ("fmnist", "kmnist", "mnist")
+
+
+def test_paper_study_keeps_its_unaugmented_run_ids_and_versions_the_augmented_ones():
+    """Before the batched augmentation (input pipeline 2) the paper's run set was
+    0e36e5a13346ea77; its 3,888 MNIST-like runs (never augmented) keep their ids, the
+    3,888 colour runs (augment: auto) carry the pipeline's version and get new ones."""
     runs = load_spec(resolve_spec_path("paper")).runs()
-    assert (len(runs), run_set_id([r.run_id for r in runs])) == (7776, "0e36e5a13346ea77")
+    assert (len(runs), run_set_id([r.run_id for r in runs])) == (7776, "dd09882b25eb0c3e")
+    plain = [r for r in runs if r.target in MNIST_LIKE]
+    colour = [r for r in runs if r.target not in MNIST_LIKE]
+    assert (len(plain), run_set_id([r.run_id for r in plain])) == (3888, "90044298d77970fa")
+    assert run_set_id([r.run_id for r in colour]) != "c532088e4c079c34"  # the ids before
+    assert all("input_pipeline" not in r.to_dict()["recipe"] for r in plain)
+    assert all(r.to_dict()["recipe"]["input_pipeline"] == 2 for r in colour)
+    back = RunConfig.from_dict(colour[0].to_dict())
+    assert back == colour[0] and back.run_id == colour[0].run_id
+
+
+def test_a_study_augmented_before_the_version_is_not_resumed_silently(tmp_path, monkeypatch):
+    from robust_transfer.errors import RobustTransferError
+    from robust_transfer.study import run_study
+    from robust_transfer.study import spec as spec_module
+
+    def instant(task, ctx):
+        from robust_transfer.study.store import RunOutcome
+
+        return RunOutcome(task.run_id, "finished", 0.0, 1.0, n=30, history=(
+            {"epoch": 1, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "test_acc": 0.5},))
+
+    spec = {"name": "aug", "sources": [{"model": "fmnist-natural", "label": "natural"}],
+            "targets": ["digits"], "train_images": [30], "unfrozen_blocks": [0], "epochs": 1,
+            "seeds": [0], "recipe": {"augment": True}}
+    with monkeypatch.context() as m:  # the code before: no version in augmented configs
+        m.setattr(spec_module, "versioned", lambda recipe, target: recipe)
+        old_ids = {r.run_id for r in load_spec(spec).runs()}
+        run_study(spec, tmp_path / "s", run_fn=instant)
+    assert not old_ids & {r.run_id for r in load_spec(spec).runs()}
+    with pytest.raises(RobustTransferError, match="holds a different study"):
+        run_study(spec, tmp_path / "s", run_fn=instant)
+    unaugmented = {**spec, "recipe": {"augment": False}}
+    with monkeypatch.context() as m:
+        m.setattr(spec_module, "versioned", lambda recipe, target: recipe)
+        before = {r.run_id for r in load_spec(unaugmented).runs()}
+    assert before == {r.run_id for r in load_spec(unaugmented).runs()}
+
+
+def test_input_pipeline_outside_its_versions_is_refused():
+    from robust_transfer.engine.recipe import Recipe
+
+    for bad in (1, 3, "2"):
+        with pytest.raises(ConfigError, match="input_pipeline"):
+            Recipe(augment=True, input_pipeline=bad)
 
 
 def test_all_and_int_settings_keep_their_ids_and_types():

@@ -17,6 +17,7 @@ from robust_transfer.data import balanced_subset, load_dataset
 from robust_transfer.influence import SOLVERS, InfluenceConfig, config_fields, explain_influence
 from robust_transfer.influence.forms import FORMS
 from robust_transfer.influence.solvers import PRECISIONS
+from robust_transfer.influence.streaming import SCORE_MODES
 from robust_transfer.progress import Progress
 
 _DEFAULT_TEST_N = 500
@@ -62,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=fields["refine_max_iter"].help)
     p.add_argument("--memory-limit-gb", type=v.positive_float, default=None,
                    help="refuse problems estimated above this (default: the available memory)")
+    p.add_argument("--time-budget-s", type=v.positive_float, default=d.time_budget_s,
+                   help=fields["time_budget_s"].help + f" (default: {d.time_budget_s:g})")
+    p.add_argument("--scores", choices=SCORE_MODES, default=d.scores, help=fields["scores"].help)
     p.set_defaults(func=_influence)
 
 
@@ -71,7 +75,9 @@ def _influence(args: argparse.Namespace) -> int:
                           train_targets=not args.no_train_targets, cg_tol=args.cg_tol,
                           cg_max_iter=args.cg_max_iter, cg_batch=args.cg_batch,
                           memory_limit=limit, form=args.form, precision=args.precision,
-                          refine_tol=args.refine_tol, refine_max_iter=args.refine_max_iter)
+                          refine_tol=args.refine_tol, refine_max_iter=args.refine_max_iter,
+                          time_budget_s=args.time_budget_s, scores=args.scores,
+                          top_k=max(args.top_k, args.grid[1]), max_rank=args.max_rank)
     inputs = explain_inputs(args)
     train = load_dataset(inputs.dataset, "train", root=args.data_root)
     test = load_dataset(inputs.dataset, "test", root=args.data_root)
@@ -96,7 +102,7 @@ def _influence(args: argparse.Namespace) -> int:
 
 
 def _influence_line(name: str, rec: dict[str, Any]) -> str:
-    parts = [f"{name}: solver {rec['solver']}, damping {rec['damping']:g}"]
+    parts = [f"{name}: solver {rec['solver']}, damping {rec['damping']:g}, " + _form_words(rec)]
     for kind in ("test", "train"):
         m = rec.get(f"top1_class_match_{kind}")
         if m:
@@ -104,3 +110,11 @@ def _influence_line(name: str, rec: dict[str, Any]) -> str:
                          f"[{m['low']:.1%}, {m['high']:.1%}]")
     parts.append(f"{rec['timings_s']['total_s'] + rec['timings_s'].get('features_s', 0):.1f} s")
     return "; ".join(parts)
+
+
+def _form_words(rec: dict[str, Any]) -> str:
+    """``form block (exact)`` or ``form kfac (approximate: why), scores streamed (...)``."""
+    words = f"form {rec['form']} " + ("(exact)" if rec.get("exact", True)
+                                      else f"(approximate: {rec.get('form_reason')})")
+    return words + (", scores streamed (top-k, curves, self-influence)"
+                    if rec.get("scores") == "stream" else "")

@@ -17,7 +17,7 @@ from robust_transfer.study.lock import driver_alive
 from robust_transfer.study.query import LISTED, find_runs, parse_where, show_run
 from robust_transfer.study.store import StudyStore, export_results
 
-EXECUTOR_NAMES = ("local", "ray")  # checked by study.executors.get_executor when run
+EXECUTOR_NAMES = ("local", "ray", "slurm")  # checked by study.executors.get_executor when run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,8 +45,9 @@ def _register_run(sub) -> None:
                    "or a YAML file")
     p.add_argument("--out", required=True, type=v.out_dir,
                    help="study directory (results store, feature cache)")
-    p.add_argument("--executor", choices=EXECUTOR_NAMES, default="local",
-                   help="local: this process or a process pool; ray: a Ray cluster")
+    p.add_argument("--executor", choices=EXECUTOR_NAMES, default=None,
+                   help="local: this process or a process pool; ray: a Ray cluster; slurm: "
+                   "SLURM job arrays via submitit (default: the spec's executor:, else local)")
     p.add_argument("--workers", type=v.positive_int, default=None,
                    help="runs at a time (local default 1 = in this process; ray default: "
                         "as many as the cluster's CPUs/GPUs allow)")
@@ -57,6 +58,10 @@ def _register_run(sub) -> None:
     p.add_argument("--gpus-per-run", type=v.nonneg_float, default=None,
                    help="GPUs per run for Ray, fractions allowed, e.g. 0.25 (default: the spec's)")
     p.add_argument("--device", default=None, type=v.device_name, help="torch device for runs (default: the spec's, auto)")
+    p.add_argument("--device-budget", default=None, type=v.byte_size, metavar="SIZE",
+                   help="device memory for each run's data (images, cached prefix outputs), "
+                        "e.g. '8 GiB'; beyond it data is streamed from host memory (default: "
+                        "the spec's device_budget, else half the run's share of the GPU)")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the spec's or "
                    "$ROBUST_TRANSFER_DATA or ~/.cache/robust_transfer/data)")
     p.add_argument("--no-feature-cache", action="store_true",
@@ -67,7 +72,42 @@ def _register_run(sub) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="print run counts, missing inputs and estimated cost; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_slurm_options(p)
     p.set_defaults(func=_run)
+
+
+def _add_slurm_options(p) -> None:
+    """``--slurm-<field>`` for every SlurmOptions field (help from its metadata)."""
+    from dataclasses import fields
+
+    from robust_transfer.study.slurm_jobs import SlurmOptions
+
+    group = p.add_argument_group("slurm executor (override the spec's slurm: section)")
+    for f in fields(SlurmOptions):
+        flag = "--slurm-" + f.name.replace("_", "-")
+        if f.name == "sbatch_args":
+            group.add_argument(flag, default=None, metavar="'OPTION ...'", dest="slurm_sbatch_args",
+                               help=f.metadata["help"] + " (with '=', quoted: "
+                               "--slurm-sbatch-args='--qos=high --exclusive')")
+        else:
+            kind = {"poll_seconds": v.positive_float}.get(f.name, int if f.name in (
+                "gpus_per_run", "cpus_per_run", "array_parallelism", "runs_per_job", "retries",
+                "requeues") else str)
+            group.add_argument(flag, type=kind, default=None, dest="slurm_" + f.name,
+                               help=f.metadata["help"])
+
+
+def _slurm_overrides(spec, args):
+    """The spec's slurm: settings with the --slurm-* options given on top (None: none given)."""
+    from dataclasses import fields, replace
+
+    given = {f.name: getattr(args, "slurm_" + f.name) for f in fields(spec.slurm)
+             if getattr(args, "slurm_" + f.name, None) is not None}
+    if "sbatch_args" in given:
+        import shlex
+
+        given["sbatch_args"] = tuple(shlex.split(given["sbatch_args"]))
+    return replace(spec.slurm, **given) if given else None
 
 
 def _register_status(sub) -> None:
@@ -130,7 +170,7 @@ def _run(args) -> int:
     spec = load_spec(resolve_spec_path(args.spec))
     if args.dry_run:
         return _dry_run(spec, args)
-    _check_device(args.device or spec.device, args.executor)
+    _check_device(args.device or spec.device, args.executor or spec.executor)
     progress = None if args.quiet else Progress("study", unit="runs")
     try:
         summary = _call_run(spec, args, progress.study if progress else None)
@@ -195,7 +235,8 @@ def _call_run(spec, args, display):
                      ray_address=args.ray_address, retry_failed=args.retry_failed,
                      extend=args.extend, data_root=args.data_root, device=args.device,
                      feature_cache=False if args.no_feature_cache else None,
-                     num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display)
+                     num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display,
+                     slurm=_slurm_overrides(spec, args), device_budget=args.device_budget)
 
 
 def _dry_run(spec, args) -> int:
@@ -229,14 +270,34 @@ def _status(args) -> int:
         status = store.status(live=driver_alive(args.dir))
         failures = store.failures(5)
     if args.json:
-        print(json.dumps(status.to_dict()))
+        from dataclasses import asdict
+
+        from robust_transfer.study.slurm_jobs import slurm_jobs
+
+        jobs = slurm_jobs(args.dir)
+        print(json.dumps({**status.to_dict(), **({"slurm_jobs": [asdict(j) for j in jobs]}
+                                                 if jobs else {})}))
         return 0
     print(f"{args.dir}: {status.total} runs: {status.finished} finished, {status.failed} failed, "
           f"{status.running} running, {status.pending} pending ({status.missing} missing); "
           f"{_duration(status.seconds)} of run time; {status.specs} spec(s) stored")
     for run_id, error in failures:
         print(f"  failed {run_id}: {error.splitlines()[0] if error else '?'}")
+    _print_slurm_jobs(args.dir)
     return 0
+
+
+def _print_slurm_jobs(study_dir: str) -> None:
+    """Runs in SLURM jobs not yet collected: job id, state (squeue), node, log."""
+    from robust_transfer.study.slurm_jobs import slurm_jobs
+
+    jobs = slurm_jobs(study_dir)
+    if jobs:
+        print(f"SLURM jobs of {len(jobs)} run(s) not yet collected:")
+    for job in jobs:
+        node = f" on {job.node}" if job.node and job.node != "(null)" else ""
+        print(f"  {job.state.lower():<10} job {job.job_id}{node} (attempt {job.attempt}) run "
+              f"{job.run_id}: log {job.log}")
 
 
 def _runs(args) -> int:

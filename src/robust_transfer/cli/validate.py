@@ -47,6 +47,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def byte_size(text: str) -> int:
+    """A positive size: bytes or e.g. ``'8 GiB'``, ``'512MB'`` (the spec's byte sizes)."""
+    from robust_transfer.engine.features import parse_bytes  # torch only when the flag is given
+    from robust_transfer.errors import ConfigError
+
+    try:
+        return parse_bytes(text)
+    except ConfigError as err:
+        raise _fail(str(err)) from None
+
+
 def nonneg_float(text: str) -> float:
     """A finite number >= 0."""
     value = finite_float(text)

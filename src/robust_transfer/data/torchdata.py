@@ -222,8 +222,8 @@ def model_loader(data: Any, model: torch.nn.Module, batch_size: int = 256):
     Images are resized and channel-matched to the model (``model.input_size`` and
     ``model.channels`` where it has them, else kept as they are), pixels in [0, 1].
     """
+    from robust_transfer.data.loader import TensorLoader
     from robust_transfer.data.transforms import InputPolicy
-    from robust_transfer.engine.training import TensorLoader
 
     arrays = as_image_arrays(data, split="test")
     channels = getattr(model, "channels", arrays.info.channels)

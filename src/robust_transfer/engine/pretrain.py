@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, load_dataset
+from robust_transfer.data.loader import device_budget
 from robust_transfer.data.streaming import is_streaming, streaming_split
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.training import (
@@ -121,7 +122,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
         train_loader, test_loader, classes, mean, std, size, n_train = _streaming(cfg)
     else:
         train_loader, test_loader, classes, mean, std, size, n_train = _in_memory(
-            cfg, data_root, train, test)
+            cfg, data_root, train, test, dev)
     torch.manual_seed(cfg.seed)
     model = build_architecture(cfg.arch, classes, mean, std, size).to(dev)
     net: torch.nn.Module = model
@@ -141,8 +142,12 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
     return model.eval(), history, meta
 
 
-def _in_memory(cfg: PretrainConfig, data_root, train, test):
-    """Loaders over in-memory splits; the normaliser is the training images' mean/std."""
+def _in_memory(cfg: PretrainConfig, data_root, train, test, device: torch.device):
+    """Loaders over in-memory splits; the normaliser is the training images' mean/std.
+
+    The uint8 images go to ``device`` once where they fit its budget (else they are
+    streamed); batches are resized and augmented there.
+    """
     train = train if train is not None else load_dataset(cfg.dataset, "train", data_root)
     test = test if test is not None else load_dataset(cfg.dataset, "test", data_root)
     if cfg.train_images is not None:
@@ -155,10 +160,13 @@ def _in_memory(cfg: PretrainConfig, data_root, train, test):
     size = cfg.input_size or train.info.size
     mean, std = dataset_stats(train.images, 3)
     policy = InputPolicy(3, size, cfg.augment)
+    budget = device_budget(device)
     train_loader = TensorLoader(train.images, train.labels, cfg.batch_size, shuffle=True,
-                                transform=policy.train_batch, seed=cfg.seed)
+                                transform=policy.train_batch, seed=cfg.seed, device=device,
+                                budget=budget, name="training images")
     test_loader = TensorLoader(test.images, test.labels, 512, transform=policy.prepare,
-                               rank=0, world_size=1)
+                               rank=0, world_size=1, device=device, budget=budget,
+                               name="test images")
     return train_loader, test_loader, train.info.num_classes, mean, std, size, len(train)
 
 

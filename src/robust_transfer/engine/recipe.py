@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from robust_transfer.engine.choices import NORMS, SCHEDULES
 from robust_transfer.errors import ConfigError
+from robust_transfer.versions import INPUT_PIPELINE as PIPELINE_VERSION
 
-if TYPE_CHECKING:  # the recipe is read without torch (the study store, ``study status``)
+if TYPE_CHECKING:  # torch stays unimported: the store and `study status` read recipes
     from robust_transfer.engine.attacks import AttackConfig
     from robust_transfer.engine.training import OptimConfig
 
@@ -127,8 +128,10 @@ class Recipe:
     PGD (step size 2.5 * eps / steps, no random start, the robustness library's evaluation
     convention) on ``robust_images`` class-balanced test images.
 
-    The last six fields are left out of :meth:`to_dict` at their defaults, so adding them
-    changed no existing run id.
+    The last seven fields are left out of :meth:`to_dict` at their defaults, so adding them
+    changed no existing run id. ``input_pipeline`` is set by a study on its runs that may be
+    augmented (:func:`robust_transfer.study.spec.expand`), so augmented runs of this version
+    never share an id with results computed by the per-image augmentation before it.
     """
 
     lr: float = recipe_field(0.1, FieldSpec(
@@ -174,6 +177,11 @@ class Recipe:
     robust_images: int = recipe_field(500, FieldSpec(
         int, "test images the robust evaluation attacks, >= 1 (needs robust_eps)", low=1,
         in_id_at_default=False, requires="robust_eps"))
+    input_pipeline: int | None = recipe_field(None, FieldSpec(
+        int, f"the augmentation's version, {PIPELINE_VERSION} (batched draws, "
+        "robust_transfer.data.augment); studies set it on runs that may be augmented, so "
+        "their ids differ from runs augmented before it (default: not recorded)",
+        low=PIPELINE_VERSION, high=PIPELINE_VERSION, nullable=True, in_id_at_default=False))
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -184,7 +192,6 @@ class Recipe:
                 raise ConfigError(f"{f.name} {_show(value)} is given without {spec.requires}, "
                                   f"which it needs: give {spec.requires} too, or leave "
                                   f"{f.name} out")
-        self.optim()  # validates the optimiser as a whole
 
     def robust_attack(self) -> AttackConfig:
         """The PGD evaluation attack.

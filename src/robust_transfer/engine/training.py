@@ -1,8 +1,9 @@
 """One training loop for natural, adversarial (PGD, FGSM-RS) and fine-tuning runs.
 
-Data come from :class:`TensorLoader`, which batches in-memory tensors (uint8 images through
-an input policy, or cached float features) without worker processes: on small images
-that is much faster than a ``DataLoader`` over PIL images, and it shards itself under
+Data come from :class:`~robust_transfer.data.loader.TensorLoader` (re-exported here), which
+batches in-memory tensors (uint8 images through an input policy, or cached float features)
+without worker processes, on the run's device when they fit there: on small images that is
+much faster than a ``DataLoader`` over PIL images, and it shards itself under
 ``torch.distributed``.
 """
 
@@ -13,17 +14,17 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from robust_transfer.data.loader import TensorLoader
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.choices import SCHEDULES
 from robust_transfer.errors import ConfigError
@@ -88,58 +89,6 @@ class OptimConfig:
         return opt, sched
 
 
-class TensorLoader:
-    """Batches of ``(inputs, labels)`` from tensors held in memory.
-
-    Args:
-        data: uint8 images ``[N, C, H, W]`` or float features ``[N, ...]``.
-        labels: int64 ``[N]``.
-        batch_size: examples per batch.
-        shuffle: reshuffle every epoch (seeded by ``seed`` and the epoch number).
-        transform: maps a batch of ``data`` to model inputs (e.g. ``policy.train_batch``).
-        seed: shuffling seed.
-        rank, world_size: shard for distributed training (each rank sees the same number
-            of batches; default from ``torch.distributed`` when initialised).
-    """
-
-    def __init__(self, data: torch.Tensor, labels: torch.Tensor, batch_size: int = 128,
-                 shuffle: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch size must be positive, got {batch_size}")
-        self.data, self.labels = data, labels
-        self.batch_size, self.shuffle, self.transform, self.seed = batch_size, shuffle, transform, seed
-        distributed = dist.is_available() and dist.is_initialized()
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        self.world_size = world_size if world_size is not None else (
-            dist.get_world_size() if distributed else 1)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> torch.Tensor:
-        n = len(self.labels)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            idx = torch.randperm(n, generator=gen)
-        else:
-            idx = torch.arange(n)
-        if self.world_size > 1:  # equal shards: pad by wrapping, like DistributedSampler
-            per = math.ceil(n / self.world_size)
-            idx = torch.cat([idx, idx[: per * self.world_size - n]])[self.rank::self.world_size]
-        return idx
-
-    def __len__(self) -> int:
-        n = math.ceil(len(self.labels) / self.world_size)
-        return math.ceil(n / self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self._indices()
-        for start in range(0, len(idx), self.batch_size):
-            b = idx[start: start + self.batch_size]
-            x = self.data[b]
-            yield (self.transform(x) if self.transform else x), self.labels[b]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -253,6 +202,10 @@ class FitOptions:
         eval_attack: also measure robust accuracy under this attack when evaluating.
         seed: seeds torch's global generator (augmentation, random starts).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        checkpoint: a file where the training state (weights, optimiser, schedule, RNG,
+            epoch, metrics so far) is saved, whole, after every epoch; a ``fit`` that finds
+            it resumes after its epoch and ends as an uninterrupted one would
+            (:func:`load_epoch_state`). ``None``: no checkpoint.
     """
 
     epochs: int = 1
@@ -262,6 +215,7 @@ class FitOptions:
     eval_attack: AttackConfig | None = None
     seed: int = 0
     device: str = "auto"
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -297,8 +251,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         raise ConfigError("nothing to train: every parameter is frozen")
     optimizer, scheduler = opts.optim.build(params, opts.epochs)
     attack_model = attack_model or model
-    history = []
-    for epoch in range(1, opts.epochs + 1):
+    history = _resume(opts.checkpoint, model, optimizer, scheduler)
+    for epoch in range(len(history) + 1, opts.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loader.set_epoch(epoch)
@@ -317,9 +271,49 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
                                                  device, callback)
         metrics.seconds = time.perf_counter() - start
         history.append(metrics)
+        if opts.checkpoint:
+            save_epoch_state(opts.checkpoint, model, optimizer, scheduler, history)
         if callback:
             callback(EpochDone(replace(metrics)))
     return history
+
+
+def save_epoch_state(path: str | os.PathLike, model: nn.Module, optimizer, scheduler,
+                     history: list[EpochMetrics]) -> None:
+    """Save what :func:`fit` needs to go on after ``history[-1]``, whole or not at all.
+
+    The RNG states matter: augmentation and random starts draw from torch's global
+    generator, so a resumed run draws what the uninterrupted one would have.
+    """
+    from robust_transfer.io import atomic_write
+
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+             "history": [m.to_dict() for m in history]}
+    with atomic_write(path) as f:
+        torch.save(state, f)
+
+
+def load_epoch_state(path: str | os.PathLike) -> dict | None:
+    """The state :func:`save_epoch_state` wrote, or ``None`` when there is none."""
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _resume(path: str | None, model: nn.Module, optimizer, scheduler) -> list[EpochMetrics]:
+    """Restore a checkpointed training state into these objects; the epochs it had done."""
+    state = load_epoch_state(path) if path else None
+    if state is None:
+        return []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return [EpochMetrics(**m) for m in state["history"]]
 
 
 def _train_epoch(model, loader, optimizer, adversary, attack_model, device, callback,

@@ -58,6 +58,7 @@ runs get their own ids: ``feature_dtype`` enters the config when not float32).
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
@@ -67,9 +68,10 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
+from robust_transfer.data.loader import DeviceBudget, device_budget
 from robust_transfer.data.subsets import split_validation
 from robust_transfer.data.torchdata import as_image_arrays_pair
-from robust_transfer.engine.features import PrefixKey
+from robust_transfer.engine.features import PrefixKey, format_bytes
 from robust_transfer.engine.recipe import FEATURE_DTYPES, Recipe  # noqa: F401 (re-exported)
 from robust_transfer.engine.training import (
     EpochMetrics,
@@ -83,6 +85,8 @@ from robust_transfer.errors import ConfigError
 from robust_transfer.models import TransferModel, prepare_finetune
 from robust_transfer.models.finetune import ALL, parse_unfrozen
 from robust_transfer.models.modes import eval_mode
+
+logger = logging.getLogger(__name__)
 
 # prefix outputs larger than this (bytes, train + test) are not precomputed in memory
 PREFIX_MEMORY_LIMIT = 2 * 1024**3
@@ -260,7 +264,9 @@ class _Suffix(nn.Module):
 def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
              n: int | None = None, unfrozen: int | str = 0, epochs: int = 10, seed: int = 0,
              recipe: Recipe | None = None, device: str = "auto", source_id: str = "",
-             feature_store: FeatureStore | None = None, callback=None) -> FinetuneResult:
+             feature_store: FeatureStore | None = None, callback=None,
+             checkpoint: str | None = None,
+             data_budget: DeviceBudget | None = None) -> FinetuneResult:
     """Fine-tune a copy of ``source`` on ``n`` images of ``train``; test on ``test``.
 
     Args:
@@ -276,6 +282,12 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
         source_id: identifies the source weights (e.g. sha256) for the feature store.
         feature_store: shares frozen-prefix outputs between runs (default: none).
         callback: progress events, see :func:`robust_transfer.engine.training.fit`.
+        checkpoint: save the training state here after every epoch, and resume from it
+            when it exists (``FitOptions.checkpoint``); same result as without.
+        data_budget: device memory the run's data may take (its images, labels and
+            cached prefix outputs are moved to ``device`` once where they fit, else
+            streamed; default: :func:`~robust_transfer.data.loader.device_budget` of the
+            whole device). ``info["streamed"]`` lists what did not fit.
 
     Returns:
         A :class:`FinetuneResult`; ``cached_prefix`` is true when any split ran from
@@ -298,7 +310,7 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     policy = default_policy(train.info, model.channels, recipe.resolution or model.input_size,
                             recipe.augment)
     options = FitOptions(epochs=epochs, optim=recipe.optim(), eval_every=recipe.eval_every,
-                         seed=seed, device=str(dev))
+                         seed=seed, device=str(dev), checkpoint=checkpoint)
     plan = cache_plan(len(model.blocks()), unfrozen, policy.augment,
                       bytes_per_image=prefix_bytes_per_image(model, unfrozen, policy.size,
                                                              recipe.feature_dtype),
@@ -307,45 +319,72 @@ def finetune(source: TransferModel, train: ImageArrays, test: ImageArrays, *,
     prefix = _PrefixCache(model, policy, dev, feature_store or MemoryFeatureStore(), plan,
                           PrefixKey(source_id or _weights_id(source), train.info.name, "train",
                                     policy.size, plan.depth, plan.pooled, recipe.feature_dtype))
-    trainer, train_loader = model, TensorLoader(
-        train.images[torch.as_tensor(indices)], train.labels[torch.as_tensor(indices)],
-        recipe.batch_size, shuffle=True, transform=policy.train_batch, seed=seed)
-    if plan.train:
-        trainer, train_loader = prefix.suffix, TensorLoader(
-            prefix.outputs(train, "train", indices), train.labels[torch.as_tensor(indices)],
-            recipe.batch_size, shuffle=True, seed=seed)
-    evaluator, test_loader, val_loader = model, TensorLoader(
-        test.images, test.labels, max(256, recipe.batch_size), transform=policy.prepare), None
-    val_labels = train.labels[torch.as_tensor(val_indices)]
-    if len(val_indices):
-        val_loader = TensorLoader(train.images[torch.as_tensor(val_indices)], val_labels,
-                                  max(256, recipe.batch_size), transform=policy.prepare)
-    if plan.test:  # validation images are never augmented either: they follow the test ones
-        evaluator, test_loader = prefix.suffix, TensorLoader(
-            prefix.outputs(test, "test", np.arange(len(test))), test.labels,
-            max(256, recipe.batch_size))
-        if len(val_indices):
-            val_loader = TensorLoader(prefix.outputs(train, "train", val_indices), val_labels,
-                                      max(256, recipe.batch_size))
+    budget = data_budget if data_budget is not None else device_budget(dev)
+    trainer, train_loader, evaluator, test_loader, val_loader = _loaders(
+        model, prefix, plan, policy, train, test, indices, val_indices, recipe.batch_size, seed,
+        dev, budget)
     # finetune sets no adversary, so fit uses ``attack_model`` only to evaluate: the
     # suffix on cached test outputs, which in eval mode equals the whole model
     history = fit(trainer, train_loader, test_loader, options, callback, attack_model=evaluator,
                   val_loader=val_loader)
     model.eval()
     info = {"policy": asdict(policy), "frozen_depth": model.frozen_depth, "cache": asdict(plan),
-            "feature_dtype": recipe.feature_dtype}
+            "feature_dtype": recipe.feature_dtype, "device_budget": budget.total,
+            "device_bytes": budget.used, "streamed": list(budget.streamed)}
     if recipe.robust_eps is not None:
         robust_idx = balanced_subset(test.labels.numpy(), min(recipe.robust_images, len(test)),
                                      0, f"{test.info.name}/robust")
         loader = TensorLoader(test.images[torch.as_tensor(robust_idx)],
                               test.labels[torch.as_tensor(robust_idx)], max(128, recipe.batch_size),
-                              transform=policy.prepare)
+                              transform=policy.prepare, device=dev)
         t0 = time.perf_counter()
         _, history[-1].robust_acc = evaluate(model, loader, recipe.robust_attack(), dev)
         info["robust_seconds"] = time.perf_counter() - t0
         info["robust_images"] = len(robust_idx)
     return FinetuneResult(model, history, len(indices), indices, time.perf_counter() - start,
                           plan.any, info)
+
+
+def _loaders(model: TransferModel, prefix: _PrefixCache, plan: CachePlan, policy: InputPolicy,
+             train: ImageArrays, test: ImageArrays, indices: np.ndarray, val_indices: np.ndarray,
+             batch_size: int, seed: int, device: torch.device, budget: DeviceBudget):
+    """The run's training, test and validation loaders, on ``device`` within ``budget``.
+
+    Each split is either its uint8 images (resized, and for training augmented, on the
+    device at every batch) or its cached prefix outputs; whatever does not fit the budget
+    is streamed from host memory, in this order of preference: training, test, validation.
+    """
+    eval_batch = max(256, batch_size)
+    idx, val_idx = torch.as_tensor(indices), torch.as_tensor(val_indices)
+    on = {"device": device, "budget": budget}
+    if plan.train:
+        trainer, train_loader = prefix.suffix, TensorLoader(
+            prefix.outputs(train, "train", indices), train.labels[idx], batch_size, shuffle=True,
+            seed=seed, name="cached training outputs", **on)
+    else:
+        trainer, train_loader = model, TensorLoader(
+            train.images[idx], train.labels[idx], batch_size, shuffle=True,
+            transform=policy.train_batch, seed=seed, name="training images", **on)
+    val_loader = None
+    if plan.test:  # validation images are never augmented either: they follow the test ones
+        evaluator, test_loader = prefix.suffix, TensorLoader(
+            prefix.outputs(test, "test", np.arange(len(test))), test.labels, eval_batch,
+            name="cached test outputs", **on)
+        if len(val_indices):
+            val_loader = TensorLoader(prefix.outputs(train, "train", val_indices),
+                                      train.labels[val_idx], eval_batch,
+                                      name="cached validation outputs", **on)
+    else:
+        evaluator, test_loader = model, TensorLoader(
+            test.images, test.labels, eval_batch, transform=policy.prepare, name="test images", **on)
+        if len(val_indices):
+            val_loader = TensorLoader(train.images[val_idx], train.labels[val_idx], eval_batch,
+                                      transform=policy.prepare, name="validation images", **on)
+    if budget.streamed:
+        logger.info("finetune: %s beyond the device budget of %s: streamed from pinned host "
+                    "memory with asynchronous copies", ", ".join(budget.streamed),
+                    format_bytes(budget.total or 0))
+    return trainer, train_loader, evaluator, test_loader, val_loader
 
 
 def training_indices(train: ImageArrays, n: int | None, seed: int,
@@ -443,7 +482,7 @@ def prefix_outputs(model: TransferModel, images: torch.Tensor, policy: InputPoli
     out = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            x = policy.prepare(images[start: start + batch_size]).to(device)
+            x = policy.prepare(images[start: start + batch_size].to(device))  # resized there
             h = model.forward_prefix(x, depth)
             out.append((model.pool(h) if pooled else h).float().cpu())
     if not out:

@@ -174,8 +174,25 @@ def class_match_curve(scores: np.ndarray, target_labels: np.ndarray, train_label
     """
     if max_rank < 1:
         raise ConfigError(f"max_rank must be >= 1, got {max_rank}")
-    target_labels, train_labels = np.asarray(target_labels), np.asarray(train_labels)
     idx = rank_training(scores, max_rank, order, exclude_self)
+    return class_match_from_ranks(idx, target_labels, train_labels, order, exclude_self, targets)
+
+
+def class_match_from_ranks(idx: np.ndarray, target_labels: np.ndarray, train_labels: np.ndarray,
+                           order: str = "helpful", exclude_self: bool = False,
+                           targets: str = "test") -> ClassMatchCurve:
+    """:func:`class_match_curve` from rankings already made (e.g. streamed chunk by chunk).
+
+    Args:
+        idx: ``[m, K]`` training indices per target, most influential first
+            (:func:`rank_training`'s output).
+        target_labels, train_labels, order, exclude_self, targets: as
+            :func:`class_match_curve`.
+
+    Returns:
+        A :class:`ClassMatchCurve` over ranks ``1..K``.
+    """
+    target_labels, train_labels = np.asarray(target_labels), np.asarray(train_labels)
     match = train_labels[idx] == target_labels[:, None]
     low, high = wilson_interval(match.sum(0), len(match))
     freq = np.bincount(train_labels, minlength=int(max(train_labels.max(), target_labels.max())) + 1)

@@ -9,7 +9,7 @@ by about ``-I / n``.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,16 +18,23 @@ import torch
 from robust_transfer.data import ImageArrays, InputPolicy
 from robust_transfer.errors import ConfigError
 from robust_transfer.events import Listener
-from robust_transfer.influence.forms import FORMS, choose_form
+from robust_transfer.influence.forms import FORMS
 from robust_transfer.influence.hessian import augment, head_probs, residuals
+from robust_transfer.influence.planning import FormPlan, Problem, plan_form
 from robust_transfer.influence.solvers import (
     PRECISIONS,
     SOLVERS,
     GradientProblem,
     available_memory,
-    check_memory,
     check_nonsingular,
-    estimate_memory,
+)
+from robust_transfer.influence.streaming import (
+    SCORE_MODES,
+    FullScores,
+    Ranking,
+    StreamedRanking,
+    check_score_mode,
+    rank_matrix,
 )
 
 if TYPE_CHECKING:
@@ -51,8 +58,10 @@ class InfluenceConfig:
             matrix, self-influence); costs ``n`` more solves.
         form: ``cholesky`` only: ``direct`` (factor the Hessian), ``kernel`` (Woodbury
             through the feature Gram matrix, cheap when ``n < d + 1``), ``block`` (Woodbury
-            around the class blocks, cheap at the paper's setting) or ``auto`` (the cheapest
-            that applies; see :mod:`.forms`).
+            around the class blocks, cheap at the paper's setting), the approximate
+            ``kfac`` / ``ekfac`` (Kronecker-factored Hessian, :mod:`.kfac`; for heads no
+            exact form fits) or ``auto``: the cheapest exact form within ``memory_limit``
+            and ``time_budget_s``, else ``ekfac``, else ``kfac`` (:mod:`.planning`).
         precision: ``float64`` throughout, or ``mixed`` (direct cholesky only): Hessian,
             factor and solves in float32, then float64 iterative refinement. The scores
             equal float64's, but it pays only where the factorisation is most of the time
@@ -66,6 +75,13 @@ class InfluenceConfig:
         cg_max_iter: ``cg`` only: iterations at most.
         cg_batch: ``cg`` only: right-hand sides solved together.
         memory_limit: bytes allowed; ``None`` means what the OS reports as available.
+        time_budget_s: ``form="auto"`` only: estimated seconds an exact form may take
+            before ``auto`` takes an approximate one; ``None``: no budget.
+        scores: ``full`` (keep the ``[m, n]`` and ``[n, n]`` matrices), ``stream`` (keep
+            only top-k, class-match ranks and self-influence, made chunk by chunk:
+            :mod:`.streaming`) or ``auto`` (full when it fits ``memory_limit``).
+        top_k: ``stream``: helpful and harmful images kept per test image.
+        max_rank: ``stream``: ranks kept for the class-match curves.
     """
 
     damping: float = field(default=1e-3, metadata={"help": "lambda added to the Hessian's diagonal"})
@@ -77,7 +93,9 @@ class InfluenceConfig:
         "help": "score training images as targets too (self-influence, train curve)",
         "negative_flag": "--no-train-targets"})
     form: str = field(default="auto", metadata={
-        "help": "cholesky only: direct, kernel (few images), block (many) or auto (cheapest)",
+        "help": "cholesky only: direct, kernel (few images), block (many), the approximate "
+                "kfac/ekfac (Kronecker-factored Hessian) or auto: the cheapest exact form within "
+                "the memory and time budgets, else ekfac, else kfac",
         "choices": lambda: list(FORMS)})
     precision: str = field(default="float64", metadata={
         "help": "float64, or mixed: float32 factor refined to float64 scores (direct form; "
@@ -91,6 +109,15 @@ class InfluenceConfig:
     cg_batch: int = field(default=256, metadata={"help": "cg only: right-hand sides at once"})
     memory_limit: int | None = field(default=None, metadata={
         "help": "refuse problems estimated above this many bytes (default: the available memory)"})
+    time_budget_s: float | None = field(default=600.0, metadata={
+        "help": "form auto: estimated seconds an exact form may take before auto takes "
+                "ekfac or kfac (approximate)"})
+    scores: str = field(default="auto", metadata={
+        "help": "full: keep every score; stream: only top-k, class-match ranks and "
+                "self-influence, chunk by chunk; auto: full when it fits the memory",
+        "choices": lambda: list(SCORE_MODES)})
+    top_k: int = field(default=10, metadata={"help": "helpful/harmful images kept per test image"})
+    max_rank: int = field(default=100, metadata={"help": "largest rank of the class-match curve"})
 
     def __post_init__(self) -> None:
         SOLVERS.get(self.solver)  # unknown names list the valid ones
@@ -105,7 +132,12 @@ class InfluenceConfig:
             raise ConfigError("cg_batch and cg_max_iter must be >= 1 and cg_tol > 0")
         if self.refine_max_iter < 1 or not self.refine_tol > 0:
             raise ConfigError("refine_max_iter must be >= 1 and refine_tol > 0")
-        if self.precision == "mixed" and (self.solver != "cholesky" or self.form in ("kernel", "block")):
+        check_score_mode(self.scores)
+        if self.top_k < 1 or self.max_rank < 1:
+            raise ConfigError(f"top_k and max_rank must be >= 1, got {self.top_k} and {self.max_rank}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"time_budget_s must be > 0 or None, got {self.time_budget_s}")
+        if self.precision == "mixed" and (self.solver != "cholesky" or self.form not in ("direct", "auto")):
             raise ConfigError(f"precision 'mixed' applies to solver 'cholesky' with form 'direct' "
                               f"or 'auto', not solver '{self.solver}' with form '{self.form}'")
 
@@ -160,16 +192,18 @@ class InfluenceResult:
     """Influence scores of one head on one train/test pair.
 
     Attributes:
-        scores: ``[m, n]``; ``scores[t, i] = I(train i, test t)``.
+        scores: ``[m, n]``; ``scores[t, i] = I(train i, test t)``; ``None`` when streamed.
         train_scores: ``[n, n]`` with training images as targets, or ``None``.
         self_influence: ``[n]``, ``I(z_i, z_i) = -g_i^T H^-1 g_i`` (<= 0), or ``None``.
         train_labels, test_labels: ``[n]``, ``[m]``.
         config: what produced it (damping, solver, ...).
         timings: seconds per step.
-        info: solver details (eigenvalues kept, CG iterations, ...).
+        info: solver details (form and why, scores mode, eigenvalues kept, CG iterations...).
+        ranking: the streamed :class:`~robust_transfer.influence.streaming.Ranking`
+            (``scores="stream"``), else ``None``; :meth:`rank` serves both.
     """
 
-    scores: np.ndarray
+    scores: np.ndarray | None
     train_scores: np.ndarray | None
     self_influence: np.ndarray | None
     train_labels: np.ndarray
@@ -177,6 +211,24 @@ class InfluenceResult:
     config: InfluenceConfig
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    ranking: Ranking | None = None
+
+    def rank(self, k: int = 10, max_rank: int = 100) -> Ranking:
+        """Top-``k`` helpful and harmful images and class-match ranks up to ``max_rank``.
+
+        From the held matrices, or from the streamed ranking (then ``k`` and ``max_rank``
+        may not exceed what was kept: ``config.top_k`` and ``config.max_rank``); the two
+        are equal bit for bit.
+
+        Raises:
+            ConfigError: a streamed result asked for more than it kept.
+        """
+        if self.scores is not None:
+            return rank_matrix(self.scores, self.train_scores, k, max_rank, self.self_influence)
+        if self.ranking is None:
+            raise ConfigError("this influence result holds neither scores nor a ranking")
+        n = len(self.train_labels)
+        return self.ranking.cut(min(k, n), min(max_rank, n))
 
 
 def compute_influence(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
@@ -206,27 +258,34 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
     """
     cfg = config or InfluenceConfig()
     _check_shapes(train_features, train_labels, test_features, test_labels, weight, bias)
-    _check_memory(cfg, len(train_labels), len(test_labels), *weight.shape)
+    plan = plan_for(cfg, len(train_labels), len(test_labels), *weight.shape)
     t0 = time.perf_counter()
     problem = _gradient_problem(train_features, train_labels, test_features, test_labels,
                                 weight, bias, cfg.train_targets)
     problem.callback = callback
+    n, m = len(train_labels), len(test_labels)
+    sink = (StreamedRanking(m, n, cfg.top_k, cfg.max_rank, cfg.train_targets)
+            if plan.scores == "stream" else FullScores(m, n, cfg.train_targets))
+    problem.sink = sink
     if cfg.damping == 0 and cfg.solver != "pinv":
         check_nonsingular(problem.x_train, weight.shape[0])
     t_grads = time.perf_counter() - t0
-    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, cfg)
+    out = SOLVERS.get(cfg.solver).run(problem, cfg.damping, replace(cfg, form=plan.form))
     timings = {"gradients_s": t_grads, **out.timings, "total_s": time.perf_counter() - t0}
-    return InfluenceResult(
-        scores=out.scores.numpy(), train_scores=_np(out.train_scores),
-        self_influence=_np(out.self_influence), train_labels=train_labels.numpy().copy(),
-        test_labels=test_labels.numpy().copy(), config=cfg, timings=timings,
-        info={"parameters": int(weight.numel() + bias.numel()),
-              "hessian_dimension": int(problem.r_train.shape[1] * problem.x_train.shape[1]),
-              **out.info})
-
-
-def _np(t: Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.numpy()
+    own = None if out.self_influence is None else out.self_influence.numpy()
+    info = {"parameters": int(weight.numel() + bias.numel()),
+            "hessian_dimension": int(problem.r_train.shape[1] * problem.x_train.shape[1]),
+            "form": plan.form, **out.info, "scores": plan.scores, "plan": plan.to_dict()}
+    labels = {"train_labels": train_labels.numpy().copy(), "test_labels": test_labels.numpy().copy()}
+    if isinstance(sink, StreamedRanking):
+        ranking = sink.ranking(own)
+        return InfluenceResult(None, None, ranking.self_influence, config=cfg, timings=timings,
+                               info=info, ranking=ranking, **labels)
+    train = None if sink.train_scores is None else sink.train_scores.numpy()
+    if own is None and train is not None:
+        own = train.diagonal().copy()
+    return InfluenceResult(sink.scores.numpy(), train, own, config=cfg, timings=timings,
+                           info=info, **labels)
 
 
 def _gradient_problem(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
@@ -253,15 +312,22 @@ def _check_shapes(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tens
                               f"got {int(y.min())}..{int(y.max())}")
 
 
-def _check_memory(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> None:
-    form = choose_form(cfg.form, n, m, c, d, cfg.damping, cfg.solver, cfg.precision,
-                       cfg.train_targets)
-    est = estimate_memory(n, m, c, d, cfg.solver, cfg.train_targets, cfg.cg_batch, form,
-                          cfg.precision)
-    cg_est = estimate_memory(n, m, c, d, "cg", cfg.train_targets, cfg.cg_batch)
+def plan_for(cfg: InfluenceConfig, n: int, m: int, c: int, d: int) -> FormPlan:
+    """The form and scores mode ``cfg`` gives for a problem of this size (:mod:`.planning`).
+
+    Args:
+        cfg: the configuration (``memory_limit=None``: the memory available now).
+        n, m: training and test images.
+        c, d: classes and features of the head.
+
+    Raises:
+        InfluenceMemoryError: nothing fits the memory budget (naming the cheapest option).
+        ConfigError: a form asked for where it does not apply.
+    """
     limit = cfg.memory_limit if cfg.memory_limit is not None else available_memory()
-    describe = f"{n} training and {m} test images, {c} classes, {d} features"
-    check_memory(est, limit, cfg.solver, describe, cg_est, cfg.train_targets)
+    problem = Problem(n, m, c, d, cfg.solver, cfg.damping, cfg.precision, cfg.train_targets,
+                      cfg.cg_batch)
+    return plan_form(problem, cfg.form, cfg.scores, limit, cfg.time_budget_s)
 
 
 # --- from a model ----------------------------------------------------------------------
@@ -313,7 +379,7 @@ def influence_for_model(model: TransferModel, train: ImageArrays, test: ImageArr
     for data in (train, test):
         _check_classes(model, data)
     cfg = config or InfluenceConfig()
-    _check_memory(cfg, len(train), len(test), *model.head.weight.shape)  # before the forward passes
+    plan_for(cfg, len(train), len(test), *model.head.weight.shape)  # raise before the forward passes
     policy = policy or InputPolicy(channels=model.channels, size=model.input_size, augment=False)
     t0 = time.perf_counter()
     f_train = extract_features(model, train.images, policy, batch_size)

@@ -1,5 +1,8 @@
 """Three exact ways to apply ``(H + lambda I)^-1`` with damping, and the choice between them.
 
+(Two approximate ones, ``kfac`` and ``ekfac``, live in :mod:`.kfac`; the choice among all
+five under memory and time budgets in :mod:`.planning`.)
+
 All three give ``-g_t^T (H + lambda I)^-1 g_i`` for every test (and training) target ``t``
 and training image ``i``; they differ in which matrix they factor.
 
@@ -32,12 +35,15 @@ import time
 import torch
 
 from robust_transfer.errors import ConfigError
+from robust_transfer.influence.errors import factor_failed
 from robust_transfer.influence.hessian import curvature_weights, from_sum_zero
+from robust_transfer.influence.streaming import held
 
 Tensor = torch.Tensor
-FORMS = ("auto", "direct", "kernel", "block")
+FORMS = ("auto", "direct", "kernel", "block", "kfac", "ekfac")
+EXACT_FORMS = ("direct", "kernel", "block")
 _CHUNK = 2048  # test rows at a time in the kernel form
-_BLOCK_ROWS = 256  # test rows at a time in the block form: three [rows, n] float64 sums fit in cache
+BLOCK_ROWS = 256  # test rows at a time in the block form: three [rows, n] float64 sums fit in cache
 _BANDED_MIN = 2e8  # multiply-adds below which one general product beats the banded one
 _GRAM_PARTS, _GRAM_BAND = 8, 400  # bands of the banded symmetric product, and their least rows
 # flop-equivalent of one library call (thread start-up and synchronisation): small problems
@@ -100,17 +106,39 @@ def flop_estimates(n: int, m: int, num_classes: int, feature_dim: int,
             "block": block + (15 * c + 20) * _CALL}
 
 
+# flop-equivalents per score entry of ranking it (top-k selections, ~5 ns each at 1e11/s)
+RANK_COST = 600.0
+
+
+def kronecker_flops(n: int, m: int, num_classes: int, feature_dim: int,
+                    train_targets: bool = True) -> dict[str, float]:
+    """Rough operation counts of the approximate forms (:mod:`.kfac`), as :func:`flop_estimates`.
+
+    Returns:
+        ``{"kfac": ..., "ekfac": ...}``.
+    """
+    k, dim = num_classes - 1, feature_dim + 1
+    pairs = (m + (n if train_targets else 0)) * n
+    factors = n * dim * dim + 4 * dim ** 3 + 2 * (n + m) * dim * dim
+    kfac = factors + 2 * pairs * (dim + k) + 2 * pairs
+    ekfac = factors + 3 * n * dim * dim + 2 * n * k * dim + 2 * pairs * dim * k + 8 * pairs * k
+    return {"kfac": kfac + 20 * _CALL, "ekfac": ekfac + (20 + 3 * k) * _CALL}
+
+
 def choose_form(form: str, n: int, m: int, num_classes: int, feature_dim: int, damping: float,
                 solver: str, precision: str, train_targets: bool = True) -> str:
-    """The form to run: ``form`` itself, or for ``auto`` the cheapest that applies.
+    """The form to run: ``form`` itself, or for ``auto`` the cheapest exact form that applies.
+
+    (``auto`` with memory and time budgets, which may fall back to ``ekfac``/``kfac``, is
+    :func:`~robust_transfer.influence.planning.plan_form`.)
 
     Raises:
-        ConfigError: a Woodbury form asked for where it does not apply.
+        ConfigError: a Woodbury or Kronecker form asked for where it does not apply.
     """
     if form not in FORMS:
         raise ConfigError(f"unknown influence form '{form}'; valid: {', '.join(FORMS)}")
-    why = _woodbury_unavailable(damping, solver, precision)
-    if form in ("kernel", "block") and why:
+    why = woodbury_unavailable(damping, solver, precision)
+    if form in ("kernel", "block", "kfac", "ekfac") and why:
         raise ConfigError(f"form '{form}' {why}; use form 'direct' (--form direct) or 'auto'")
     if form != "auto":
         return form
@@ -120,11 +148,11 @@ def choose_form(form: str, n: int, m: int, num_classes: int, feature_dim: int, d
     return min(costs, key=lambda name: costs[name])
 
 
-def _woodbury_unavailable(damping: float, solver: str, precision: str) -> str:
+def woodbury_unavailable(damping: float, solver: str, precision: str) -> str:
     if solver != "cholesky":
         return f"applies to solver 'cholesky' only (not '{solver}')"
     if damping <= 0:
-        return "needs damping > 0 (the Woodbury identity divides by it)"
+        return "needs damping > 0 (the Woodbury identity and the Kronecker factors divide by it)"
     if precision != "float64":
         return f"runs in float64 only (precision '{precision}' is for the direct form)"
     return ""
@@ -133,7 +161,7 @@ def _woodbury_unavailable(damping: float, solver: str, precision: str) -> str:
 # --- kernel form -------------------------------------------------------------------------
 
 
-def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
+def run_kernel(problem, damping: float) -> tuple[Tensor | None, Tensor | None, dict]:
     """Scores through ``(lambda I + J J^T)``, an ``n(C-1)`` square matrix.
 
     Args:
@@ -141,10 +169,9 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
         damping: ``lambda > 0``.
 
     Returns:
-        ``(scores [m, n], train_scores [n, n] or None, timings)``.
+        ``(scores [m, n], train_scores [n, n] or None, timings)``; the scores go to
+        ``problem``'s sink, and are returned only when it holds them (:func:`held`).
     """
-    from robust_transfer.influence.solvers import _factor_failed
-
     t0 = time.perf_counter()
     x, r = problem.x_train, problem.r_train
     n, k = r.shape
@@ -158,7 +185,7 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
     torch.linalg.cholesky_ex(m_mat.mT, out=(m_mat.mT, info))  # in place, as the direct form
     factor = m_mat.mT  # lower triangle: L
     if int(info) != 0:
-        raise _factor_failed(damping, "Cholesky of the kernel matrix failed")
+        raise factor_failed(damping, "Cholesky of the kernel matrix failed")
     # J g_i for the training gradients: block j holds (S_j r_i) (x~_j . x~_i)
     j_train = (torch.einsum("jba,ia->jbi", s, r) * g[:, None, :]).reshape(n * k, n)
     z = torch.cholesky_solve(j_train, factor)  # (lambda I + M)^-1 J g_i
@@ -167,32 +194,31 @@ def run_kernel(problem, damping: float) -> tuple[Tensor, Tensor | None, dict]:
     m = len(problem.r_test)
     total = 1 + -(-m // _CHUNK) + int(problem.train_targets)
     problem.step(1, total, "kernel matrix")
-    scores = torch.empty(m, n, dtype=torch.float64)
+    sink = problem.full_sink()
     for s0 in range(0, m, _CHUNK):
         xt, rt = problem.x_test[s0:s0 + _CHUNK], problem.r_test[s0:s0 + _CHUNK]
         gt = xt @ x.T  # [t, n]
         j_test = (torch.einsum("jba,ta->jbt", s, rt) * gt.T[:, None, :]).reshape(n * k, -1)
-        scores[s0:s0 + _CHUNK] = ((rt @ r.T) * gt - j_test.T @ z).div_(-damping)
+        sink.test(s0, ((rt @ r.T) * gt - j_test.T @ z).div_(-damping))
         problem.step(2 + s0 // _CHUNK, total, "test rows")
-    train = None
-    if problem.train_targets:
+    if problem.train_targets:  # n x n, as the kernel matrix itself
         train = ((r @ r.T) * g - j_train.T @ z).div_(-damping)
-        train = (train + train.T) / 2
+        sink.train(0, (train + train.T) / 2)
         problem.step(total, total, "training rows")
     timings["scores_s"] = time.perf_counter() - t0
-    return scores, train, timings
+    return (*held(sink), timings)
 
 
 # --- block form --------------------------------------------------------------------------
 
 
 def run_block(problem, damping: float,
-              dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor | None, dict]:
+              dtype: torch.dtype = torch.float64) -> tuple[Tensor | None, Tensor | None, dict]:
     """Scores through the class blocks of ``H`` and one ``n x n`` matrix (full coordinates).
 
     Two passes. First, per class, the factor of ``B_c + lambda I``, the Gram matrix
     ``X~ B_c^-1 X~^T`` (which gives the ``n x n`` Woodbury matrix and the train-by-train
-    scores) and ``B_c^-1 X~^T``, kept for the second pass. Second, ``_BLOCK_ROWS`` test rows
+    scores) and ``B_c^-1 X~^T``, kept for the second pass. Second, ``BLOCK_ROWS`` test rows
     at a time, ``(r_tc x~_t)^T B_c^-1 X~^T`` for every class, summed into two running
     ``[rows, n]`` matrices small enough to stay in the processor's cache: the weighted sums
     over classes are then cache-bound rather than passes over ``[m, n]`` matrices in memory.
@@ -205,10 +231,9 @@ def run_block(problem, damping: float,
             paper's setting its scores are off by about 1e-3 of the largest.
 
     Returns:
-        ``(scores [m, n], train_scores [n, n] or None, timings)``, float64.
+        ``(scores [m, n], train_scores [n, n] or None, timings)``, float64, as
+        :func:`run_kernel`.
     """
-    from robust_transfer.influence.solvers import _factor_failed
-
     t0 = time.perf_counter()
     x, xt, p = problem.x_train.to(dtype), problem.x_test.to(dtype), problem.probs.to(dtype)
     r, rt = from_sum_zero(problem.r_train).to(dtype), from_sum_zero(problem.r_test).to(dtype)  # p - y
@@ -216,7 +241,7 @@ def run_block(problem, damping: float,
     p_rows, r_rows = p.T.contiguous(), r.T.contiguous()  # [C, n]: one class per row
     zbz, e_train, base_train = (torch.zeros(n, n, dtype=dtype) for _ in range(3))
     solved = torch.empty(c, dim, n, dtype=dtype)  # B_c^-1 X~^T, class by class
-    rows = min(m, _BLOCK_ROWS)
+    rows = min(m, BLOCK_ROWS)
     total = c + -(-m // rows)  # progress: class blocks, then passes over test rows
     for cls in range(c):
         pc, rc = p_rows[cls], r_rows[cls]
@@ -224,7 +249,7 @@ def run_block(problem, damping: float,
         block.diagonal().add_(damping)
         factor, info = torch.linalg.cholesky_ex(block)
         if int(info) != 0:
-            raise _factor_failed(damping, f"Cholesky of class block {cls} failed")
+            raise factor_failed(damping, f"Cholesky of class block {cls} failed")
         w = torch.linalg.solve_triangular(factor, x.T, upper=False)  # L^-1 X~^T
         kc = gram(w.T)  # x~_j^T B_c^-1 x~_i
         torch.linalg.solve_triangular(factor.T, w, upper=True, out=solved[cls])
@@ -239,13 +264,13 @@ def run_block(problem, damping: float,
     schur.diagonal().add_(n)
     factor, info = torch.linalg.cholesky_ex(schur)
     if int(info) != 0:
-        raise _factor_failed(damping, "Cholesky of the n x n Woodbury matrix failed")
+        raise factor_failed(damping, "Cholesky of the n x n Woodbury matrix failed")
     sol = torch.cholesky_solve(e_train, factor)  # S^-1 Z B^-1 g_i
     del schur, factor
     timings = {"class_blocks_s": time.perf_counter() - t0}  # factors and the training side
     t0 = time.perf_counter()
-    scores = torch.empty(m, n, dtype=dtype)
-    base, e_test, tc = (torch.empty(rows, n, dtype=dtype) for _ in range(3))
+    sink = problem.full_sink()
+    base, e_test, tc, block_scores = (torch.empty(rows, n, dtype=dtype) for _ in range(4))
     for s0 in range(0, m, rows):
         k = min(rows, m - s0)
         b_k, e_k, t_k = base[:k].zero_(), e_test[:k].zero_(), tc[:k]
@@ -254,11 +279,10 @@ def run_block(problem, damping: float,
             torch.matmul(xs * rs[:, cls, None], solved[cls], out=t_k)  # r_tc x~_t^T B_c^-1 x~_i
             b_k.addcmul_(t_k, r_rows[cls][None, :])
             e_k.addcmul_(t_k, p_rows[cls][None, :])  # (Z B^-1 g_t)_j
-        torch.addmm(b_k, e_k, sol, out=scores[s0:s0 + k]).neg_()
+        sink.test(s0, torch.addmm(b_k, e_k, sol, out=block_scores[:k]).neg_())
         problem.step(c + s0 // rows + 1, total, "test rows")
-    train = None
-    if problem.train_targets:
+    if problem.train_targets:  # n x n, as the Woodbury matrix itself
         train = base_train.add_(e_train.T @ sol).neg_()
-        train = ((train + train.T) / 2).to(torch.float64)
+        sink.train(0, ((train + train.T) / 2).to(torch.float64))
     timings["scores_s"] = time.perf_counter() - t0
-    return scores.to(torch.float64), train, timings
+    return (*held(sink), timings)

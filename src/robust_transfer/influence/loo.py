@@ -146,8 +146,10 @@ def leave_one_out_check(train_features: Tensor, train_labels: Tensor, test_featu
     n = len(train_labels)
     w, b, info = fit_head(train_features, train_labels, num_classes, damping)
     xt, yt = test_features[test_index:test_index + 1], test_labels[test_index:test_index + 1]
-    cfg = InfluenceConfig(damping=damping, solver="cholesky", train_targets=False)
-    predicted_all = -compute_influence(train_features, train_labels, xt, yt, w, b, cfg).scores[0] / n
+    cfg = InfluenceConfig(damping=damping, solver="cholesky", train_targets=False, scores="full")
+    scores = compute_influence(train_features, train_labels, xt, yt, w, b, cfg).scores
+    assert scores is not None  # scores="full"
+    predicted_all = -scores[0] / n
     removed = _select(predicted_all, num_removed, selection, seed)
     base = _test_loss(xt, yt, w, b)
     actual, max_grad = np.empty(len(removed)), info["grad_max"]

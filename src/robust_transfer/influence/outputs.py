@@ -23,9 +23,10 @@ import torch
 from robust_transfer.data import ImageArrays
 from robust_transfer.errors import ConfigError
 from robust_transfer.events import Listener, ProgressEvent, StepDone, as_event
-from robust_transfer.influence.analysis import ClassMatchCurve, class_match_curve, top_k
+from robust_transfer.influence.analysis import ClassMatchCurve, class_match_from_ranks
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
+from robust_transfer.influence.streaming import Ranking
 from robust_transfer.io import safe_filename
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
@@ -37,21 +38,33 @@ __all__ = ["curves_for", "explain_influence", "grid_rows", "model_summary", "pre
 
 
 def curves_for(result: InfluenceResult, max_rank: int = 100,
-               order: str = "helpful") -> list[ClassMatchCurve]:
-    """Class-match curves with test targets and, when scored, training targets."""
-    curves = [class_match_curve(result.scores, result.test_labels, result.train_labels,
-                                max_rank, order, targets="test")]
-    if result.train_scores is not None:
-        curves.append(class_match_curve(result.train_scores, result.train_labels,
-                                        result.train_labels, max_rank, order,
-                                        exclude_self=True, targets="train"))
+               ranking: Ranking | None = None) -> list[ClassMatchCurve]:
+    """Class-match curves (helpful order) with test targets and, when scored, training targets.
+
+    Args:
+        result: held or streamed scores.
+        max_rank: largest rank.
+        ranking: ``result.rank(...)`` already made, to reuse.
+    """
+    if max_rank < 1:
+        raise ConfigError(f"max_rank must be >= 1, got {max_rank}")
+    ranking = ranking or result.rank(1, max_rank)
+    curves = [class_match_from_ranks(ranking.test_ranks[:, :max_rank], result.test_labels,
+                                     result.train_labels, targets="test")]
+    if ranking.train_ranks is not None:
+        curves.append(class_match_from_ranks(ranking.train_ranks[:, :max_rank],
+                                             result.train_labels, result.train_labels,
+                                             exclude_self=True, targets="train"))
     return curves
 
 
 def model_summary(result: InfluenceResult, curves: list[ClassMatchCurve]) -> dict[str, Any]:
     """The JSON-sized facts of one model's result."""
     cfg = result.config
+    plan = result.info.get("plan", {})
     record = {"damping": cfg.damping, "solver": cfg.solver, "form": result.info.get("form"),
+              "exact": plan.get("exact", True), "form_reason": plan.get("reason"),
+              "scores": result.info.get("scores", "full"),
               "precision": result.info.get("precision", cfg.precision), "n_train": len(result.train_labels),
               "n_test": len(result.test_labels), "timings_s": result.timings, "info": result.info}
     if cfg.solver == "pinv":
@@ -63,9 +76,8 @@ def model_summary(result: InfluenceResult, curves: list[ClassMatchCurve]) -> dic
     return record
 
 
-def _model_arrays(result: InfluenceResult, curves: list[ClassMatchCurve], k: int,
+def _model_arrays(result: InfluenceResult, curves: list[ClassMatchCurve], top: Ranking,
                   train_indices: np.ndarray | None, test_indices: np.ndarray | None) -> dict:
-    top = top_k(result.scores, k)
     arrays = {"scores": result.scores, "train_scores": result.train_scores,
               "self_influence": result.self_influence, "train_labels": result.train_labels,
               "test_labels": result.test_labels, "top_helpful": top.helpful,
@@ -92,13 +104,13 @@ def grid_rows(labels: np.ndarray, rows: int) -> np.ndarray:
     return np.array(picks, dtype=np.int64)
 
 
-def _grid(result: InfluenceResult, train: ImageArrays, test: ImageArrays, rows: np.ndarray,
-          k: int) -> InfluenceGrid:
-    top = top_k(result.scores[rows], k)
+def _grid(result: InfluenceResult, ranking: Ranking, train: ImageArrays, test: ImageArrays,
+          rows: np.ndarray, k: int) -> InfluenceGrid:
+    helpful, scores = ranking.helpful[rows, :k], ranking.helpful_scores[rows, :k]
     return InfluenceGrid(
         test_images=test.images[rows].numpy(), test_labels=result.test_labels[rows],
-        train_images=train.images[torch.as_tensor(top.helpful)].numpy(),
-        train_labels=result.train_labels[top.helpful], scores=top.helpful_scores,
+        train_images=train.images[torch.as_tensor(helpful)].numpy(),
+        train_labels=result.train_labels[helpful], scores=scores,
         class_names=train.info.classes)
 
 
@@ -125,19 +137,21 @@ def write_influence(out_dir: str | os.PathLike, results: Mapping[str, InfluenceR
     if not results:
         raise ConfigError("no influence results to write")
     out = Path(out_dir)
-    all_curves, models = {}, {}
+    all_curves, models, rankings = {}, {}, {}
     for name, result in results.items():
-        curves = curves_for(result, max_rank)
+        rankings[name] = ranking = result.rank(max(top, grid_size[1]), max_rank)
+        curves = curves_for(result, max_rank, ranking)
         all_curves[name] = curves
         folder = out / safe_filename(name)  # a name such as '../x' stays inside out_dir
         folder.mkdir(exist_ok=True)
-        write_npz(folder / "influence.npz",
-                  _model_arrays(result, curves, top, train_indices, test_indices))
+        write_npz(folder / "influence.npz", _model_arrays(
+            result, curves, ranking.cut(min(top, ranking.k), ranking.max_rank), train_indices,
+            test_indices))
         models[name] = model_summary(result, curves)
     plot_class_match(all_curves, out / "class_match.png")
     rows = grid_rows(next(iter(results.values())).test_labels, grid_size[0])
-    plot_influence_grids({n: _grid(r, train, test, rows, grid_size[1]) for n, r in results.items()},
-                         out / "influence_grid.png")
+    plot_influence_grids({n: _grid(r, rankings[n], train, test, rows, grid_size[1])
+                          for n, r in results.items()}, out / "influence_grid.png")
     summary = {"config": next(iter(results.values())).config.to_dict(), "models": models,
                "max_rank": max_rank, "order": "helpful", **(extra or {})}
     write_json(out / "summary.json", summary)

@@ -22,15 +22,23 @@ from typing import Protocol
 
 import torch
 
-from robust_transfer.errors import RobustTransferError
 from robust_transfer.events import Listener, StepDone
-from robust_transfer.influence.forms import _BLOCK_ROWS, choose_form, gram, run_block, run_kernel
+from robust_transfer.influence.errors import (
+    ConvergenceError,
+    InfluenceMemoryError,
+    SingularHessianError,
+    factor_failed,
+)
+from robust_transfer.influence.forms import BLOCK_ROWS, choose_form, gram, run_block, run_kernel
 from robust_transfer.influence.hessian import (
     hessian_from_probs,
     hessian_vector_product,
     outer_rows,
     sum_zero_basis,
 )
+from robust_transfer.influence.kfac import KFAC_FORMS, run_kronecker
+from robust_transfer.influence.kfac import SCORE_ROWS as KFAC_ROWS
+from robust_transfer.influence.streaming import FullScores, ScoreSink
 from robust_transfer.registry import Registry
 from robust_transfer.units import format_bytes
 
@@ -41,18 +49,6 @@ _RANK_RTOL = 1e-10
 _SCORE_CHUNK = 1024  # test gradients formed at a time
 _HVP_CHUNK = 512  # right-hand sides per Hessian-vector product in refinement
 PRECISIONS = ("float64", "mixed")
-
-
-class SingularHessianError(RobustTransferError, ValueError):
-    """The Hessian is singular and no damping was given."""
-
-
-class InfluenceMemoryError(RobustTransferError, MemoryError):
-    """The chosen solver would need more memory than is available."""
-
-
-class ConvergenceError(RobustTransferError):
-    """Conjugate gradients or mixed-precision refinement did not reach the tolerance."""
 
 
 @dataclass
@@ -71,6 +67,8 @@ class GradientProblem:
         train_targets: also score training images as targets (and self-influence).
         callback: called with a :class:`~robust_transfer.events.StepDone` as the solve
             advances, or ``None``.
+        sink: where the solver puts score rows (:mod:`.streaming`); ``None``: a
+            :class:`~robust_transfer.influence.streaming.FullScores` per call.
     """
 
     x_train: Tensor
@@ -80,6 +78,14 @@ class GradientProblem:
     r_test: Tensor
     train_targets: bool = True
     callback: Listener | None = None
+    sink: ScoreSink | None = None
+
+    def full_sink(self) -> ScoreSink:
+        """The sink; when unset, a new :class:`~robust_transfer.influence.streaming.FullScores`
+        for this one call (a form run on its own returns its matrices)."""
+        if self.sink is None:
+            return FullScores(len(self.r_test), len(self.r_train), self.train_targets)
+        return self.sink
 
     def step(self, done: int, total: int, what: str) -> None:
         """Report ``done`` of ``total`` steps of the solve to the callback, if any."""
@@ -100,11 +106,15 @@ class GradientProblem:
 
 @dataclass
 class SolverOutput:
-    """Scores ``-g_t^T (H + lambda I)^-1 g_i``; ``None`` where not asked for."""
+    """What a solver returns besides the scores, which went to the problem's sink.
 
-    scores: Tensor
-    train_scores: Tensor | None
-    self_influence: Tensor | None
+    Attributes:
+        self_influence: ``[n]`` when the solver computes it on its own (``cg``); else
+            ``None`` and it is the diagonal of the training rows.
+        info, timings: details and seconds per step.
+    """
+
+    self_influence: Tensor | None = None
     info: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -174,7 +184,8 @@ def available_memory() -> int | None:
 
 def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: int,
                     solver: str, train_targets: bool = True, cg_batch: int = 256,
-                    form: str = "direct", precision: str = "float64") -> int:
+                    form: str = "direct", precision: str = "float64",
+                    scores: str = "full") -> int:
     """Peak bytes of :func:`~robust_transfer.influence.compute_influence`, roughly.
 
     Args:
@@ -184,15 +195,23 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         solver: a name in :data:`SOLVERS`.
         train_targets: training images are scored as targets too.
         cg_batch: right-hand sides per conjugate-gradient batch.
-        form: ``direct``, ``kernel`` or ``block`` (see :mod:`.forms`; cholesky only).
+        form: ``direct``, ``kernel``, ``block`` (see :mod:`.forms`), ``kfac`` or ``ekfac``
+            (:mod:`.kfac`); cholesky only.
         precision: ``float64`` or ``mixed`` (direct cholesky only).
+        scores: ``full`` (the ``[m, n]`` and ``[n, n]`` matrices are kept) or ``stream``
+            (rankings only, :mod:`.streaming`; the exact forms still hold the ``[n, n]``
+            training matrix, which their factors are as large as).
 
     Returns:
         Bytes.
     """
     n, m, c, dim = n_train, n_test, num_classes, feature_dim + 1
     p, k = (c - 1) * dim, c - 1
-    total = 2 * (n + m) * (dim + c) + m * n + (n * n + n if train_targets else 0)
+    total = 2 * (n + m) * (dim + c) + _score_memory(n, m, train_targets, scores, form)
+    if form in KFAC_FORMS:
+        rows = min(m + n, KFAC_ROWS)  # the transformed features are float32: half entries
+        total += (n + m) * (dim + k) // 2 + 3 * dim * dim + (3 if form == "ekfac" else 2) * rows * n
+        return int((total + (2 * 4096 * dim if form == "ekfac" else 0)) * _BYTES)
     if solver == "cg":
         b = min(cg_batch, n + m)
         total += 7 * b * p + 3 * b * c * n + 3 * dim * dim + 2 * c * c
@@ -200,8 +219,8 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         chunk = min(m, 2048)
         total += 2 * (n * k) ** 2 + 2 * n * k * n + n * k * chunk + 2 * chunk * n + n * k * k
     elif solver == "cholesky" and form == "block":
-        # B_c^-1 X~^T for every class, three [_BLOCK_ROWS, n] running sums, the n x n matrices
-        total += c * dim * n + 3 * min(m, _BLOCK_ROWS) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
+        # B_c^-1 X~^T for every class, three [BLOCK_ROWS, n] running sums, the n x n matrices
+        total += c * dim * n + 3 * min(m, BLOCK_ROWS) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
     else:
         build = n * p + dim * p + n * c * c  # one block row and the curvatures
         total += (p * p // 2 if precision == "mixed" else p * p) + build
@@ -215,6 +234,14 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         if solver in ("eigh", "pinv"):
             total += 2 * p * p + (n + m) * p  # eigenvectors, LAPACK's copy, rotated gradients
     return int(total * _BYTES)
+
+
+def _score_memory(n: int, m: int, train_targets: bool, scores: str, form: str) -> int:
+    """Entries of the held scores, or of the streamed rankings and their temporaries."""
+    if scores == "full":
+        return m * n + (n * n + n if train_targets else 0)
+    held_train = n * n if train_targets and form not in KFAC_FORMS else 0
+    return held_train + (m + n) * 140 + 5 * min(m + n, 256) * n
 
 
 def check_memory(estimate: int, limit: int | None, solver: str, describe: str,
@@ -264,13 +291,6 @@ def check_nonsingular(x_aug: Tensor, num_classes: int) -> None:
         f"pass a damping > 0 (e.g. --damping 1e-3) or use solver 'pinv'")
 
 
-def _factor_failed(damping: float, how: str) -> SingularHessianError:
-    return SingularHessianError(
-        f"the last-layer Hessian plus damping {damping:g} is numerically singular ({how}: "
-        f"saturated probabilities or nearly collinear features); pass a larger damping "
-        f"(e.g. --damping 1e-3) or use solver 'pinv'")
-
-
 # --- direct solvers --------------------------------------------------------------------
 
 
@@ -280,13 +300,20 @@ def _hessian(problem: GradientProblem, dtype: torch.dtype = torch.float64) -> Te
                               dtype=dtype)
 
 
-def _scores_from_whitened(w_test: Tensor, w_train: Tensor, train_targets: bool,
+def _scores_from_whitened(problem: GradientProblem, w_test: Tensor, w_train: Tensor,
                           info: dict, timings: dict) -> SolverOutput:
-    scores = -(w_test @ w_train.T)
-    if not train_targets:
-        return SolverOutput(scores, None, None, info, timings)
-    train_scores = -gram(w_train)
-    return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
+    _emit_whitened(problem, w_test, w_train)
+    return SolverOutput(None, info, timings)
+
+
+def _emit_whitened(problem: GradientProblem, w_test: Tensor, w_train: Tensor) -> None:
+    """Scores ``-w_t . w_i`` of whitened gradients into the sink, ``_SCORE_CHUNK`` test rows at a
+    time; the train-by-train matrix (``n x n``) as one symmetric product."""
+    sink = problem.full_sink()
+    for s0 in range(0, len(w_test), _SCORE_CHUNK):
+        sink.test(s0, (w_test[s0:s0 + _SCORE_CHUNK] @ w_train.T).neg_())
+    if problem.train_targets:
+        sink.train(0, gram(w_train).neg_())
 
 
 def _cholesky_whiten(hess: Tensor, damping: float, grads: list[Tensor]) -> None:
@@ -307,9 +334,12 @@ def _run_cholesky(problem: GradientProblem, damping: float, opts: SolverOptions)
     form = choose_form(opts.form, n, m, c, d, damping, "cholesky", precision,
                        problem.train_targets)
     if form in ("kernel", "block"):
-        scores, train, timings = (run_kernel if form == "kernel" else run_block)(problem, damping)
-        own = None if train is None else train.diagonal().clone()
-        return SolverOutput(scores, train, own, {"form": form, "precision": "float64"}, timings)
+        *_, timings = (run_kernel if form == "kernel" else run_block)(problem, damping)
+        return SolverOutput(None, {"form": form, "precision": "float64"}, timings)
+    if form in KFAC_FORMS:
+        out = run_kronecker(problem, damping, corrected=form == "ekfac")
+        return SolverOutput(None, {"form": form, "precision": "float32 score products",
+                                   **out["info"]}, out["timings"])
     info = {"form": "direct", "precision": precision}
     if precision == "mixed" or m > n or not problem.train_targets:
         return _run_direct_solve(problem, damping, opts, info)
@@ -331,11 +361,10 @@ def _run_direct_whiten(problem: GradientProblem, damping: float, info: dict) -> 
     timings["factor_solve_s"] = time.perf_counter() - t0
     problem.step(2, 3, "factor and solves")
     t0 = time.perf_counter()
-    scores = -(w_test @ w_train.T)
-    train_scores = -gram(w_train)
+    _emit_whitened(problem, w_test, w_train)
     timings["scores_s"] = time.perf_counter() - t0
     problem.step(3, 3, "scores")
-    return SolverOutput(scores, train_scores, train_scores.diagonal().clone(), info, timings)
+    return SolverOutput(None, info, timings)
 
 
 def _run_direct_solve(problem: GradientProblem, damping: float, opts: SolverOptions,
@@ -376,20 +405,21 @@ def _run_direct_solve(problem: GradientProblem, damping: float, opts: SolverOpti
     t0 = time.perf_counter()
     if side == "test":
         timings["scores_s"] = time.perf_counter() - t0
+    sink = problem.full_sink()
+    if side == "test":
+        for s0 in range(0, len(v), _SCORE_CHUNK):
+            sink.test(s0, problem.dot_train(v[s0:s0 + _SCORE_CHUNK]).neg_())
+        timings["scores_s"] = time.perf_counter() - t0
         problem.step(total, total, "scores")
-        return SolverOutput(-problem.dot_train(v), None, None, info, timings)
-    scores = torch.empty(len(problem.r_test), len(v), dtype=torch.float64)
-    for s0 in range(0, len(scores), _SCORE_CHUNK):
-        scores[s0:s0 + _SCORE_CHUNK] = problem.grads("test", slice(s0, s0 + _SCORE_CHUNK)) @ v.T
-    scores.neg_()
-    train = own = None
-    if problem.train_targets:
+        return SolverOutput(None, info, timings)
+    for s0 in range(0, len(problem.r_test), _SCORE_CHUNK):
+        sink.test(s0, (problem.grads("test", slice(s0, s0 + _SCORE_CHUNK)) @ v.T).neg_())
+    if problem.train_targets:  # n x n
         train = -(g @ v.T)
-        train = (train + train.T) / 2
-        own = train.diagonal().clone()
+        sink.train(0, (train + train.T) / 2)
     timings["scores_s"] = time.perf_counter() - t0
     problem.step(total, total, "scores")
-    return SolverOutput(scores, train, own, info, timings)
+    return SolverOutput(None, info, timings)
 
 
 def _cholesky_factor(hess: Tensor, damping: float) -> None:
@@ -398,7 +428,7 @@ def _cholesky_factor(hess: Tensor, damping: float) -> None:
     info = torch.empty((), dtype=torch.int32)
     torch.linalg.cholesky_ex(hess.mT, out=(hess.mT, info))
     if int(info) != 0:
-        raise _factor_failed(damping, "Cholesky failed")
+        raise factor_failed(damping, "Cholesky failed")
 
 
 def _factor_solve(hess: Tensor, rows: Tensor) -> Tensor:
@@ -444,7 +474,7 @@ def _eig_scales(evals: Tensor, damping: float, rcond: float | None) -> tuple[Ten
     shifted = evals + damping
     if rcond is None:
         if shifted.min() <= shifted.max() * 1e-14:
-            raise _factor_failed(damping, f"smallest eigenvalue {float(shifted.min()):.1e}")
+            raise factor_failed(damping, f"smallest eigenvalue {float(shifted.min()):.1e}")
         return shifted.rsqrt(), {"min_eigenvalue": float(evals.min())}
     keep = shifted > rcond * shifted.max()
     scales = torch.where(keep, shifted.clamp_min(1e-300).rsqrt(), torch.zeros_like(shifted))
@@ -466,7 +496,7 @@ def _run_eig(problem: GradientProblem, damping: float, opts: SolverOptions,
     w_train = (problem.grads("train") @ evecs) * scales
     timings["factor_solve_s"] = time.perf_counter() - t0
     problem.step(2, 3, "eigendecomposition")
-    out = _scores_from_whitened(w_test, w_train, problem.train_targets, info, timings)
+    out = _scores_from_whitened(problem, w_test, w_train, info, timings)
     problem.step(3, 3, "scores")
     return out
 
@@ -584,21 +614,25 @@ def _cg_solver(problem: GradientProblem, damping: float,
 
 
 def _cg_scores(problem: GradientProblem, split: str, solve: Callable, batch: int,
-               info: dict, steps: tuple[int, int] = (0, 0)) -> tuple[Tensor, Tensor]:
+               info: dict, steps: tuple[int, int] = (0, 0)) -> tuple[Tensor | None, Tensor]:
     """Scores of every ``split`` target against all training images, ``batch`` at a time.
 
     ``steps``: the batches done before these and all batches, for progress events.
 
     Returns:
-        ``[k, n]`` scores and ``[k]`` ``-g^T (H' + lambda I)^-1 g`` (self-influence).
+        The ``[n, n]`` training scores (``None`` for test targets, whose rows went to the
+        sink) and ``[k]`` ``-g^T (H' + lambda I)^-1 g`` (self-influence).
     """
     size = len(problem.r_train if split == "train" else problem.r_test)
-    scores = torch.empty(size, len(problem.r_train), dtype=torch.float64)
+    scores = torch.empty(size, len(problem.r_train), dtype=torch.float64) if split == "train" else None
     own = torch.empty(size, dtype=torch.float64)
     for s in range(0, size, batch):
         rhs = problem.grads(split, slice(s, s + batch))
         sol, step = solve(rhs)
-        scores[s:s + batch] = -problem.dot_train(sol)
+        if scores is None:
+            problem.full_sink().test(s, problem.dot_train(sol).neg_())
+        else:
+            scores[s:s + batch] = -problem.dot_train(sol)
         own[s:s + batch] = -(rhs * sol).sum(1)
         info["cg_iterations"] = max(info.get("cg_iterations", 0), step["iterations"])
         info["cg_max_relative_residual"] = max(info.get("cg_max_relative_residual", 0.0),
@@ -609,20 +643,23 @@ def _cg_scores(problem: GradientProblem, split: str, solve: Callable, batch: int
 
 def _run_cg(problem: GradientProblem, damping: float, opts: SolverOptions) -> SolverOutput:
     timings, info = {}, {"cg_tol": opts.cg_tol}
+    problem.sink = problem.full_sink()  # one sink for the test batches and the training matrix
     solve, batch = _cg_solver(problem, damping, opts), opts.cg_batch
     m, n = len(problem.r_test), len(problem.r_train)
     test_batches = -(-m // batch)
     total = test_batches + (-(-n // batch) if problem.train_targets else 0)
     t0 = time.perf_counter()
-    scores, _ = _cg_scores(problem, "test", solve, batch, info, (0, total))
+    _cg_scores(problem, "test", solve, batch, info, (0, total))
     timings["solve_test_s"] = time.perf_counter() - t0
     if not problem.train_targets:
-        return SolverOutput(scores, None, None, info, timings)
+        return SolverOutput(None, info, timings)
     t0 = time.perf_counter()
     train_scores, own = _cg_scores(problem, "train", solve, batch, info, (test_batches, total))
-    train_scores = (train_scores + train_scores.T) / 2  # exact in theory; CG leaves ~tol asymmetry
+    assert train_scores is not None
+    # exact in theory; CG leaves ~tol asymmetry. n x n: the matrix-free path's one square
+    problem.full_sink().train(0, (train_scores + train_scores.T) / 2)
     timings["solve_train_s"] = time.perf_counter() - t0
-    return SolverOutput(scores, train_scores, own, info, timings)
+    return SolverOutput(own, info, timings)
 
 
 SOLVERS.register("cg", SolverSpec(

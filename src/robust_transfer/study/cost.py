@@ -26,7 +26,8 @@ the rule, ``engine.transfer.cache_plan``.
 Time. :func:`calibrate` measures this machine's rate for the model: FLOP/s of a no-grad
 forward pass and of a full training step (at the study's threads, bf16 autocast on a
 GPU as the training loop uses), the seconds per image of input preparation and of the
-augmentation, and a fixed per-run overhead (copying the source, a new head). Counted
+augmentation (timed with the images on the device, where runs prepare their batches), and
+a fixed per-run overhead (copying the source, a new head). Counted
 FLOPs divided by those rates give seconds; FlopCounterMode counts matrix products and
 convolutions only, so the measured rates absorb the cost of normalisation, activations
 and memory traffic as it is for this model.
@@ -53,7 +54,7 @@ PART_NAMES = {
     "eval_suffix": "trainable part on test images at each evaluation",
     "eval_prefix": "frozen prefix on test images at each evaluation (uncached)",
     "cache_fill": "frozen prefix once per cached image",
-    "inputs": "resizing and augmenting images",
+    "inputs": "resizing and augmenting images (on the run's device)",
     "overhead": "per-run set-up (copying the source, new head)",
 }
 
@@ -327,7 +328,6 @@ def calibrate(arch: str, resolution: int, device: str = "cpu", threads: int | No
 
 
 def _measure(arch, resolution, device, threads, batch, image_size) -> Throughput:
-    from robust_transfer.data import InputPolicy
     from robust_transfer.engine.training import autocast
     from robust_transfer.models import build_architecture
     from robust_transfer.models.finetune import prepare_finetune
@@ -361,12 +361,28 @@ def _measure(arch, resolution, device, threads, batch, image_size) -> Throughput
     t_fwd = _timed(forward, cuda)
     model.train()
     t_train = _timed(step, cuda)
-    policy = InputPolicy(model.channels, resolution, augment=True)
-    images = torch.randint(0, 256, (8, 3, image_size, image_size), dtype=torch.uint8)
-    t_prep = _timed(lambda: policy.prepare(images), False) / 8
-    t_aug = _timed(lambda: policy.train_batch(images), False) / 8 - t_prep
+    t_prep, t_aug = _measure_inputs(model.channels, resolution, device, image_size)
     return Throughput(b * full.forward / t_fwd, b * full.suffix_train / t_train, t_prep,
-                      max(t_aug, 0.0), overhead, str(device), threads)
+                      t_aug, overhead, str(device), threads)
+
+
+def _measure_inputs(channels: int, resolution: int, device: torch.device,
+                    image_size: int) -> tuple[float, float]:
+    """Seconds per image of resizing and of augmenting, with the images on ``device``.
+
+    A run keeps its uint8 images on its device and prepares batches there
+    (:class:`~robust_transfer.data.loader.TensorLoader`), so that is where the input side
+    is timed: a batch of 128 images on a GPU, 8 on the CPU.
+    """
+    from robust_transfer.data import InputPolicy
+
+    cuda = device.type == "cuda"
+    b = 128 if cuda else 8
+    policy = InputPolicy(channels, resolution, augment=True)
+    images = torch.randint(0, 256, (b, 3, image_size, image_size), dtype=torch.uint8).to(device)
+    t_prep = _timed(lambda: policy.prepare(images), cuda) / b
+    t_aug = _timed(lambda: policy.train_batch(images), cuda) / b - t_prep
+    return t_prep, max(t_aug, 0.0)
 
 
 def _timed(fn, cuda: bool, reps: int = 2) -> float:

@@ -7,6 +7,11 @@ architecture at the study's resolution and threads (a few seconds for ResNet-50 
 on a CPU), which turns the counts into time on this machine: CPU-hours here, GPU-hours
 where the runs' device is a GPU. The same grid is costed without any prefix cache, and
 the ratio is the saving the cache buys; the breakdown says where the rest goes.
+
+The input side (resizing and augmenting, timed with the images on the runs' device) is
+costed beside the model: for each part of the grid (target, unfrozen blocks) the dry run
+says what share of a run's time its inputs take on this device, and calls the part
+*input-bound* when inputs would take more time than the model (more than half).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ import torch
 
 from robust_transfer.data import dataset_info
 from robust_transfer.errors import RobustTransferError
-from robust_transfer.study.cost import RunShape, StudyCost, Throughput, calibrate, study_cost
+from robust_transfer.study.cost import (
+    RunShape,
+    StudyCost,
+    Throughput,
+    calibrate,
+    run_work,
+    study_cost,
+)
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import DB_NAME, StudyStore
@@ -35,12 +47,14 @@ class CostEstimate:
         basis: how ``seconds`` was obtained.
         cost: the counted work and its time per part, cached and uncached.
         device: where the calibration ran (``cpu`` or ``cuda``).
+        inputs: the input side's share of the time per part of the grid.
     """
 
     seconds: float
     basis: str
     cost: StudyCost = field(default_factory=StudyCost)
     device: str = "cpu"
+    inputs: list[InputShare] = field(default_factory=list)
 
     @property
     def flops(self) -> float:
@@ -74,11 +88,67 @@ class CostEstimate:
             targets = ", ".join(f"{t} {s / total:.0%}" for t, s in
                                 sorted(c.by_target.items(), key=lambda kv: -kv[1]))
             out.append(f"by target: {targets}")
+        if self.inputs:
+            out.append(f"input side on {self.device} per part of the grid (share of run time; "
+                       "input-bound: inputs take longer than the model):")
+            out += [f"  {part.line()}" for part in self.inputs]
         for (arch, res), t in c.throughput.items():
             out.append(f"measured for {arch} at {res} px on {t.device} ({t.threads} thread(s)): "
                        f"forward {t.forward / 1e9:,.1f} GFLOP/s, training step {t.train / 1e9:,.1f} "
                        f"GFLOP/s, {1e3 * (t.prepare + t.augment):.1f} ms/image input preparation")
         return out
+
+
+@dataclass(frozen=True)
+class InputShare:
+    """The input side of one part of the grid: seconds of inputs and of the model.
+
+    Attributes:
+        target, unfrozen, augmented: the part of the grid.
+        runs: runs in it.
+        input_seconds: resizing and augmenting, summed over its runs.
+        model_seconds: every network pass (training, evaluation, cache fills).
+    """
+
+    target: str
+    unfrozen: str
+    augmented: bool
+    runs: int
+    input_seconds: float
+    model_seconds: float
+
+    @property
+    def share(self) -> float:
+        total = self.input_seconds + self.model_seconds
+        return self.input_seconds / total if total else 0.0
+
+    @property
+    def input_bound(self) -> bool:
+        return self.input_seconds > self.model_seconds
+
+    def line(self) -> str:
+        aug = "augmented" if self.augmented else "not augmented"
+        verdict = "INPUT-BOUND" if self.input_bound else "model-bound"
+        return (f"{self.target}, unfrozen {self.unfrozen} ({aug}, {self.runs} run(s)): "
+                f"inputs {self.share:.0%} of run time, {verdict}")
+
+
+def input_shares(shapes: list[tuple[RunShape, tuple]], rates: dict[tuple, Throughput],
+                 share_cache: bool = True) -> list[InputShare]:
+    """The input side's seconds beside the model's, per (target, unfrozen blocks)."""
+    parts: dict[tuple, list[float]] = {}
+    for shape, key in shapes:
+        rate = rates.get((shape.arch, shape.resolution))
+        if rate is None:
+            continue
+        seconds = rate.seconds(run_work(shape, cache=True, fill=not share_cache))
+        model = sum(v for k, v in seconds.items() if k not in ("inputs", "overhead"))
+        acc = parts.setdefault((key[1] if len(key) > 1 else "?", str(shape.unfrozen),
+                                shape.augmented), [0, 0.0, 0.0])
+        acc[0] += 1
+        acc[1] += seconds["inputs"]
+        acc[2] += model
+    return [InputShare(t, u, a, int(n), i, m) for (t, u, a), (n, i, m) in parts.items()]
 
 
 def _hours(seconds: float) -> str:
@@ -187,7 +257,8 @@ def estimate_cost(resolved: ResolvedStudy, todo: list[RunConfig], measure: bool 
         return CostEstimate(math.nan, "no calibration asked", cost, device)
     basis = (f"{device}, {resolved.spec.resources.threads} thread(s), one run at a time, "
              "calibrated now")
-    return CostEstimate(cost.total_cached if shapes else 0.0, basis, cost, device)
+    return CostEstimate(cost.total_cached if shapes else 0.0, basis, cost, device,
+                        input_shares(shapes, rates, resolved.spec.feature_cache))
 
 
 def run_shape(resolved: ResolvedStudy, run: RunConfig) -> RunShape | None:

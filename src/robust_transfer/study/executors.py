@@ -6,6 +6,8 @@
 * ``ray``: a Ray cluster, started for the study or joined by address; each run reserves
   ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions let several small runs share a GPU).
   A run whose worker or node dies is rerun elsewhere (:data:`RAY_RETRIES` times).
+* ``slurm``: SLURM job arrays through submitit; jobs write result files, the driver
+  records them (:mod:`.slurm`).
 
 On a multi-node Ray cluster every node must have robust-transfer installed and see the
 checkpoints and datasets at the driver's paths (a shared filesystem, or the same copies),
@@ -32,6 +34,7 @@ from typing import Any
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.registry import Registry
+from robust_transfer.study.slurm_jobs import SlurmOptions, check_slurm
 from robust_transfer.study.spec import Resources
 from robust_transfer.study.store import RunOutcome
 from robust_transfer.study.worker import RunContext, RunTask, execute_run
@@ -52,12 +55,16 @@ class ExecutorOptions:
             starts a local one for the study.
         run_fn: executes one run; a module-level function (it is pickled by reference).
             Replaced only by benchmarks and tests, e.g. with runs of a fixed duration.
+        slurm: the SLURM executor's settings.
+        study_dir: the study folder (the SLURM executor keeps its files there).
     """
 
     workers: int | None = 1
     resources: Resources = Resources()
     ray_address: str | None = None
     run_fn: Callable[[RunTask, RunContext], RunOutcome] = execute_run
+    slurm: SlurmOptions = SlurmOptions()
+    study_dir: str | None = None
 
 
 EXECUTORS: Registry[Callable[[list[RunTask], RunContext, OnStart, ExecutorOptions],
@@ -322,6 +329,10 @@ def _ray_loop(ray, tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
     remote = ray.remote(options.run_fn).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                                              max_retries=RAY_RETRIES, retry_exceptions=False)
     ctx_ref = ray.put(ctx)  # shipped once, not with every task
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if res.num_gpus > gpus:  # Ray would wait forever for such a task
+        raise ConfigError(f"each run asks for num_gpus {res.num_gpus:g} but the Ray cluster has "
+                          f"{gpus:g} GPU(s); use a smaller num_gpus")
     limit = options.workers or _ray_capacity(ray, res)
     queue = list(reversed(tasks))
     running: dict[Any, tuple[RunTask, float]] = {}  # Ray object ref -> (task, start time)
@@ -346,16 +357,40 @@ def _ray_capacity(ray, res: Resources) -> int:
     return max(1, int(min(by_cpu, by_gpu)))
 
 
+# --- SLURM ---------------------------------------------------------------------------
+@EXECUTORS.register("slurm")
+def slurm_executor(tasks: list[RunTask], ctx: RunContext, on_start: OnStart,
+                   options: ExecutorOptions) -> Iterator[RunOutcome]:
+    """Runs as SLURM job arrays (submitit); jobs write result files, the driver records."""
+    from robust_transfer.study.slurm import slurm_executor as run_on_slurm
+
+    yield from run_on_slurm(tasks, ctx, on_start, options)
+
+
+def _check_slurm(options: ExecutorOptions) -> None:
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise ConfigError("the slurm executor needs submitit: pip install 'robust-transfer[slurm]' "
+                          "(or use --executor local)") from None
+    res, opts = options.resources, options.slurm
+    gpus = opts.gpus_per_run if opts.gpus_per_run is not None else int(-(-res.num_gpus // 1))
+    check_slurm(opts, opts.cpus_per_run or res.threads, gpus)
+
+
 def get_executor(name: str, options: ExecutorOptions | None = None):
-    """The executor registered as ``name`` (``local``, ``ray``), checked before use.
+    """The executor registered as ``name`` (``local``, ``ray``, ``slurm``), checked before use.
 
     Raises:
         UnknownNameError: no such executor (the valid ones listed).
-        ConfigError: Ray is not installed, or ``options.ray_address`` does not answer.
+        ConfigError: Ray or submitit is not installed, ``options.ray_address`` does not
+            answer, or SLURM is missing, does not answer or refuses ``options.slurm``.
     """
     executor = EXECUTORS.get(name)
     if name == "ray":
         _import_ray()
         if options is not None and options.ray_address:
             check_ray_address(options.ray_address)
+    if name == "slurm":
+        _check_slurm(options or ExecutorOptions())
     return executor

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from robust_transfer.engine.training import require_device
-from robust_transfer.errors import RobustTransferError
+from robust_transfer.errors import ConfigError, RobustTransferError
 from robust_transfer.io import atomic_write_text
 from robust_transfer.study.cache_budget import check_cache_budget
 from robust_transfer.study.executors import ExecutorOptions, get_executor
 from robust_transfer.study.lock import DriverLock
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
+from robust_transfer.study.slurm_jobs import SlurmOptions
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
 from robust_transfer.study.store import RunOutcome, StudyStore, run_row
 from robust_transfer.study.worker import RunContext, RunTask
@@ -82,25 +83,29 @@ class StudySummary:
 ProgressCallback = Callable[[StudyProgress], None]
 
 
-def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str = "local", *,
+def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str | None = None, *,
               workers: int | None = 1, ray_address: str | None = None,
               retry_failed: bool = False, extend: bool = False, data_root: str | None = None,
               device: str | None = None, feature_cache: bool | None = None,
               num_cpus: float | None = None, num_gpus: float | None = None,
-              progress: ProgressCallback | None = None, run_fn=None) -> StudySummary:
+              progress: ProgressCallback | None = None, run_fn=None,
+              slurm: SlurmOptions | None = None,
+              device_budget: int | None = None) -> StudySummary:
     """Run every unfinished run of a study, resumably.
 
     Args:
         spec: a :class:`StudySpec` or the path of a YAML spec.
         out_dir: the study directory (created if absent).
-        executor: ``"local"`` or ``"ray"``.
+        executor: ``"local"``, ``"ray"`` or ``"slurm"`` (default: the spec's, else local).
         workers: runs at a time (local: processes; 1 = in this process).
         ray_address: join this Ray cluster instead of starting one.
         retry_failed: rerun runs that failed before.
         extend: allow a spec other than the one(s) stored in ``out_dir``.
-        data_root, device, feature_cache, num_cpus, num_gpus: override the spec's.
+        data_root, device, feature_cache, num_cpus, num_gpus, device_budget: override
+            the spec's (``device_budget``: bytes of a run's data kept on its GPU).
         progress: called after each run (and once at the start).
         run_fn: replaces :func:`~.worker.execute_run` (benchmarks, tests); module-level.
+        slurm: the SLURM executor's settings (default: the spec's ``slurm:``).
 
     Returns:
         A :class:`StudySummary`.
@@ -111,20 +116,25 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
             start. Failing runs are recorded, not raised.
     """
     spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
-    if executor == "local" or ray_address is None:  # runs on this machine
+    if device_budget is not None:
+        spec = replace(spec, device_budget=device_budget)
+    executor = executor or spec.executor
+    if executor == "local" or (executor == "ray" and ray_address is None):  # runs on this machine
         require_device(spec.device)
+        check_gpu_shares(spec.resources.num_gpus, workers, spec.device)
     resolved = resolve_study(spec, data_root)
     resolved.require_complete()
-    options = ExecutorOptions(workers, spec.resources, ray_address)
+    out = Path(out_dir)
+    options = ExecutorOptions(workers, spec.resources, ray_address, slurm=slurm or spec.slurm,
+                              study_dir=str(out))
     if run_fn is not None:
         options.run_fn = run_fn
     runner = get_executor(executor, options)  # fails before the directory is touched
-    out = Path(out_dir)
     if spec.feature_cache:  # a cache that cannot fit is refused before any run starts
         check_cache_budget(resolved, out / FEATURE_CACHE_DIR, spec.feature_cache_budget)
     with DriverLock(out), StudyStore(out, create=True) as store:
         runs, todo, skipped = _prepare(store, resolved, extend, retry_failed)
-        ctx = _context(resolved, out)
+        ctx = _context(resolved, out, workers if executor == "local" else None)
         start = time.perf_counter()
         ran = _execute(store, runner, todo, ctx, options, progress)
         status = store.status()
@@ -133,6 +143,38 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str =
                             status.finished, status.failed, status.total,
                             tuple((o.run_id, (o.error or "").splitlines()[0]) for o in ran
                                   if o.status == "failed"))
+
+
+def check_gpu_shares(num_gpus: float, workers: int | None, device: str,
+                     gpus_present: int | None = None) -> None:
+    """Refuse GPU shares that add up to more than the GPUs on this machine.
+
+    A run reserves ``num_gpus`` of a GPU (its memory share: see
+    :func:`robust_transfer.data.loader.device_budget`); ``workers`` runs at a time reserve
+    ``workers * num_gpus``. Ray would wait forever for a task that needs more GPUs than
+    exist, and local worker processes would overfill the devices.
+
+    Raises:
+        ConfigError: one run's share, or all concurrent runs' shares, exceed the GPUs here.
+    """
+    import torch
+
+    if num_gpus <= 0 or not _uses_cuda(device):
+        return
+    present = torch.cuda.device_count() if gpus_present is None else gpus_present
+    if num_gpus > present:
+        raise ConfigError(f"each run asks for num_gpus {num_gpus:g} but this machine has "
+                          f"{present} GPU(s); use num_gpus <= {present} (a fraction shares a GPU)")
+    if workers and workers * num_gpus > present:
+        raise ConfigError(f"{workers} runs at a time x num_gpus {num_gpus:g} = "
+                          f"{workers * num_gpus:g} GPUs, more than the {present} GPU(s) here; "
+                          f"use --workers {max(1, int(present / num_gpus))} or a smaller num_gpus")
+
+
+def _uses_cuda(device: str) -> bool:
+    import torch
+
+    return str(device).startswith("cuda") or (str(device) == "auto" and torch.cuda.is_available())
 
 
 def _as_spec(spec: StudySpec | str | Path) -> StudySpec:
@@ -196,11 +238,25 @@ def _write_spec_copy(study_dir: Path, spec: StudySpec) -> None:
         atomic_write_text(copy, spec.text)
 
 
-def _context(resolved: ResolvedStudy, out: Path) -> RunContext:
+def _context(resolved: ResolvedStudy, out: Path, local_workers: int | None = None) -> RunContext:
     spec = resolved.spec
     cache = str(out / FEATURE_CACHE_DIR) if spec.feature_cache else None
     return RunContext(dict(resolved.records), str(resolved.data_root), spec.device,
-                      spec.resources.threads, cache, spec.feature_cache_budget)
+                      spec.resources.threads, cache, spec.feature_cache_budget,
+                      gpu_share(spec.resources.num_gpus, local_workers), spec.device_budget)
+
+
+def gpu_share(num_gpus: float, local_workers: int | None = None) -> float:
+    """The fraction of a GPU one run holds: ``num_gpus`` below 1, else what local runs split.
+
+    Ray places runs by ``num_gpus``; local worker processes all use the same device, so
+    ``workers`` of them share it equally.
+    """
+    if 0 < num_gpus < 1:
+        return num_gpus
+    if local_workers and local_workers > 1:
+        return 1.0 / local_workers
+    return 1.0
 
 
 def _execute(store: StudyStore, runner, todo: list[RunTask], ctx: RunContext,

@@ -17,6 +17,9 @@ preset, ``robust_transfer/studies/embedded.yaml``, is a complete one)::
     resources: {num_cpus: 1, num_gpus: 0.25}            # per run (Ray; threads per run)
     feature_cache: true                                 # share frozen-prefix outputs
     feature_cache_budget: 50 GB                         # optional; refused up front if too small
+    executor: slurm                                     # local (default), ray or slurm
+    slurm: {partition: gpu, time: "4:00:00", mem: 16G}  # see study.slurm_jobs.SlurmOptions
+    device_budget: 8 GiB                                # optional; a run's data on its GPU
     grid:                                               # optional sub-grids; each overrides
       - {train_images: [100, 200], seeds: [0, 1, 2]}    # the axes above, runs are the union
       - {train_images: [all], seeds: [0]}
@@ -26,12 +29,15 @@ augmentation on (``augment: true``, or ``auto`` on colour targets) the frozen pr
 a different training input every epoch, so those runs cache only their test images'
 prefix outputs (see :func:`robust_transfer.engine.transfer.cache_plan`); their accuracy
 is unaffected. ``recipe: {feature_dtype: float16}`` halves the cache (a different result,
-so a different run id).
+so a different run id). Runs that may be augmented carry the input pipeline's version
+(``input_pipeline``, see :func:`versioned`): augmented results from before the batched
+augmentation never share an id with today's. ``device_budget`` bounds the bytes of a
+run's data kept on its GPU (default: half its share of the GPU's memory).
 
 A run's id is the sha256 of its fully resolved config (every default filled in, canonical
 JSON with sorted keys), so reordering the YAML keeps the ids and changing any value that
 affects the result (say the lr) makes a new run. Execution settings (``resources``,
-``device``, ``feature_cache``, ``data_root``) do not enter the id.
+``device``, ``feature_cache``, ``data_root``, ``executor``, ``slurm``) do not enter the id.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -49,12 +55,14 @@ from robust_transfer.engine.recipe import Recipe
 from robust_transfer.errors import ConfigError
 from robust_transfer.models.finetune import UnfrozenBlocks, n_label, parse_n, parse_unfrozen
 from robust_transfer.models.sources import looks_like_path
+from robust_transfer.study.slurm_jobs import SlurmOptions, slurm_options
 from robust_transfer.study.yamlio import Lines, load_yaml, read_text
 
 RUN_KIND = "finetune/v1"  # bump when the meaning of a config changes
 AXES = ("targets", "train_images", "unfrozen_blocks", "epochs", "seeds")
 TOP_KEYS = ("name", "description", "sources", *AXES, "recipe", "grid", "resources", "device",
-            "feature_cache", "feature_cache_budget", "data_root")
+            "feature_cache", "feature_cache_budget", "device_budget", "data_root", "executor",
+            "slurm")
 GRID_KEYS = (*AXES, "recipe")
 SOURCE_KEYS = ("model", "label", "eps", "norm")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
@@ -183,6 +191,11 @@ class StudySpec:
     text: str = ""
     path: Path | None = None
     feature_cache_budget: int | None = None  # bytes
+    executor: str = "local"
+    slurm: SlurmOptions = SlurmOptions()
+    # bytes of a run's data (images, labels, cached prefix outputs) kept on its GPU; None:
+    # half its share of the GPU's memory (robust_transfer.data.loader.device_budget)
+    device_budget: int | None = None
 
     def runs(self) -> list[RunConfig]:
         """Every run of the study, once each, in a deterministic order."""
@@ -257,7 +270,9 @@ class _Parser:
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
                          data.get("data_root"), str(data.get("description") or ""), text, path,
-                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)))
+                         self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)),
+                         self.executor(data.get("executor", "local")), self.slurm(data.get("slurm")),
+                         self.byte_size(data.get("device_budget"), ("device_budget",)))
 
     # --- sources ---------------------------------------------------------------------
     def sources(self, items: Any, base: Path) -> tuple[SourceSpec, ...]:
@@ -380,6 +395,22 @@ class _Parser:
                             f"a finite number >= 0, got {res.num_cpus} and {res.num_gpus}")
         return res
 
+    def executor(self, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(("executor",), f"executor must be a name (local, ray, slurm), got {value!r}")
+        return value
+
+    def slurm(self, data: Any) -> SlurmOptions:
+        if data is None:
+            return SlurmOptions()
+        if not isinstance(data, dict):
+            raise self.fail(("slurm",), "slurm must be a mapping of keys to values")
+        try:
+            return slurm_options(data)
+        except ConfigError as err:
+            key = next((k for k in data if f"slurm {k}" in str(err) or f"'{k}'" in str(err)), None)
+            raise self.fail(("slurm", key) if key else ("slurm",), str(err)) from None
+
     def byte_size(self, value: Any, path: tuple) -> int | None:
         from robust_transfer.engine.features import parse_bytes
 
@@ -434,9 +465,32 @@ def expand(spec: StudySpec) -> list[RunConfig]:
         for src, target, n, unfrozen, epochs, seed, recipe in itertools.product(
                 spec.sources, grid.targets, grid.train_images, grid.unfrozen_blocks,
                 grid.epochs, grid.seeds, grid.recipes):
-            run = RunConfig(src.label, src.model, target, n, unfrozen, epochs, seed, recipe)
+            run = RunConfig(src.label, src.model, target, n, unfrozen, epochs, seed,
+                            versioned(recipe, target))
             runs.setdefault(run.run_id, run)
     return list(runs.values())
+
+
+def versioned(recipe: Recipe, target: str) -> Recipe:
+    """``recipe`` with the input pipeline's version when ``target``'s runs may be augmented.
+
+    Augmented runs draw their random numbers the way :mod:`robust_transfer.data.augment`
+    does (since version 2), so their results differ from runs augmented before: the
+    version enters their config and id. Runs that are never augmented (``augment: false``,
+    or ``auto`` on a registered MNIST-like target) keep their ids. ``auto`` on any other
+    target (a ``folder:`` target too, decided by name, without reading it) counts as
+    augmented.
+    """
+    from robust_transfer.versions import INPUT_PIPELINE
+
+    augmented = recipe.augment is True or (recipe.augment == "auto" and not _mnist_like(target))
+    return replace(recipe, input_pipeline=INPUT_PIPELINE if augmented else None)
+
+
+def _mnist_like(target: str) -> bool:
+    from robust_transfer.data.datasets import DATASETS
+
+    return target in DATASETS and DATASETS.get(target).info.grayscale_like
 
 
 def run_set_id(run_ids: list[str]) -> str:

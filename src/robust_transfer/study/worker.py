@@ -41,6 +41,14 @@ class RunContext:
         threads: torch CPU threads per run (fixed, so results do not depend on the executor).
         feature_cache: folder of the on-disk feature cache, or ``None`` for none.
         feature_cache_budget: the most bytes that cache may hold (``None``: no limit).
+        checkpoint_dir: a folder where each run saves its training state after every
+            epoch (``<run_id>.pt``) and resumes from it when rerun (the SLURM executor's
+            requeues); ``None``: no checkpoints.
+        gpu_share: the fraction of a GPU each run holds (Ray's ``num_gpus`` when below 1,
+            else one over the runs at a time on this machine's GPUs): a run on CUDA limits
+            its process's allocator to it and keeps its data within
+            :func:`~robust_transfer.data.loader.device_budget` of it.
+        device_budget: bytes of a run's data on its GPU (``None``: half its share).
     """
 
     sources: dict[str, SourceRecord]
@@ -49,6 +57,13 @@ class RunContext:
     threads: int = 1
     feature_cache: str | None = None
     feature_cache_budget: int | None = None
+    gpu_share: float = 1.0
+    device_budget: int | None = None
+    checkpoint_dir: str | None = None
+
+    def checkpoint(self, run_id: str) -> str | None:
+        """The run's epoch checkpoint file, or ``None`` without a checkpoint folder."""
+        return os.path.join(self.checkpoint_dir, f"{run_id}.pt") if self.checkpoint_dir else None
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,9 @@ def execute_run(task: RunTask, ctx: RunContext) -> RunOutcome:
 
 def finetune_config(run: RunConfig, model: TransferModel, source_sha256: str | None,
                     data_root: str | None, device: str = "auto",
-                    feature_store: FeatureStore | None = None) -> FinetuneResult:
+                    feature_store: FeatureStore | None = None, gpu_share: float = 1.0,
+                    device_budget: int | None = None,
+                    checkpoint: str | None = None) -> FinetuneResult:
     """Fine-tune ``model`` as the run says (what a study run and a replay do).
 
     Args:
@@ -93,15 +110,34 @@ def finetune_config(run: RunConfig, model: TransferModel, source_sha256: str | N
         data_root: dataset folder.
         device: torch device.
         feature_store: shares frozen-prefix outputs between runs.
+        checkpoint: the run's epoch checkpoint file (saved each epoch, resumed from).
+        gpu_share, device_budget: see :class:`RunContext`.
 
     Returns:
         The :class:`~robust_transfer.engine.transfer.FinetuneResult`.
     """
+    from robust_transfer.data.loader import device_budget as budget_for
+
     train = load_split(run.target, "train", data_root)
     test = load_split(run.target, "test", data_root)
+    dev = resolve_device(device)
+    keep_to_share(dev, gpu_share)
     return finetune(model, train, test, n=run.n, unfrozen=run.unfrozen_blocks, epochs=run.epochs,
-                    seed=run.seed, recipe=run.recipe, device=device,
-                    source_id=source_sha256 or "", feature_store=feature_store)
+                    seed=run.seed, recipe=run.recipe, device=str(dev),
+                    source_id=source_sha256 or "", feature_store=feature_store,
+                    data_budget=budget_for(dev, gpu_share, device_budget),
+                    checkpoint=checkpoint)
+
+
+def keep_to_share(device: torch.device, share: float) -> None:
+    """Limit this process's CUDA allocator to ``share`` of ``device``'s memory (below 1).
+
+    Runs sharing a GPU (Ray's ``num_gpus: 0.25``, or local worker processes) then each
+    stay within their share: an allocation beyond it fails in that run alone instead of
+    starving the others.
+    """
+    if device.type == "cuda" and share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, device)
 
 
 def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
@@ -109,7 +145,8 @@ def _finetune(task: RunTask, ctx: RunContext, started: float) -> RunOutcome:
     store = (DiskFeatureStore(ctx.feature_cache, max_bytes=ctx.feature_cache_budget)
              if ctx.feature_cache else None)
     result = finetune_config(task.config, cached_source(record), record.sha256, ctx.data_root,
-                             ctx.device, store)
+                             ctx.device, store, ctx.gpu_share, ctx.device_budget,
+                             ctx.checkpoint(task.run_id))
     history = tuple(m.to_dict() for m in result.history)
     return RunOutcome(task.run_id, "finished", started, time.time(), *_where(ctx),
                       n=result.n_train, cached_prefix=result.cached_prefix, history=history)
