@@ -61,7 +61,7 @@ import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -356,7 +356,9 @@ def _loaders(model: TransferModel, prefix: _PrefixCache, plan: CachePlan, policy
     """
     eval_batch = max(256, batch_size)
     idx, val_idx = torch.as_tensor(indices), torch.as_tensor(val_indices)
-    on = {"device": device, "budget": budget}
+    on: dict[str, Any] = {"device": device, "budget": budget}
+    trainer: nn.Module
+    evaluator: nn.Module
     if plan.train:
         trainer, train_loader = prefix.suffix, TensorLoader(
             prefix.outputs(train, "train", indices), train.labels[idx], batch_size, shuffle=True,
