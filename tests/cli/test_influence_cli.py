@@ -59,8 +59,8 @@ def test_influence_command_writes_outputs(tmp_path, checkpoints, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--damping", "0", "--n", "30"], "singular at damping 0"),
-    (["--memory-limit-gb", "1e-6"], "no influence form fits 1.0 KB"),  # and names the cheapest:
-    (["--memory-limit-gb", "1e-6"], "the cheapest, form 'kfac' with held scores, needs about 556.4 KB"),
+    (["--memory-limit-gb", "1e-6"], "no influence form fits 1.0 KiB"),  # and names the cheapest:
+    (["--memory-limit-gb", "1e-6"], "the cheapest, form 'kfac' with held scores, needs about 556.4 KiB"),
     (["--form", "kfac", "--damping", "0"], "form 'kfac' needs damping > 0"),
     (["--solver", "pinv", "--rcond", "2"], "rcond must lie in (0, 1)"),
 ])
