@@ -1,10 +1,11 @@
 """Time the analysis of a 15,000-run synthetic study, figures and report included.
 
-Target (issues 4 and 9): under 10 s on the 2-core CPU machine, for the whole report:
+Target (issues 4 and 9: under 10 s; issue 20: at most 8 s) on the 2-core CPU machine,
+for the whole report:
 statistics, factors, verdict, headlines and tables, then every figure (verdict heatmaps,
 Figs. 1-3) as PNG and SVG, the tables as CSV and Parquet, HTML and Markdown. The study
 generator (a test fixture, tests/analysis/synthetic_study.py) is timed separately and not
-counted.
+counted. CPU seconds include the processes the figures are drawn in.
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_analysis.py [--bootstrap] [--out DIR]
 """
@@ -33,14 +34,20 @@ STUDY = SyntheticStudy(
 )  # 4 sources x 5 targets x 9 n x 4 unfrozen x 3 budgets x 7 seeds = 15,120 runs
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the figure workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 class Clock:
     """Wall and CPU seconds since the last ``lap`` (CPU time is what a busy machine hides)."""
 
     def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.wall, self.cpu = time.perf_counter(), _cpu()
 
     def lap(self) -> tuple[float, float]:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), _cpu()
         lap = (wall - self.wall, cpu - self.cpu)
         self.wall, self.cpu = wall, cpu
         return lap
@@ -60,7 +67,7 @@ def main() -> None:
         clock.lap()
         result = compute(runs, epochs, None, options, total_runs=len(runs))
         numbers = clock.lap()
-        write_report(result, args.out or Path(tmp))
+        result = write_report(result, args.out or Path(tmp))
         report = clock.lap()
         size = result.html_path.stat().st_size / 1e6
     print(f"{'step':<52}{'wall s':>8}{'cpu s':>8}")
@@ -68,7 +75,7 @@ def main() -> None:
           f"{numbers[0]:>8.2f}{numbers[1]:>8.2f}")
     print(f"{f'{len(result.figures)} figures, tables, HTML ({size:.1f} MB), MD':<52}"
           f"{report[0]:>8.2f}{report[1]:>8.2f}")
-    print(f"{'analysis total (target < 10 s)':<52}{numbers[0] + report[0]:>8.2f}"
+    print(f"{'analysis total (target <= 8 s)':<52}{numbers[0] + report[0]:>8.2f}"
           f"{numbers[1] + report[1]:>8.2f}")
     print(f"load average while running: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 

@@ -1,13 +1,14 @@
 """Start-up time of light CLI commands, as whole processes (median of 5), and whether torch loads.
 
-Times ``robust-transfer --help``, ``--version``, ``zoo list`` and ``study status DIR`` (DIR a
-real 96-run store of the embedded preset, planned and filled by instant stand-in runs) as
+Times ``robust-transfer --help``, ``--version``, ``zoo list``, ``study status DIR`` (DIR a
+real 96-run store of the embedded preset, planned and filled by instant stand-in runs) and
+every subcommand's ``--help`` (``--help-only`` times just those) as
 ``python -m robust_transfer ...`` subprocesses, from process start to exit. With
 ``--baseline SRC`` the same commands also run against another checkout's ``src`` (e.g.
 main before this change), interleaved, so both see the same machine load; ratios are
-printed. Target (issue 10): each under 1 s.
+printed. Target (issues 10 and 22): each under 1 s.
 
-    python benchmarks/bench_cli_startup.py [--baseline /path/to/other/src] [--repeats 5]
+    python benchmarks/bench_cli_startup.py [--baseline /path/to/other/src] [--repeats 5] [--help-only]
 """
 
 from __future__ import annotations
@@ -59,14 +60,26 @@ def time_command(src: Path, argv: list[str]) -> tuple[float, bool]:
     return seconds, done.stderr.endswith("TORCH=1")
 
 
+def subcommands() -> list[list[str]]:
+    """Every command and ``study`` subcommand, from the command table."""
+    from robust_transfer.cli.common import COMMANDS
+
+    out = [[name] for name in COMMANDS]
+    return out + [["study", s] for s in ("run", "status", "runs", "show", "export", "repair",
+                                         "presets")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout's src folder")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--help-only", action="store_true", help="time only the --help commands")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        study = make_study(Path(tmp))
-        commands = [["--help"], ["--version"], ["zoo", "list"], ["study", "status", str(study)]]
+        commands = [["--help"]] + [[*c, "--help"] for c in subcommands()]
+        if not args.help_only:
+            study = make_study(Path(tmp))
+            commands += [["--version"], ["zoo", "list"], ["study", "status", str(study)]]
         trees = {"this": SRC, **({"baseline": args.baseline} if args.baseline else {})}
         print(f"{'command':<24} " + "  ".join(f"{t + ' median s':>18}  torch" for t in trees)
               + ("  ratio" if args.baseline else ""))
@@ -79,7 +92,7 @@ def main() -> None:
                     times[name].append(seconds)
                     torch_loaded[name] = loaded
             medians = {t: statistics.median(v) for t, v in times.items()}
-            row = f"{' '.join(argv[:2]):<24} " + "  ".join(
+            row = f"{' '.join(argv[:3]):<24} " + "  ".join(
                 f"{medians[t]:>18.3f}  {'yes' if torch_loaded[t] else 'no':>5}" for t in trees)
             if args.baseline:
                 row += f"  {medians['baseline'] / medians['this']:.1f}x faster"

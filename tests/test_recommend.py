@@ -64,7 +64,7 @@ def test_no_sources_at_all(monkeypatch):
 
 
 def test_recommend_refuses_impossible_n():
-    with pytest.raises(ConfigError, match="leaves too few images"):
+    with pytest.raises(ConfigError, match="does not fit beside the 300 validation images held out"):
         recommend("digits", 1300, ["fmnist-natural"], seeds=(0,), val_images=300)
     with pytest.raises(ConfigError, match="fewer than"):
         recommend("digits", 5, ["fmnist-natural"], seeds=(0,))

@@ -30,3 +30,7 @@ class CheckpointError(RobustTransferError):
 
 class OutputExistsError(RobustTransferError):
     """An output path already exists and overwriting was not asked for."""
+
+
+class NonFiniteError(RobustTransferError):
+    """Training produced NaN or infinite losses: the run diverged and its numbers mean nothing."""

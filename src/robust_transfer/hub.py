@@ -28,7 +28,8 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from robust_transfer.errors import CheckpointError
@@ -187,8 +188,9 @@ def _hf_download(repo: str, filename: str, revision: str, target: Path, timeout:
         return _http_download(url, target, None, timeout, progress)
     (enable_progress_bars if progress is True else disable_progress_bars)()
     try:
-        path = hf_hub_download(repo, filename, revision=revision, local_dir=target.parent,
-                               etag_timeout=timeout, endpoint=endpoint)
+        with quiet_hub(target.parent, endpoint=endpoint):
+            path = hf_hub_download(repo, filename, revision=revision, local_dir=target.parent,
+                                   etag_timeout=timeout, endpoint=endpoint)
     except Exception as err:  # the hub client raises its own types (HTTP, offline, 404)
         raise CheckpointError(f"cannot download {filename} from the Hugging Face hub "
                               f"({repo}): {_reason(err)}; when online, run again (it "
@@ -216,10 +218,92 @@ def _verify(path: Path, sha256: str, url: str, remove: bool) -> None:
 def _reason(err: BaseException) -> str:
     """One line: the innermost reason (``Connection refused``) rather than a traceback."""
     inner_err: BaseException | None = err
-    while inner_err is not None:  # down to the root cause
-        err, inner_err = inner_err, inner_err.__cause__ or inner_err.__context__
+    while inner_err is not None:  # down to the root cause (a `raise ... from None` ends it)
+        hidden = inner_err.__suppress_context__ and inner_err.__cause__ is None
+        err, inner_err = inner_err, None if hidden else (inner_err.__cause__ or inner_err.__context__)
     inner = getattr(err, "reason", None)
     text = str(inner if inner is not None else err)
     first = " ".join(text.split())[:200]
     return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
+
+
+# --- quiet, tidy failures offline ------------------------------------------------------------
+HUB_URL = "https://huggingface.co"
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub (or ``endpoint``, or ``$HF_ENDPOINT``) does not answer a
+    TCP connection within ``timeout`` seconds; ``None`` when it does."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint or os.environ.get("HF_ENDPOINT") or HUB_URL)
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as err:
+        return f"{url.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
+@contextmanager
+def quiet_hub(*folders: Path, endpoint: str | None = None) -> Iterator[None]:
+    """Calls into the hub client that fail in one exception, not pages of retries.
+
+    Without a connection, the client is put in offline mode (files already cached are
+    still found; anything else fails at once instead of five retries with back-off per
+    file), its retry warnings are silenced, and on failure the empty folders and
+    ``.lock`` files it created under ``folders`` are removed.
+
+    Args:
+        folders: where the client writes (its cache, a download's folder).
+        endpoint: the hub's address, when not the default one.
+    """
+    import logging
+
+    from huggingface_hub import constants
+
+    before = {f: _listing(f) for f in folders}
+    logger = logging.getLogger("huggingface_hub")
+    level, offline = logger.level, constants.HF_HUB_OFFLINE
+    logger.setLevel(logging.ERROR)
+    why = None if offline else hub_unreachable(endpoint)
+    forced = why is not None
+    constants.HF_HUB_OFFLINE = offline or forced
+    unreachable = False
+    try:
+        yield
+    except BaseException as err:
+        for folder, seen in before.items():
+            _remove_new_litter(folder, seen)
+        if not (forced and isinstance(err, Exception)):
+            raise
+        unreachable = True  # not the user's HF_HUB_OFFLINE: say why, below (no context)
+    finally:
+        logger.setLevel(level)
+        constants.HF_HUB_OFFLINE = offline
+    if unreachable:
+        raise ConnectionError(f"the Hugging Face hub cannot be reached from this machine "
+                              f"({why}) and the file is not in its cache") from None
+
+
+_MARKERS = ("CACHEDIR.TAG", ".gitignore")  # what huggingface_hub writes into a new cache
+
+
+def _listing(folder: Path) -> set[Path]:
+    return set(folder.rglob("*")) | {folder} if folder.exists() else set()
+
+
+def _remove_new_litter(folder: Path, seen: set[Path]) -> None:
+    """Lock files, the client's cache markers and then empty folders that appeared under
+    ``folder`` (deepest first)."""
+    if not folder.exists():
+        return
+    new = sorted(_listing(folder) - seen, key=lambda p: len(p.parts), reverse=True)
+    for path in new:
+        if path.is_file() and (path.suffix in (".lock", ".incomplete") or path.name in _MARKERS):
+            path.unlink(missing_ok=True)
+    for path in new:
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()

@@ -97,3 +97,42 @@ def safe_filename(name: str) -> str:
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     stem = _UNSAFE_RUN.sub("_", name).lstrip("._")[:80]
     return f"{stem}-{digest}" if stem else digest
+
+
+@contextmanager
+def staged_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A hidden folder beside ``path`` to write into; its files join ``path`` at the end.
+
+    A result folder appears whole or not at all: an exception, Ctrl-C included, removes
+    the staging folder (and ``path`` itself when this call created it), so an interrupted
+    command leaves nothing a rerun would refuse. When the block ends, each staged file
+    replaces its namesake under ``path`` (files already there and not written now are
+    kept, as with writing into the folder directly).
+
+    Args:
+        path: the result folder; created, with its parents, when the block succeeds.
+
+    Yields:
+        The staging folder.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield stage
+        path.mkdir(exist_ok=True)
+        _merge_into(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _merge_into(src: Path, dst: Path) -> None:
+    for item in src.iterdir():
+        target = dst / item.name
+        if item.is_dir() and not item.is_symlink():
+            target.mkdir(exist_ok=True)
+            _merge_into(item, target)
+        else:
+            os.replace(item, target)

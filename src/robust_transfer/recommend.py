@@ -105,9 +105,25 @@ class Recommendation:
                 for i, s in enumerate(self.scores)]
 
 
+def _too_large(n: int, name: str, total: int, val_size: int, pool: int) -> str:
+    if n >= total:  # no room at all: the held-out count is beside the point
+        hold = default_hold_out(total)
+        return (f"n={n} leaves no validation images: {name} has {total} training images and "
+                f"the probes are scored on images held out of them; use n <= {total - hold} "
+                f"(beside the default {hold} held out) or a smaller --val-images")
+    return (f"n={n} does not fit beside the {val_size} validation images held out: {name} has "
+            f"{total} training images, {pool} left to train on; use n <= {pool} or fewer "
+            f"--val-images")
+
+
+def default_hold_out(pool_size: int) -> int:
+    """The validation images held out when n leaves room: a quarter, at most 1,000."""
+    return min(1000, pool_size // 4)
+
+
 def default_val_images(pool_size: int, n: int) -> int:
     """A quarter of the training pool, at most 1,000 images, leaving at least ``n`` to train."""
-    return max(0, min(1000, pool_size // 4, pool_size - n))
+    return max(0, min(default_hold_out(pool_size), pool_size - n))
 
 
 def recommend(target: str | ImageArrays, n: int, sources: list[str] | None = None, *,
@@ -150,9 +166,7 @@ def recommend(target: str | ImageArrays, n: int, sources: list[str] | None = Non
         raise ConfigError(f"n={n} is fewer than {name}'s {classes} classes: a probe needs at "
                           "least one image per class")
     if n > len(pool):
-        raise ConfigError(f"n={n} leaves too few images for validation: {name} has "
-                          f"{len(labels)} training images and {val_size} are held out; use "
-                          f"n <= {len(pool)} or --val-images {max(0, len(labels) - n)}")
+        raise ConfigError(_too_large(n, name, len(labels), val_size, len(pool)))
     subsets = [pool[balanced_subset(labels[pool], n, s, name)] for s in seeds]
     needed = np.unique(np.concatenate([val, *subsets]))
     models, skipped = _usable_sources(sources, train)

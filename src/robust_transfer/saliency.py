@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from robust_transfer.data import ImageArrays, InputPolicy
 from robust_transfer.errors import ConfigError
+from robust_transfer.io import staged_dir
 from robust_transfer.models.modes import eval_mode
 from robust_transfer.outputs import (
     prepare_output_dir,
@@ -171,7 +172,15 @@ def explain_saliency(models: Mapping[str, TransferModel], data: ImageArrays,
         The summary (also in ``out_dir/summary.json``).
     """
     _check_models(models, data)
-    out = prepare_output_dir(out_dir, overwrite)
+    if Path(out_dir).exists() and not overwrite:
+        prepare_output_dir(out_dir, overwrite)  # raises now, before the computation
+    with staged_dir(out_dir) as stage:  # whole or absent, even when interrupted
+        return _write_saliency(models, data, indices, stage, samples, sigma, seed, extra)
+
+
+def _write_saliency(models: Mapping[str, TransferModel], data: ImageArrays, indices: np.ndarray,
+                    out: Path, samples: int, sigma: float, seed: int,
+                    extra: Mapping[str, Any] | None) -> dict[str, Any]:
     subset = data.subset(indices)
     grads = {}
     for name, model in models.items():

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from synthetic_study import SyntheticSource, SyntheticStudy, make_study
 
-from robust_transfer.analysis import CIOptions, epoch_factors, image_factors, prepare_runs
+from robust_transfer.analysis import (
+    CIOptions,
+    analyze,
+    epoch_factors,
+    image_factors,
+    prepare_runs,
+)
 from robust_transfer.analysis.efficiency import crossing_points
 from robust_transfer.analysis.report import compute
 from robust_transfer.analysis.stats import epoch_curves
@@ -145,3 +151,22 @@ def test_censored_at_the_smallest_n_only_says_no_factor_instead_of_at_least_1x()
     lines = _headlines(runs)
     assert not any("at least 1.0x" in line or "nanx" in line for line in lines)
     assert "so no factor can be measured" in lines[0]
+
+
+def test_one_n_with_seeds_on_both_sides_of_the_goal_is_mixed_not_a_crash(tmp_path):
+    """Issue 22 item 3: two sources, one n, one epoch, two seeds; the robust source beats
+    the baseline with one seed and not with the other, so no factor exists at any point.
+    The summary said "ok" with no seeds and the headline crashed on its NaN n-range."""
+    accs = {"natural": (0.234, 0.145), "l2-eps1": (0.120, 0.169)}
+    runs = pd.DataFrame([
+        {"run_id": f"{src}-{seed}", "source": src, "source_eps": 0.0 if src == "natural" else 1.0,
+         "source_norm": "none" if src == "natural" else "l2", "target": "digits", "n": 30,
+         "n_label": "30", "unfrozen_blocks": "0", "epochs": 1, "seed": seed, "test_acc": acc}
+        for src, values in accs.items() for seed, acc in enumerate(values)])
+    epochs = runs[["run_id", "test_acc"]].assign(epoch=1)
+    res = analyze(runs, epochs, tmp_path / "report", figures=False)
+    row = res.image_factors.summary.iloc[0]
+    assert row["verdict"] == "mixed" and row["n_seeds"] == 0
+    line = next(h for h in res.headlines if h.startswith("L2 eps 1"))
+    assert "no factor can be measured (some seeds are above the goal" in line
+    assert "some seeds are above" in res.markdown_path.read_text()

@@ -131,7 +131,7 @@ def test_a_failing_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report_module.render, "markdown_report", broken)
+    monkeypatch.setattr(report_module, "to_markdown_document", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         analyze(runs.assign(test_acc=runs["test_acc"] * 0.5), epochs, out, figures=False)
     assert (out / "report.md").read_text() == before

@@ -193,8 +193,8 @@ def test_one_rate_with_validation_says_there_was_nothing_to_choose():
 
 
 def test_evaluation_defaults_match_the_engine():
-    from robust_transfer.analysis.frames import EVALUATION_DEFAULTS
     from robust_transfer.engine.transfer import Recipe
+    from robust_transfer.study.results import EVALUATION_DEFAULTS
 
     recipe = Recipe()
     assert {k: getattr(recipe, k) for k in EVALUATION_DEFAULTS} == EVALUATION_DEFAULTS
@@ -219,3 +219,21 @@ def test_analyze_command_prints_the_sections_sentences(study, tmp_path, capsys):
     assert "robustness after transfer:" in out and "tuned on validation:" in out
     for sentence in (*result.robustness.sentences, *result.tuning.sentences):
         assert f"- {sentence}" in out
+
+
+def test_the_tuning_section_takes_the_interval_options(study):
+    from robust_transfer.analysis import CIOptions
+    from robust_transfer.analysis.frames import load_study
+    from robust_transfer.analysis.sections import build_document
+    from robust_transfer.analysis.sections.tuning import lines
+
+    path, wide = study
+    data = load_study(path)
+    narrow = analyze(data.runs, data.epochs, options=CIOptions(level=0.8))
+    a, b = wide.tuning.deltas, narrow.tuning.deltas
+    assert np.allclose(a["tuned_delta"], b["tuned_delta"])  # same means, narrower intervals
+    assert (b["tuned_hi"] - b["tuned_lo"] < a["tuned_hi"] - a["tuned_lo"]).all()
+    assert "80% t-interval over seeds" in lines(narrow)[1]
+    tuning = next(s for s in build_document(narrow, "t").sections
+                  if s.heading == "Tuned on validation")
+    assert tuning.blocks[-2].title.endswith("[80% t-interval]")

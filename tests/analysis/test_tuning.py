@@ -10,7 +10,7 @@ from robust_transfer.analysis.tuning import (
     choose_lr,
     select_epochs_on_validation,
     tuned_deltas,
-    verdict_sentences,
+    tuning_sentences,
 )
 from robust_transfer.errors import ConfigError
 
@@ -43,7 +43,7 @@ def test_tuned_and_shared_deltas_are_paired_by_seed():
     # each at its own rate: robust 0.75 vs natural 0.80 -> -0.05
     assert d.tuned_delta == pytest.approx(-0.05)
     assert (d.lr, d.baseline_lr, d.seeds) == (0.1, 0.01, 3)
-    text = verdict_sentences(tuned_deltas(_runs()))[0]
+    text = tuning_sentences(tuned_deltas(_runs()))[0]
     assert "robust ahead at lr 0.1" in text and "natural ahead after tuning" in text
 
 

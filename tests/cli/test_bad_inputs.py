@@ -236,6 +236,42 @@ CASES: list[tuple[str, str]] = [
     ("data-fetch-unknown", "data fetch nonesuch --data-root {tmp}/data"),
     ("unknown-command", "frobnicate"),
     ("study-unknown-subcommand", "study frobnicate"),
+    # issue 22: resources bounded by this machine
+    ("run-spec-cpus-huge", "study run {fx}/cpus_huge.yaml --out {tmp}/s"),
+    ("run-cpus-per-run-1000", f"{RUN} --cpus-per-run 1000"),
+    ("run-cpus-times-workers", f"{RUN} --cpus-per-run 1 --workers 64"),
+    # issue 22: spec values found only at run time before
+    ("run-spec-val-images-too-many", "study run {fx}/val_big.yaml --out {tmp}/s"),
+    ("run-spec-n-beside-val-images", "study run {fx}/val_n.yaml --out {tmp}/s"),
+    ("run-spec-label-list", "study run {fx}/label_list.yaml --out {tmp}/s"),
+    ("run-spec-eps-true", "study run {fx}/eps_true.yaml --out {tmp}/s"),
+    ("run-spec-norm-none-eps", "study run {fx}/none_eps.yaml --out {tmp}/s"),
+    ("run-spec-data-root-list", "study run {fx}/root_list.yaml --out {tmp}/s"),
+    ("run-spec-nan-source", "study run {fx}/nan_source.yaml --out {tmp}/s"),
+    # issue 22: non-finite weights, Linf radii beyond the pixel range
+    ("evaluate-nan-checkpoint", "evaluate {fx}/nan.safetensors --dataset digits"),
+    ("finetune-nan-checkpoint", "finetune {fx}/nan.safetensors --target digits --epochs 1"),
+    ("evaluate-linf-eps-2", f"{EVALUATE} --norm linf --eps 2"),
+    ("pretrain-linf-eps-8", f"{PRETRAIN} --attack pgd --norm linf --eps 8"),
+    # issue 22: options that do nothing, sizes without a bound
+    ("influence-rcond-cholesky", f"{INFLUENCE} --solver cholesky --rcond 0.01"),
+    ("influence-cg-tol-without-cg", f"{INFLUENCE} --cg-tol 1e-3"),
+    ("influence-refine-without-mixed", f"{INFLUENCE} --refine-tol 1e-6"),
+    ("influence-refine-iter-without-mixed", f"{INFLUENCE} --refine-max-iter 3"),
+    ("influence-grid-huge", f"{INFLUENCE} --grid 200 200"),
+    ("influence-test-n-too-large", f"{INFLUENCE} --test-n 100000"),
+    ("saliency-sigma-without-smoothgrad", f"{SALIENCY} --sigma 0.2"),
+    ("saliency-smoothgrad-huge", f"{SALIENCY} --smoothgrad 100000000"),
+    ("saliency-count-too-large", f"{SALIENCY} --count 100000"),
+    ("evaluate-images-too-large", f"{EVALUATE} --images 100000"),
+    ("recommend-n-too-large", "recommend --target digits --n 5000 --source {ckpt}"),
+    # issue 22: CSVs
+    ("analyze-csv-folder", "analyze --csv {fx} --out {tmp}/a"),
+    ("analyze-csv-header-case", "analyze --csv {fx}/case.csv --out {tmp}/a"),
+    ("analyze-csv-duplicate-run-ids", "analyze --csv {fx}/dup_ids.csv --out {tmp}/a"),
+    ("analyze-epochs-csv-epoch-beyond", f"{ANALYZE_CSV} --epochs-csv {{fx}}/epochs_beyond.csv"),
+    ("analyze-epochs-csv-epoch-zero", f"{ANALYZE_CSV} --epochs-csv {{fx}}/epochs_zero.csv"),
+    ("analyze-epochs-csv-epoch-twice", f"{ANALYZE_CSV} --epochs-csv {{fx}}/epochs_twice.csv"),
 ]
 
 
@@ -274,6 +310,12 @@ BAD_SPECS = {
     "input_pipeline_1": ({}, "recipe: {input_pipeline: 1}"),
     "seed_neg": ({}, "seeds: [-1]"),
     "malformed": ({}, "recipe: {lr: [0.1"),
+    "cpus_huge": ({}, "resources: {num_cpus: 100000}"),
+    "val_big": ({}, "recipe: {val_images: 5000}"),
+    "val_n": ({}, "recipe: {val_images: 1330}"),  # 30 training images do not fit beside
+    "eps_true": ({"eps": ", eps: true"}, ""),
+    "none_eps": ({"eps": ", norm: none, eps: 0.5"}, ""),
+    "root_list": ({}, "data_root: [a, b]"),
 }
 CSV_HEAD = "source,eps,target,n,unfrozen_blocks,epochs,seed,test_acc\n"
 
@@ -321,10 +363,29 @@ def fx(tmp_path_factory) -> dict[str, Path]:
     (folder / "text.csv").write_text(CSV_HEAD + "\n".join(text_rows) + "\n")
     (folder / "lacking.csv").write_text(CSV_HEAD.replace(",seed", "") + "natural,0,digits,10,0,2,0.5\n")
     (folder / "percent.csv").write_text(CSV_HEAD + _csv_rows("{acc}").replace(",0.", ",9"))
+    _issue22_fixtures(folder, good, ckpt)
     _yaml_bombs(folder, textwrap.dedent(SPEC_HEAD.format(**fmt, eps="")))
     _image_folders(folder)
     return {"fx": folder, "ckpt": ckpt, "study": folder / "study", "spec": folder / "spec.yaml",
             "file": folder / "file"}
+
+
+def _issue22_fixtures(folder: Path, good: str, ckpt: Path) -> None:
+    (folder / "label_list.yaml").write_text(good.replace("label: natural", "label: [a, b]", 1))
+    torch.manual_seed(2)
+    broken = build_architecture("small_resnet", 10, input_size=16)
+    with torch.no_grad():
+        next(broken.parameters())[0] = float("nan")
+    nan = save_model(broken, folder / "nan", {"training": "natural", "eps": 0.0,
+                                               "source_dataset": "digits"})
+    (folder / "nan_source.yaml").write_text(good.replace(str(ckpt), str(nan)))
+    (folder / "case.csv").write_text(CSV_HEAD.replace("source,eps", "Source, eps") + _csv_rows())
+    rows = _csv_rows().splitlines()
+    (folder / "dup_ids.csv").write_text("run_id," + CSV_HEAD + "".join(
+        f"r{i // 2},{row}\n" for i, row in enumerate(rows)))
+    for name, epochs in (("beyond", "1,0.5\nok-0,3,0.6"), ("zero", "0,0.5"),
+                         ("twice", "1,0.5\nok-0,1,0.6")):
+        (folder / f"epochs_{name}.csv").write_text(f"run_id,epoch,test_acc\nok-0,{epochs}\n")
 
 
 def _yaml_bombs(folder: Path, good: str) -> None:

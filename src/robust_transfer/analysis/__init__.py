@@ -6,9 +6,15 @@ when given a directory), :func:`analyze_study` (a study directory) and
 
 Frame contract (what the study store gives the analysis)
 --------------------------------------------------------
-``robust_transfer.study.store.load_results(study_dir)`` returns ``(runs, epochs)``, the
-finished runs and their per-epoch rows; :func:`load_study` adds the run total, the spec
-text and the sources' metadata from the same store.
+``robust_transfer.study.results.read_study(study_dir)`` is the analysis' one reader of a
+study: the finished runs (typed, with their evaluation recipe), their per-epoch rows, the
+run total, the spec text and the sources' metadata (read through
+``robust_transfer.models.metadata``); :func:`load_study` is it with the attacks in words.
+The analysis itself runs no SQL and opens no checkpoint file.
+
+The report is built by :mod:`~robust_transfer.analysis.sections` (one module per
+section, listed in order in ``SECTIONS``) as one
+:class:`~robust_transfer.analysis.document.Document`, rendered to HTML and Markdown.
 
 ``runs``: one row per finished fine-tuning run.
 

@@ -182,8 +182,12 @@ def summarize_factors(per_seed: pd.DataFrame, by_x: pd.DataFrame, group: list[st
         table[col] = np.exp(table[col].astype(float))
     table = table.rename(columns={"mean": "factor"}).drop(columns="std")
     table["n_seeds"] = table["n_seeds"].fillna(0).astype(int)
-    status = np.where(table["points_ok"] > 0, OK, _combined_status(
-        table["points_ok"], table["points_censored"], table["points_not_reached"]))
+    # no ok point: censored or not reached as its points are; points that are neither were
+    # mixed (seeds on both sides of the goal), so with no other kind the setting is mixed
+    unmeasured = _combined_status(table["points_ok"], table["points_censored"],
+                                  table["points_not_reached"])
+    only_mixed = (table["points_censored"] == 0) & (table["points_not_reached"] == 0)
+    status = np.where(table["points_ok"] > 0, OK, np.where(only_mixed, MIXED, unmeasured))
     table["verdict"] = factor_verdicts(pd.Series(status), table["lo"], table["hi"],
                                        table["n_seeds"])
     return table

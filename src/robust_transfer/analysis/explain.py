@@ -253,15 +253,17 @@ def load_explanations(influence: list[Path], saliency: list[Path], baseline: str
     return Explanations(inf, sal, paired_class_match(inf, base, level), base)
 
 
-def paired_sentence(paired: pd.DataFrame, names: dict[str, str]) -> list[str]:
-    """One sentence per source on the top-1 class-match difference."""
+def paired_sentence(paired: pd.DataFrame, names: dict[str, str], percent: str = "95%"
+                    ) -> list[str]:
+    """One sentence per source on the top-1 class-match difference (``percent``: the level
+    the interval was computed at)."""
     lines = []
     for _, r in paired[paired["rank"] == 1].iterrows():
         name, base = names.get(r["source"], r["source"]), names.get(r["baseline"], r["baseline"])
         word = {"higher": "higher than", "lower": "lower than",
                 "no clear difference": "not clearly different from"}[r["verdict"]]
         lines.append(f"Top-1 class match of {name} is {word} {base}'s: {100 * r['mean']:+.1f} "
-                     f"points, 95% CI {100 * r['lo']:+.1f} to {100 * r['hi']:+.1f} (paired over "
+                     f"points, {percent} CI {100 * r['lo']:+.1f} to {100 * r['hi']:+.1f} (paired over "
                      f"the same {r['n_images']} test images; {r['method']}).")
     return lines
 

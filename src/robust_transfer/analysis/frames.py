@@ -7,27 +7,26 @@ at most one run per (source, target, n, unfrozen_blocks, epochs, seed).
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from robust_transfer.engine import recipe as recipe_fields
 from robust_transfer.errors import ConfigError, RobustTransferError, UnknownNameError
-from robust_transfer.study import store
+from robust_transfer.models.finetune import n_label
+from robust_transfer.study.results import StudyResults, read_study
 from robust_transfer.study.store import RECIPE_COLUMNS as STORE_RECIPE_COLUMNS
+from robust_transfer.study.store import RUN_TYPES
 
-RUN_COLUMNS = ("run_id", "source", "source_eps", "source_norm", "target", "n", "n_label",
-               "unfrozen_blocks", "epochs", "seed", "test_acc")
+RUN_COLUMNS = tuple(RUN_TYPES)
 EPOCH_REQUIRED = ("run_id", "epoch", "test_acc")
 
 CELL_KEYS = ["source", "target", "n", "unfrozen_blocks", "epochs", "seed"]
 NATURAL_LABEL = "natural"
-_INT_COLUMNS = ("n", "epochs", "seed")
-_STR_COLUMNS = ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks")
+_INT_COLUMNS, _FLOAT_COLUMNS, _STR_COLUMNS = (
+    tuple(c for c, t in RUN_TYPES.items() if t is kind) for kind in (int, float, str))
 # columns that change how a run trains: if one differs between runs, comparisons mix
 # recipes. The store's, plus ones other code's result files use.
 VARYING_RECIPE_COLUMNS = (*STORE_RECIPE_COLUMNS, "arch", "optimizer", "lr_schedule",
@@ -121,7 +120,7 @@ def _numbers(frame: pd.DataFrame, col: str) -> pd.Series:
 
 def _coerce_runs(frame: pd.DataFrame) -> pd.DataFrame:
     frame["unfrozen_blocks"] = [unfrozen_label(v) for v in frame["unfrozen_blocks"]]
-    frame["n_label"] = [n_label(v) for v in frame["n_label"]]
+    frame["n_label"] = [read_n_label(v) for v in frame["n_label"]]
     for col in _INT_COLUMNS:
         values = _numbers(frame, col)
         if values.isna().any() or (values != values.round()).any() or (values < 0).any():
@@ -135,8 +134,8 @@ def _coerce_runs(frame: pd.DataFrame) -> pd.DataFrame:
                               "training set use n_label 'all' with the number of images as n)")
     for col in _STR_COLUMNS:
         frame[col] = frame[col].astype(str)
-    frame["source_eps"] = _numbers(frame, "source_eps").astype(float)
-    frame["test_acc"] = _numbers(frame, "test_acc").astype(float)
+    for col in _FLOAT_COLUMNS:
+        frame[col] = _numbers(frame, col).astype(float)
     return frame
 
 
@@ -159,16 +158,18 @@ def unfrozen_label(value: object) -> str:
     return str(int(number))
 
 
-def n_label(value: object) -> str:
-    """The requested-n label: the number as text, or ``"all"`` (also for ``-1``)."""
+def read_n_label(value: object) -> str:
+    """The requested-n label (:func:`~robust_transfer.models.finetune.n_label`) of a value
+    other code wrote: ``-1`` or ``all`` -> ``"all"``, ``200.0`` -> ``"200"``; other text as
+    given."""
     text = str(value).strip().lower()
     if text in (ALL_LABEL, "-1", "-1.0"):
-        return ALL_LABEL
+        return n_label(None)
     try:
         number = float(text)
     except ValueError:
         return text
-    return str(int(number)) if number == round(number) else text
+    return n_label(int(number)) if number == round(number) else text
 
 
 def _check_runs(frame: pd.DataFrame, keys: list[str]) -> None:
@@ -309,121 +310,26 @@ def unfrozen_text(label: str) -> str:
     return "last block" if label == "1" else f"last {label} blocks"
 
 
-@dataclass
-class StudyResults:
-    """What a study directory holds for the analysis.
-
-    Attributes:
-        runs: the finished runs (see :mod:`robust_transfer.analysis`).
-        epochs: their per-epoch rows.
-        total_runs: runs the study defines.
-        spec_text: the study specification's text (several joined by ``---``).
-        source_info: one row per pinned source (see :func:`source_metadata`).
-    """
-
-    runs: pd.DataFrame
-    epochs: pd.DataFrame | None = None
-    total_runs: int | None = None
-    spec_text: str | None = None
-    source_info: pd.DataFrame | None = None
-
-
 def load_study(study_dir: str | Path) -> StudyResults:
-    """Read a study directory through :mod:`robust_transfer.study.store`.
+    """Read a study directory (:func:`~robust_transfer.study.results.read_study`), with the
+    attack that measured each source's robust accuracy as text ("PGD-20 Linf 8/255").
 
     Raises:
         ConfigError: the directory does not exist or holds no study.
     """
-    study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        raise ConfigError(f"study directory {study_dir} does not exist")
-    runs, epochs = store.load_results(study_dir)
-    with store.StudyStore(study_dir, readonly=True) as db:
-        sources = db.sources()
-        runs = _with_evaluation_recipe(db.conn, runs)
-    return StudyResults(runs=runs, epochs=epochs, total_runs=store.study_status(study_dir).total,
-                        spec_text=store.spec_text(study_dir) or None,
-                        source_info=source_metadata(sources))
-
-
-# Recipe fields of the evaluations after training, with the values a recipe that leaves
-# them out means (the defaults of robust_transfer.engine.recipe.Recipe's field specs)
-EVALUATION_DEFAULTS = {k: recipe_fields.defaults()[k] for k in
-                       ("val_images", "robust_norm", "robust_eps", "robust_steps", "robust_images")}
-
-
-def _with_evaluation_recipe(conn, runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` plus the validation and robust-evaluation recipe (``val_images``,
-    ``robust_norm``, ``robust_eps``, ``robust_steps``, ``robust_images``), read from the
-    runs' configs, when some run measured validation or robust accuracy (else unchanged).
-    """
-    measured = [c for c in ("val_acc", "robust_acc") if c in runs and runs[c].notna().any()]
-    if not measured:
-        return runs
-    where = " OR ".join(f"{c} IS NOT NULL" for c in measured)
-    rows = []
-    for run_id, config in conn.execute(f"SELECT run_id, config FROM runs WHERE status='finished' "
-                                       f"AND ({where})"):
-        try:
-            recipe = json.loads(config).get("recipe") or {}
-        except (json.JSONDecodeError, AttributeError):
-            recipe = {}
-        rows.append({"run_id": run_id, **{k: recipe.get(k, d) for k, d in
-                                          EVALUATION_DEFAULTS.items()}})
-    extra = pd.DataFrame(rows, columns=["run_id", *EVALUATION_DEFAULTS])
-    extra.loc[extra["robust_eps"].isna(), ["robust_norm", "robust_steps", "robust_images"]] = None
-    return runs.merge(extra, on="run_id", how="left")
-
-
-SOURCE_INFO_COLUMNS = ("source", "arch", "norm", "eps", "clean_acc", "robust_acc",
-                       "robust_eval", "checkpoint")
-
-
-def source_metadata(pinned: dict[str, dict]) -> pd.DataFrame:
-    """The sources table of a study: architecture, norm, eps and the checkpoint's accuracies.
-
-    Args:
-        pinned: the store's ``sources()`` (label -> ``model, path, arch, eps, norm``, ...).
-
-    Returns:
-        One row per source with :data:`SOURCE_INFO_COLUMNS`; ``clean_acc`` and
-        ``robust_acc`` come from the checkpoint's JSON metadata (NaN when it has none),
-        ``robust_eval`` says which attack measured the robust accuracy.
-    """
-    rows = []
-    for label, info in sorted(pinned.items()):
-        meta = _checkpoint_json(info.get("path"))
-        rows.append({"source": label, "arch": info.get("arch") or meta.get("arch", ""),
-                     "norm": info.get("norm") or meta.get("norm", ""),
-                     "eps": _float(info.get("eps", meta.get("eps"))),
-                     "clean_acc": _float(meta.get("clean_acc")),
-                     "robust_acc": _float(meta.get("robust_acc")),
-                     "robust_eval": _attack_text(meta.get("robust_eval")),
-                     "checkpoint": info.get("model") or Path(str(info.get("path", ""))).name})
-    return pd.DataFrame(rows, columns=list(SOURCE_INFO_COLUMNS))
-
-
-def _checkpoint_json(path: object) -> dict:
-    if not path:
-        return {}
-    meta_path = Path(str(path)).with_suffix(".json")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}  # published checkpoints have no sidecar: the table shows what the store knows
-    return meta if isinstance(meta, dict) else {}
-
-
-def _float(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return math.nan
+    study = read_study(study_dir)
+    info = study.source_info
+    if info is not None:
+        info = info.assign(robust_eval=[_attack_text(a) for a in info["robust_eval"]])
+    return replace(study, source_info=info)
 
 
 def _attack_text(attack: object) -> str:
     if not isinstance(attack, dict) or not attack.get("norm"):
         return ""
-    eps = _float(attack.get("eps"))
+    try:
+        eps = float(attack.get("eps"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        eps = math.nan
     return (f"{str(attack.get('method', 'pgd')).upper()}-{attack.get('steps', '?')} "
             f"{display_name('', eps, str(attack['norm'])).replace(' eps', '')}".strip())

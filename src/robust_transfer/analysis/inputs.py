@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robust_transfer.analysis.frames import ALL_LABEL, NATURAL_LABEL, n_label, require_columns
+from robust_transfer.analysis.frames import (
+    ALL_LABEL,
+    NATURAL_LABEL,
+    read_n_label,
+    require_columns,
+)
 from robust_transfer.errors import ConfigError
 
 CSV_COLUMNS = ("source", "target", "n", "unfrozen_blocks", "epochs", "seed", "test_acc")
@@ -34,6 +39,10 @@ def read_csv_checked(path: str | Path, what: str) -> pd.DataFrame:
         ConfigError: any of those, naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder, not a CSV file; pass the file itself"
+                          + (" (a study folder is analysed as DIR, without --csv)"
+                             if (path / "study.db").exists() else ""))
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
@@ -67,14 +76,40 @@ def read_runs_csv(path: str | Path, n_all: Mapping[str, int] | None = None) -> p
     """
     path = Path(path)
     frame = read_csv_checked(path, "CSV file")
-    require_columns(frame, CSV_COLUMNS, f"CSV {path.name}")
+    require_csv_columns(frame, CSV_COLUMNS, f"CSV {path.name}")
     _refuse_epoch_rows(frame, path.name)
+    _refuse_duplicate_ids(frame, path.name)
     notes: list[str] = []
     generated = "run_id" not in frame.columns
     frame = _csv_to_runs(frame, path.stem, dict(n_all or {}), notes)
     frame.attrs[NOTES_ATTR] = notes
     frame.attrs[GENERATED_IDS_ATTR] = generated
     return frame
+
+
+def require_csv_columns(frame: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    """:func:`require_columns`, saying when a header differs only in case or spaces.
+
+    Raises:
+        ConfigError: a column is missing; the header names that nearly match are listed.
+    """
+    missing = [c for c in columns if c not in frame.columns]
+    near = {str(h): c for h in frame.columns for c in missing if str(h).strip().lower() == c}
+    if near:
+        pairs = ", ".join(f"'{h}' -> '{c}'" for h, c in near.items())
+        raise ConfigError(f"{what} is missing column(s): {', '.join(missing)}; column names "
+                          f"are matched exactly (lower case, no spaces): rename {pairs}")
+    require_columns(frame, columns, what)
+
+
+def _refuse_duplicate_ids(frame: pd.DataFrame, name: str) -> None:
+    if "run_id" not in frame.columns:
+        return
+    ids = frame["run_id"].astype(str)
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise ConfigError(f"{name}: run_id '{dup.iloc[0]}' is on {int((ids == dup.iloc[0]).sum())} "
+                          f"rows ({dup.nunique()} id(s) repeated); each run needs its own id")
 
 
 def _refuse_epoch_rows(frame: pd.DataFrame, name: str) -> None:
@@ -96,7 +131,7 @@ def _csv_to_runs(frame: pd.DataFrame, stem: str, n_all: dict[str, int],
         frame["source_norm"] = np.where(frame["source_eps"] == 0, "none", "unknown")
     frame["source_norm"] = frame["source_norm"].fillna("none").astype(str).str.lower()
     _linf_units(frame, notes)
-    frame["n_label"] = [n_label(v) for v in frame["n"]]
+    frame["n_label"] = [read_n_label(v) for v in frame["n"]]
     _n_all(frame, n_all, notes)
     if "run_id" not in frame.columns:
         frame["run_id"] = [f"{stem}-{i}" for i in range(len(frame))]
@@ -148,7 +183,7 @@ def read_epochs_csv(path: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
     """
     path = Path(path)
     frame = read_csv_checked(path, "epochs CSV")
-    require_columns(frame, ("run_id", "epoch", "test_acc"), f"epochs CSV {path.name}")
+    require_csv_columns(frame, ("run_id", "epoch", "test_acc"), f"epochs CSV {path.name}")
     for col in ("epoch", "test_acc"):
         values = pd.to_numeric(frame[col], errors="coerce")
         bad = values.isna() & frame[col].notna()
@@ -164,4 +199,24 @@ def read_epochs_csv(path: str | Path, runs: pd.DataFrame) -> pd.DataFrame:
                 "pass the runs CSV these epochs belong to")
         raise ConfigError(f"{len(unknown)} run_id(s) of {path.name} are not in the runs CSV "
                           f"(e.g. '{unknown[0]}'); {hint}")
+    _check_epoch_numbers(frame, runs, path.name)
     return frame
+
+
+def _check_epoch_numbers(frame: pd.DataFrame, runs: pd.DataFrame, name: str) -> None:
+    """Epochs are whole numbers from 1 to the run's ``epochs``, each at most once per run."""
+    epoch = pd.to_numeric(frame["epoch"], errors="coerce")
+    budget = frame["run_id"].map(dict(zip(runs["run_id"].astype(str),
+                                          pd.to_numeric(runs["epochs"], errors="coerce"),
+                                          strict=True)))
+    bad = epoch.isna() | (epoch != epoch.round()) | (epoch < 1) | (epoch > budget)
+    if bad.any():
+        i = bad.idxmax()
+        raise ConfigError(f"{name}: run '{frame.at[i, 'run_id']}' has epoch {frame.at[i, 'epoch']}, "
+                          f"but its runs CSV row says epochs {budget[i]:g}; epochs count from 1 "
+                          "to the run's epochs")
+    twice = frame.duplicated(["run_id", "epoch"])
+    if twice.any():
+        i = twice.idxmax()
+        raise ConfigError(f"{name}: run '{frame.at[i, 'run_id']}' has epoch {frame.at[i, 'epoch']} "
+                          "on more than one row; keep one row per run and epoch")

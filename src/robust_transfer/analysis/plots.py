@@ -8,7 +8,9 @@ so nothing touches pyplot's global state or the interactive backend (rendering i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -30,19 +32,25 @@ FIG_WIDTH = 11.0  # inches at 100 dpi: the report's full column width (1,100 px)
 FORMATS = ("png", "svg")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FigureSpec:
-    """What a figure shows, for captions and file names.
+    """What a figure shows, for captions and file names, and how to draw it.
 
     Attributes:
         key: file stem, e.g. ``"fig1a_accuracy_vs_n"``.
         caption: one sentence naming the slice of the data shown.
-        figure: the figure, or ``None`` when there was nothing to plot.
+        draw: draws the figure (``None`` when there is nothing to plot); called only when
+            the figure is wanted, possibly in another process.
     """
 
     key: str
     caption: str
-    figure: Figure | None
+    draw: Callable[[], Figure | None]
+
+    @property
+    def figure(self) -> Figure | None:
+        """The figure, drawn now."""
+        return self.draw()
 
 
 def colors_of(sources: pd.DataFrame) -> dict[str, str]:
@@ -146,8 +154,9 @@ def largest_budget(values: pd.Series, wanted: int | str | None = None) -> str | 
 
 
 def figures_vs_n(summary: pd.DataFrame, delta_summary: pd.DataFrame, sources: pd.DataFrame,
-                 epochs: int | str | None = None) -> list[FigureSpec]:
-    """Fig. 1a (accuracy vs n) and Fig. 1b (difference vs n) at one epoch budget."""
+                 epochs: int | str | None = None, level: str = "95%") -> list[FigureSpec]:
+    """Fig. 1a (accuracy vs n) and Fig. 1b (difference vs n) at one epoch budget; ``level``
+    names the interval of the bands."""
     budget = largest_budget(summary["epochs"], epochs)
     acc = summary[summary["epochs"].astype(str) == budget]
     delta = delta_summary[delta_summary["epochs"].astype(str) == budget]
@@ -155,14 +164,14 @@ def figures_vs_n(summary: pd.DataFrame, delta_summary: pd.DataFrame, sources: pd
     when = epochs_text(budget)
     return [
         FigureSpec("fig1a_accuracy_vs_n", f"Fig. 1a: test accuracy against the number of "
-                   f"training images ({when}), mean over seeds with 95% interval bands.",
-                   grid_figure(acc, "n", sources, "test accuracy (%)",
-                               f"Accuracy vs training images ({when})", log_x=True)),
+                   f"training images ({when}), mean over seeds with {level} interval bands.",
+                   partial(grid_figure, acc, "n", sources, "test accuracy (%)",
+                           f"Accuracy vs training images ({when})", log_x=True)),
         FigureSpec("fig1b_delta_vs_n", f"Fig. 1b: accuracy minus the {base} source's, paired by "
                    f"seed ({when}); above zero the source transfers better.",
-                   grid_figure(delta, "n", sources, f"minus {base} (points)",
-                               f"Difference from {base} vs training images", log_x=True,
-                               zero_line=True)),
+                   partial(grid_figure, delta, "n", sources, f"minus {base} (points)",
+                           f"Difference from {base} vs training images", log_x=True,
+                           zero_line=True)),
     ]
 
 
@@ -186,12 +195,12 @@ def figures_vs_epochs(epoch_summary: pd.DataFrame, epoch_delta_summary: pd.DataF
     return [
         FigureSpec("fig2a_accuracy_vs_epochs", f"Fig. 2a: test accuracy against epochs "
                    f"({what}; {n_text}{seeds}).",
-                   grid_figure(acc, "epoch", sources, "test accuracy (%)",
-                               f"Accuracy vs epochs ({what}; {n_text})")),
+                   partial(grid_figure, acc, "epoch", sources, "test accuracy (%)",
+                           f"Accuracy vs epochs ({what}; {n_text})")),
         FigureSpec("fig2b_delta_vs_epochs", f"Fig. 2b: accuracy minus the {base} source's, "
                    f"paired by seed and epoch ({what}; {n_text}).",
-                   grid_figure(delta, "epoch", sources, f"minus {base} (points)",
-                               f"Difference from {base} vs epochs ({n_text})", zero_line=True)),
+                   partial(grid_figure, delta, "epoch", sources, f"minus {base} (points)",
+                           f"Difference from {base} vs epochs ({n_text})", zero_line=True)),
     ]
 
 
@@ -215,7 +224,20 @@ def eps_sweep_figures(summary: pd.DataFrame, sources: pd.DataFrame,
              and (part.loc[part["norm"].isin([m, "none"]), "eps"].nunique() >= 2)]
     if not norms or chosen is None:
         return [FigureSpec("fig3_accuracy_vs_eps", "Accuracy against source eps: needs sources "
-                           "of at least two eps values of one norm.", None)]
+                           "of at least two eps values of one norm.", _nothing)]
+    return [FigureSpec("fig3_accuracy_vs_eps", f"Fig. 3: test accuracy against the source's "
+                       f"eps, one line per n ({unfrozen_text(chosen)}, {epochs_text(budget)}; "
+                       "other settings: analyze --unfrozen K); eps 0 is the natural source. "
+                       "Choose eps where the line for your n peaks.",
+                       partial(_eps_sweep_figure, part, norms, chosen, budget))]
+
+
+def _nothing() -> None:
+    return None
+
+
+def _eps_sweep_figure(part: pd.DataFrame, norms: list[str], chosen: str,
+                      budget: str | None) -> Figure:
     panels = [(t, m, chosen) for t in sorted(part["target"].unique()) for m in norms]
     cols = min(len(panels), 4)
     rows = -(-len(panels) // cols)
@@ -249,10 +271,7 @@ def eps_sweep_figures(summary: pd.DataFrame, sources: pd.DataFrame,
                  y=1 - 0.08 / height, fontsize=11)
     fig.subplots_adjust(left=0.07, right=0.99, bottom=0.55 / height, top=1 - 0.8 / height,
                         hspace=0.5, wspace=0.2)
-    return [FigureSpec("fig3_accuracy_vs_eps", f"Fig. 3: test accuracy against the source's "
-                       f"eps, one line per n ({unfrozen_text(chosen)}, {epochs_text(budget)}; "
-                       "other settings: analyze --unfrozen K); eps 0 is the natural source. "
-                       "Choose eps where the line for your n peaks.", fig)]
+    return fig
 
 
 def save_figures(figure: Figure, directory: str | Path, stem: str,

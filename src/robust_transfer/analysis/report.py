@@ -1,7 +1,9 @@
 """``analyze``: from the runs and epochs frames to tables, figures and a report.
 
 The one entry point most callers need. It never prints: everything it finds is in the
-returned :class:`AnalysisResult`, and the files it writes are listed there. The report
+returned :class:`AnalysisResult` (built once by :func:`compute`, frozen; the written
+paths come in a copy), and the files it writes are listed there. The report's text,
+tables and figures are the sections' (:mod:`~robust_transfer.analysis.sections`). The report
 directory is built in a temporary folder beside it and moved into place at the end, so
 a failure leaves the previous report (or nothing), never half of a new one.
 """
@@ -12,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,6 @@ import pandas as pd
 from robust_transfer.analysis import (
     efficiency,
     findings,
-    plots,
-    render,
     robustness,
     stats,
     tables,
@@ -29,12 +30,9 @@ from robust_transfer.analysis import (
     verdict,
 )
 from robust_transfer.analysis.budgets import POOLED, apply_policy
-from robust_transfer.analysis.explain import (
-    class_match_figure,
-    find_outputs,
-    load_explanations,
-    saliency_figure,
-)
+from robust_transfer.analysis.document import to_html, to_markdown_document
+from robust_transfer.analysis.drawing import save_figures
+from robust_transfer.analysis.explain import find_outputs, load_explanations
 from robust_transfer.analysis.frames import (
     load_study,
     prepare_epochs,
@@ -47,6 +45,7 @@ from robust_transfer.analysis.frames import (
 )
 from robust_transfer.analysis.inputs import NOTES_ATTR, read_epochs_csv, read_runs_csv
 from robust_transfer.analysis.result import AnalysisResult
+from robust_transfer.analysis.sections import build_document
 from robust_transfer.errors import ConfigError, RobustTransferError
 
 HTML_NAME, MARKDOWN_NAME, FIGURE_DIR, TABLE_DIR = "report.html", "report.md", "figures", "tables"
@@ -81,7 +80,8 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
         block_baseline: the unfrozen setting others are compared with; default the fewest.
         influence: influence output folders to show (``robust-transfer influence --out``).
         saliency: saliency output folders to show.
-        source_info: the sources' metadata table (:func:`~.frames.source_metadata`).
+        source_info: the sources' metadata table
+            (:func:`~robust_transfer.study.results.source_metadata`).
         notes: sentences on how the input was read, shown in the report.
 
     Returns:
@@ -94,14 +94,13 @@ def analyze(runs: pd.DataFrame, epochs: pd.DataFrame | None = None,
     options = options or stats.CIOptions()
     result = compute(runs, epochs, baseline, options, total_runs, reference,
                      epoch_policy=epoch_policy, block_baseline=block_baseline, notes=notes)
-    result.spec_text = spec_text
-    result.source_info = source_info
-    result.explanations = load_explanations([Path(p) for p in influence],
-                                            [Path(p) for p in saliency], result.baseline,
-                                            options.level)
-    if out_dir is not None:
-        write_report(result, Path(out_dir), figures=figures, title=title)
-    return result
+    explanations = load_explanations([Path(p) for p in influence], [Path(p) for p in saliency],
+                                     result.baseline, options.level)
+    result = replace(result, spec_text=spec_text, source_info=source_info,
+                     explanations=explanations)
+    if out_dir is None:
+        return result
+    return write_report(result, Path(out_dir), figures=figures, title=title)
 
 
 def analyze_study(study_dir: str | Path, out_dir: str | Path | None = None,
@@ -159,47 +158,47 @@ def compute(runs: pd.DataFrame, epochs: pd.DataFrame | None, baseline: str | Non
             reference: findings.Reference | None = None, *, epoch_policy: str = "final",
             block_baseline: str | None = None, notes: Sequence[str] = ()) -> AnalysisResult:
     """The numbers of :func:`analyze`, without writing anything."""
-    runs, coverage = prepare_runs(runs, total_runs, by_rate=True)
-    if runs.empty:
+    every_rate, coverage = prepare_runs(runs, total_runs, by_rate=True)
+    if every_rate.empty:
         raise RobustTransferError(f"no finished runs to analyse ({coverage.sentence()}); "
                                   "run the study or wait for runs to finish")
-    every_rate = runs
-    runs, shared_lr = tuning.shared_rate_runs(runs)
-    baseline = resolve_baseline(runs, baseline)
-    epoch_rows = prepare_epochs(epochs, runs)
-    final_runs = runs  # the robustness and tuning sections read final-epoch accuracies
-    runs, policy_notes = apply_policy(runs, epoch_rows, epoch_policy)
+    # the robustness and tuning sections read final-epoch accuracies (of one rate, of all)
+    final, shared_lr = tuning.shared_rate_runs(every_rate)
+    baseline = resolve_baseline(final, baseline)
+    epoch_rows = prepare_epochs(epochs, final)
+    counted, policy_notes = apply_policy(final, epoch_rows, epoch_policy)  # what the rest reads
     if shared_lr is not None:
-        policy_notes.insert(0, _rate_note(every_rate, runs, shared_lr))
-    reference = check_reference(runs, reference)
-    sources = source_table(runs, baseline)
-    curves = stats.epoch_curves(runs, epoch_rows)
-    frames = _frames(runs, curves, baseline, options)
-    images = efficiency.image_factors(runs, baseline, options)
+        policy_notes.insert(0, _rate_note(every_rate, counted, shared_lr))
+    reference = check_reference(counted, reference)
+    sources = source_table(counted, baseline)
+    curves = stats.epoch_curves(counted, epoch_rows)
+    frames = _frames(counted, curves, baseline, options)
+    images = efficiency.image_factors(counted, baseline, options)
     epochs_f = efficiency.epoch_factors(curves, baseline, options)
-    recipe = recipe_variation(runs)
-    targets = sorted(runs["target"].unique())
+    recipe = recipe_variation(counted)
+    targets = sorted(counted["target"].unique())
     view = verdict.choose_view(frames["delta_summary"], frames["epoch_summary"],
                                reference.epochs, reference.n_label, reference.unfrozen_blocks)
     reference = findings.Reference(reference.unfrozen_blocks, reference.epochs,
                                    reference.n_label or _one(view.n_label))
-    present = set(map(tuple, runs[["target", "source"]].drop_duplicates().to_numpy()))
+    present = set(map(tuple, counted[["target", "source"]].drop_duplicates().to_numpy()))
     lines = findings.headlines(images, epochs_f, sources, targets, coverage, options,
                                reference, recipe, present)
-    block_ref = _block_reference(runs, block_baseline)
-    block_summary = stats.summarize_deltas(stats.block_deltas(runs, block_ref), options=options) \
+    block_ref = _block_reference(counted, block_baseline)
+    block_summary = stats.summarize_deltas(stats.block_deltas(counted, block_ref),
+                                           options=options) \
         if block_ref is not None else pd.DataFrame()
     cells = verdict.verdict_cells(frames["delta_summary"], view)
-    result = AnalysisResult(
-        runs=runs, sources=sources, baseline=baseline, coverage=coverage, options=options,
+    sentences = verdict.lead_sentences(cells, frames["epoch_delta_summary"],
+                                       epochs_f.summary, sources, view, options.percent)
+    return AnalysisResult(
+        runs=counted, sources=sources, baseline=baseline, coverage=coverage, options=options,
         curves=curves, image_factors=images, epoch_factors=epochs_f, headlines=lines,
         tables=_tables(frames, images, epochs_f, sources, block_summary), recipe=recipe,
-        view=view, verdict_cells=cells, sentences=("", ""), notes=[*notes, *policy_notes],
-        block_baseline=block_ref, block_summary=block_summary, **frames)
-    result.sentences = verdict_sentences(result)
-    result.robustness = robustness.robustness_section(final_runs, baseline, sources, options)
-    result.tuning = tuning.tuning_section(every_rate, baseline)
-    return result
+        view=view, verdict_cells=cells, sentences=sentences, notes=[*notes, *policy_notes],
+        block_baseline=block_ref, block_summary=block_summary,
+        robustness=robustness.robustness_section(final, baseline, sources, options),
+        tuning=tuning.tuning_section(every_rate, baseline, options), **frames)
 
 
 def _rate_note(every_rate: pd.DataFrame, runs: pd.DataFrame, shared_lr: float) -> str:
@@ -222,9 +221,7 @@ def verdict_sentences(result: AnalysisResult) -> tuple[str, str]:
 
     The README's summary of the demo is generated from these.
     """
-    return (verdict.few_images_sentence(result.verdict_cells, result.sources, result.view),
-            verdict.few_epochs_sentence(result.epoch_delta_summary, result.epoch_factors.summary,
-                                        result.sources, result.view))
+    return result.sentences
 
 
 def check_reference(runs: pd.DataFrame, reference: findings.Reference | None
@@ -342,115 +339,33 @@ def export_tables(result: AnalysisResult, directory: Path) -> dict[str, dict[str
     return written
 
 
-def make_figures(result: AnalysisResult, directory: Path) -> list[plots.FigureSpec]:
-    """Draw every figure and save each as PNG and SVG under ``directory``."""
-    specs = verdict_specs(result)
-    specs += plots.figures_vs_n(result.summary, result.delta_summary, result.sources,
-                                result.view.epochs)
-    specs += plots.figures_vs_epochs(result.epoch_summary, result.epoch_delta_summary,
-                                     result.sources, result.view)
-    specs += plots.eps_sweep_figures(result.summary, result.sources, result.view.epochs,
-                                     result.view.unfrozen)
-    specs += explain_specs(result)
-    specs += robustness_specs(result)
-    for spec in specs:
-        result.captions[spec.key] = spec.caption
-        if spec.figure is not None:  # SVG for the paper's figures; the rest as PNG only
-            formats = plots.FORMATS if spec.key.startswith(("fig1", "fig2")) else ("png",)
-            result.figures[spec.key] = plots.save_figures(spec.figure, directory, spec.key,
-                                                         formats)
-    return specs
-
-
-def verdict_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
-    """One verdict heatmap per target."""
-    base = render.base_name(result)
-    return [plots.FigureSpec(f"verdict_{target}", f"Verdict on {target}: robust minus {base} "
-                             "test accuracy (points, mean over seeds of the paired difference) "
-                             "for each robust source, n and unfrozen setting; blue: the robust "
-                             f"source is ahead, red: {base} is; outlined cells' 95% interval "
-                             "excludes 0.",
-                             verdict.verdict_figure(result.verdict_cells, target, result.sources,
-                                                    result.view.epochs))
-            for target in sorted(result.runs["target"].unique())]
-
-
-def robustness_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
-    """Clean and robust accuracy against source eps, one figure per target."""
-    section = result.robustness
-    if section is None:
-        return []
-    attack = section.attacks[0] if len(section.attacks) == 1 else "the most common attack"
-    return [plots.FigureSpec(f"{render.ROBUST}{target}", f"Robustness after transfer on "
-                             f"{target}: clean (solid) and robust (dashed) test accuracy of the "
-                             "fine-tuned models against the source's training eps (L2 and "
-                             f"Linf sources on one axis), a line per n; robust under {attack}; "
-                             "mean over seeds, final epoch.",
-                             robustness.robustness_figure(section.table, target))
-            for target in sorted(section.table["target"].unique())]
-
-
-def explain_specs(result: AnalysisResult) -> list[plots.FigureSpec]:
-    """Class-match curves, top-k grids and saliency maps, when outputs were given."""
-    exp = result.explanations
-    if exp is None:
-        return []
-    names = dict(zip(result.sources["source"], result.sources["name"], strict=True))
-    order = list(result.sources["source"])
-    specs = []
-    if exp.influence:
-        specs.append(plots.FigureSpec(
-            "why_class_match", "Why: share of test images whose k-th most influential "
-            "training image has the test image's class (left), and each source minus "
-            f"{names.get(exp.baseline_model or '', exp.baseline_model)} paired over the same "
-            "test images (right).", class_match_figure(exp, names, order)))
-    for i, folder in enumerate(exp.saliency):
-        specs.append(plots.FigureSpec(
-            f"why_saliency_{i}", f"Why: input-gradient magnitude of each source's fine-tuned "
-            f"model ({folder.path.name}), greyscale, at the model input's own size.",
-            saliency_figure(folder, names, order, exp.baseline_model)))
-    return specs
-
-
 def write_report(result: AnalysisResult, out_dir: Path, figures: bool = True,
-                 title: str = "robust-transfer analysis") -> None:
+                 title: str = "robust-transfer analysis") -> AnalysisResult:
     """Write figures, tables, ``report.html`` and ``report.md`` into ``out_dir``.
 
     Everything is written into a temporary folder beside ``out_dir`` first and moved into
-    place at the end; the paths in ``result`` are the final ones.
+    place at the end.
+
+    Returns:
+        ``result`` with the written paths, the figures' files and their captions.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    doc = build_document(result, title, draw=figures)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        if figures:
-            make_figures(result, tmp / FIGURE_DIR)
-            _copy_grids(result, tmp / FIGURE_DIR)
+        written = save_figures(doc, tmp / FIGURE_DIR) if figures else {}
         export_tables(result, tmp / TABLE_DIR)
-        (tmp / HTML_NAME).write_text(render.html_report(result, title), encoding="utf-8")
-        (tmp / MARKDOWN_NAME).write_text(render.markdown_report(result, title, FIGURE_DIR),
+        (tmp / HTML_NAME).write_text(to_html(doc, written), encoding="utf-8")
+        (tmp / MARKDOWN_NAME).write_text(to_markdown_document(doc, written, FIGURE_DIR),
                                          encoding="utf-8")
         _move_into(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result.html_path, result.markdown_path = out_dir / HTML_NAME, out_dir / MARKDOWN_NAME
-    result.figures = {k: {fmt: out_dir / FIGURE_DIR / p.name for fmt, p in v.items()}
-                      for k, v in result.figures.items()}
-
-
-def _copy_grids(result: AnalysisResult, directory: Path) -> None:
-    """The influence outputs' top-k grids (Fig. 5), copied beside the other figures."""
-    if result.explanations is None:
-        return
-    for i, folder in enumerate(result.explanations.influence):
-        grid = folder.path / "influence_grid.png"
-        if grid.is_file():
-            key = f"why_topk_{i}"
-            shutil.copyfile(grid, directory / f"{key}.png")
-            result.figures[key] = {"png": directory / f"{key}.png"}
-            result.captions[key] = (f"Why: most helpful training images of each test image "
-                                    f"({folder.path.name}); green captions share the test "
-                                    "image's class, red do not.")
+    return replace(result, html_path=out_dir / HTML_NAME, markdown_path=out_dir / MARKDOWN_NAME,
+                   captions={f.key: f.caption for f in doc.figures()} if figures else {},
+                   figures={key: {fmt: out_dir / FIGURE_DIR / p.name for fmt, p in v.items()}
+                            for key, v in written.items()})
 
 
 def _move_into(tmp: Path, out_dir: Path) -> None:

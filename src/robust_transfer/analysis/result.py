@@ -18,9 +18,13 @@ from robust_transfer.analysis.tuning import TuningSection
 from robust_transfer.analysis.verdict import VerdictView
 
 
-@dataclass
+@dataclass(frozen=True)
 class AnalysisResult:
     """Everything :func:`analyze` computed (fractions, not percent, in the frames).
+
+    Built once by :func:`~.report.compute`; :func:`~.report.analyze` and
+    :func:`~.report.write_report` return copies with the report's inputs and written
+    paths added (:func:`dataclasses.replace`), never changing one in place.
 
     Attributes:
         runs: the finished runs analysed (contract columns, normalised dtypes).

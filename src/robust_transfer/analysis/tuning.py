@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from robust_transfer.analysis.frames import CELL_KEYS, unfrozen_text
-from robust_transfer.analysis.intervals import mean_t_interval
+from robust_transfer.analysis.intervals import CIOptions, mean_t_interval
+from robust_transfer.analysis.stats import ci_table
 from robust_transfer.errors import ConfigError, RobustTransferError
 
 KEYS = ["target", "n", "unfrozen_blocks"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuningSection:
     """The report's "Tuned on validation" section (all from the runs' final epochs).
 
@@ -38,7 +39,7 @@ class TuningSection:
         val_images: validation images held out, when the runs record it (else ``None``).
         chosen: :func:`choose_lr` per epoch budget (column ``epochs``); empty with one rate.
         deltas: :func:`tuned_deltas` per epoch budget (column ``epochs``); empty with one rate.
-        sentences: :func:`verdict_sentences` of ``deltas``.
+        sentences: :func:`tuning_sentences` of ``deltas``.
         notes: what was left out and why, in sentences.
     """
 
@@ -75,12 +76,14 @@ def shared_rate_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, float | None]:
     return runs[lr == shared].reset_index(drop=True), shared
 
 
-def tuning_section(runs: pd.DataFrame, baseline: str) -> TuningSection | None:
+def tuning_section(runs: pd.DataFrame, baseline: str,
+                   options: CIOptions | None = None) -> TuningSection | None:
     """Rates chosen on validation and the deltas at them, for the analysis report.
 
     Args:
         runs: prepared runs of every rate (final-epoch accuracies), with ``val_acc``.
         baseline: the baseline source's label.
+        options: interval settings of the deltas (default: t-interval, 95%).
 
     Returns:
         ``None`` when no run has a validation accuracy (the section is left out).
@@ -104,21 +107,20 @@ def tuning_section(runs: pd.DataFrame, baseline: str) -> TuningSection | None:
             *notes, "Some runs record no learning rate, so no rate is chosen."])
     runs = runs.assign(lr=lr)
     rates = sorted(float(r) for r in lr.unique())
-    section = TuningSection(rates, rates[-1], _val_images(runs), notes=notes)
     if len(rates) < 2:
-        section.notes.append(f"Every run used lr {rates[0]:g}, so there was no rate to choose.")
-        return section
+        return TuningSection(rates, rates[-1], _val_images(runs), notes=[
+            *notes, f"Every run used lr {rates[0]:g}, so there was no rate to choose."])
     chosen, deltas = [], []
     for budget, part in runs.groupby("epochs", sort=True):
         try:
             chosen.append(choose_lr(part).assign(epochs=budget))
-            deltas.append(tuned_deltas(part, baseline, section.shared_lr).assign(epochs=budget))
+            deltas.append(tuned_deltas(part, baseline, rates[-1], options).assign(epochs=budget))
         except RobustTransferError as err:
-            section.notes.append(f"{budget}-epoch runs: {err}")
-    section.chosen = pd.concat(chosen, ignore_index=True) if chosen else pd.DataFrame()
-    section.deltas = pd.concat(deltas, ignore_index=True) if deltas else pd.DataFrame()
-    section.sentences = verdict_sentences(section.deltas, baseline)
-    return section
+            notes.append(f"{budget}-epoch runs: {err}")
+    every = pd.concat(deltas, ignore_index=True) if deltas else pd.DataFrame()
+    return TuningSection(rates, rates[-1], _val_images(runs),
+                         chosen=pd.concat(chosen, ignore_index=True) if chosen else pd.DataFrame(),
+                         deltas=every, sentences=tuning_sentences(every, baseline), notes=notes)
 
 
 def _val_images(runs: pd.DataFrame) -> int | None:
@@ -177,7 +179,8 @@ def choose_lr(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def tuned_deltas(runs: pd.DataFrame, baseline: str = "natural",
-                 shared_lr: float | None = None) -> pd.DataFrame:
+                 shared_lr: float | None = None,
+                 options: CIOptions | None = None) -> pd.DataFrame:
     """Robust-minus-natural test deltas at one shared rate and at each source's own rate.
 
     Args:
@@ -185,13 +188,14 @@ def tuned_deltas(runs: pd.DataFrame, baseline: str = "natural",
         baseline: the natural source's label.
         shared_lr: the single rate of the paper-style comparison (default: the largest
             rate in the runs, the paper's 0.1 in the presets).
+        options: interval settings (default: t-interval, 95%).
 
     Returns:
         One row per robust source and (target, n, unfrozen_blocks): ``shared_delta``,
         ``shared_lo``, ``shared_hi`` (at ``shared_lr``), ``tuned_delta``, ``tuned_lo``,
         ``tuned_hi`` (each source at its chosen rate, the baseline at its own), the
         rates chosen for the source and the baseline, and ``seeds``. Deltas in accuracy
-        (fractions), intervals 95% t over seeds.
+        (fractions), intervals over seeds as ``options`` say.
 
     Raises:
         ConfigError: no validation accuracies, or no runs of ``baseline``.
@@ -212,7 +216,8 @@ def tuned_deltas(runs: pd.DataFrame, baseline: str = "natural",
         s_tuned = _delta(at_choice, source, baseline, where, None, None)
         rows.append({"source": source, **where, "lr": float(group["lr"].iloc[0]),
                      "baseline_lr": base_lr, "shared_lr": shared,
-                     **_summary("shared", s_shared), **_summary("tuned", s_tuned),
+                     **_summary("shared", s_shared, options),
+                     **_summary("tuned", s_tuned, options),
                      "seeds": int(min(len(s_shared), len(s_tuned)))})
     return pd.DataFrame(rows)
 
@@ -241,8 +246,15 @@ def _delta(runs: pd.DataFrame, source: str, baseline: str, where: dict,
     return (a - b).dropna()
 
 
-def _summary(prefix: str, deltas: pd.Series) -> dict[str, float]:
-    mean, lo, hi = mean_t_interval(deltas.to_numpy())
+def _summary(prefix: str, deltas: pd.Series, options: CIOptions | None) -> dict[str, float]:
+    options = options or CIOptions()
+    if options.method == "t":
+        mean, lo, hi = mean_t_interval(deltas.to_numpy(), options.level)
+    else:
+        row = ci_table(pd.DataFrame({"cell": 0, "delta": deltas.to_numpy()}), ["cell"], "delta",
+                       options)
+        mean, lo, hi = (float(row[c].iloc[0]) if len(row) else float("nan")
+                        for c in ("mean", "lo", "hi"))
     return {f"{prefix}_delta": mean, f"{prefix}_lo": lo, f"{prefix}_hi": hi}
 
 
@@ -266,7 +278,7 @@ def select_epochs_on_validation(epochs: pd.DataFrame) -> pd.DataFrame:
     return rows.groupby("run_id").head(1)[["run_id", "epoch", "val_acc", "test_acc"]]
 
 
-def verdict_sentences(deltas: pd.DataFrame, baseline: str = "natural") -> list[str]:
+def tuning_sentences(deltas: pd.DataFrame, baseline: str = "natural") -> list[str]:
     """Plain sentences: where the sign or significance of a delta changes with tuning.
 
     Args:

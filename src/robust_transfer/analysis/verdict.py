@@ -134,8 +134,19 @@ def _lead(cells: pd.DataFrame, names: dict[str, str], base: str) -> str:
     return ", ".join(parts)
 
 
-def few_images_sentence(cells: pd.DataFrame, sources: pd.DataFrame, view: VerdictView) -> str:
-    """"few images: ..." over every target and unfrozen setting at the view's budget."""
+def lead_sentences(cells: pd.DataFrame, epoch_delta_summary: pd.DataFrame,
+                   epoch_factor_summary: pd.DataFrame, sources: pd.DataFrame, view: VerdictView,
+                   percent: str = "95%") -> tuple[str, str]:
+    """The report's two plain sentences, ``("few images: ...", "few epochs: ...")``."""
+    return (few_images_sentence(cells, sources, view, percent),
+            few_epochs_sentence(epoch_delta_summary, epoch_factor_summary, sources, view,
+                                percent))
+
+
+def few_images_sentence(cells: pd.DataFrame, sources: pd.DataFrame, view: VerdictView,
+                        percent: str = "95%") -> str:
+    """"few images: ..." over every target and unfrozen setting at the view's budget;
+    ``percent`` names the interval level."""
     if cells.empty:
         return ("few images: nothing to compare (no robust source has runs paired with the "
                 "natural source's).")
@@ -153,7 +164,7 @@ def few_images_sentence(cells: pd.DataFrame, sources: pd.DataFrame, view: Verdic
              f"{cells.sort_values('n')['n_label'].iloc[-1]}" if len(ns) > 1 else
              f"robust minus {base} accuracy at n = {cells['n_label'].iloc[0]}")
     return (f"few images: {'; '.join(clauses)} ({scope}, {epochs_text(view.epochs)}, "
-            f"{_seeds_text(cells['n_seeds'])}; clearly = the 95% interval excludes 0).")
+            f"{_seeds_text(cells['n_seeds'])}; clearly = the {percent} interval excludes 0).")
 
 
 def early_epoch(budget: str, epochs_present: list[int]) -> int:
@@ -163,7 +174,7 @@ def early_epoch(budget: str, epochs_present: list[int]) -> int:
 
 
 def few_epochs_sentence(epoch_delta_summary: pd.DataFrame, epoch_factor_summary: pd.DataFrame,
-                        sources: pd.DataFrame, view: VerdictView) -> str:
+                        sources: pd.DataFrame, view: VerdictView, percent: str = "95%") -> str:
     """"few epochs: ..." at the view's n: the early lead and the epochs-needed factor."""
     if epoch_delta_summary.empty:
         return ("few epochs: not measured (the runs have no per-epoch test accuracy and a "
@@ -186,7 +197,7 @@ def few_epochs_sentence(epoch_delta_summary: pd.DataFrame, epoch_factor_summary:
                  f"{_seeds_text(part['n_seeds'])}")
         settings = sorted(part["unfrozen_blocks"].unique(), key=unfrozen_key)
         text = "; ".join(_epoch_clause(part[part["unfrozen_blocks"] == u], factors, u, early,
-                                       names, base) for u in settings)
+                                       names, base, percent) for u in settings)
         clauses.append((f"on {target}, " if len(targets) > 1 else "") + text + f" ({where})")
     if not clauses:
         return "few epochs: no paired per-epoch curves at the chosen n."
@@ -194,7 +205,7 @@ def few_epochs_sentence(epoch_delta_summary: pd.DataFrame, epoch_factor_summary:
 
 
 def _epoch_clause(part: pd.DataFrame, factors: pd.DataFrame, unfrozen: str, early: int,
-                  names: dict[str, str], base: str) -> str:
+                  names: dict[str, str], base: str, percent: str) -> str:
     at = part[part["epoch"] == early]
     better, worse = at[at["verdict"] == BETTER], at[at["verdict"] == WORSE]
     k, lo, hi = len(at), _pts(at["mean"].min()), _pts(at["mean"].max())
@@ -212,7 +223,7 @@ def _epoch_clause(part: pd.DataFrame, factors: pd.DataFrame, unfrozen: str, earl
         lead += (f"robust minus {base} is {span} points ({len(better)} of {k} robust sources "
                  f"clearly ahead, {len(worse)} clearly behind)")
     rows = factors[factors["unfrozen_blocks"] == unfrozen]
-    return lead + _factor_words(rows, names, base)
+    return lead + _factor_words(rows, names, base, percent)
 
 
 def _clearly(count: int, total: int) -> str:
@@ -221,15 +232,15 @@ def _clearly(count: int, total: int) -> str:
     return f"{count} of {total} clearly"
 
 
-def _factor_words(rows: pd.DataFrame, names: dict[str, str], base: str) -> str:
+def _factor_words(rows: pd.DataFrame, names: dict[str, str], base: str, percent: str) -> str:
     fewer, more, unclear, other = [], [], [], []
     for _, r in rows.iterrows():
         name = names[r["source"]]
         if r["verdict"] == "fewer":
-            fewer.append(f"{name} needs {r['factor']:.1f}x fewer epochs (95% CI "
+            fewer.append(f"{name} needs {r['factor']:.1f}x fewer epochs ({percent} CI "
                          f"{r['lo']:.1f}-{r['hi']:.1f})")
         elif r["verdict"] == "more":
-            more.append(f"{name} needs {1 / r['factor']:.1f}x more epochs (95% CI "
+            more.append(f"{name} needs {1 / r['factor']:.1f}x more epochs ({percent} CI "
                         f"{1 / r['hi']:.1f}-{1 / r['lo']:.1f})")
         elif r["verdict"] == CENSORED:
             other.append(f"{name} is ahead from the first epoch")
@@ -258,7 +269,7 @@ def _names(sources: pd.DataFrame) -> tuple[dict[str, str], str]:
 
 # --- figure -----------------------------------------------------------------------------
 def verdict_figure(cells: pd.DataFrame, target: str, sources: pd.DataFrame,
-                   epochs: str | None) -> Figure | None:
+                   epochs: str | None, percent: str = "95%") -> Figure | None:
     """The verdict heatmap of one target: one panel per robust source, n x unfrozen blocks.
 
     Args:
@@ -266,6 +277,7 @@ def verdict_figure(cells: pd.DataFrame, target: str, sources: pd.DataFrame,
         target: the target dataset.
         sources: :func:`~.frames.source_table` output (order, names, the baseline).
         epochs: the budget shown (for the title).
+        percent: the interval level the outlines stand for (for the title).
     """
     part = cells[cells["target"] == target]
     if part.empty:
@@ -292,7 +304,7 @@ def verdict_figure(cells: pd.DataFrame, target: str, sources: pd.DataFrame,
         else:
             ax.set_yticks([])
     fig.suptitle(f"{target}: robust minus {base} test accuracy (points), "
-                 f"{epochs_text(epochs)}; outlined: 95% interval excludes 0", fontsize=10.5)
+                 f"{epochs_text(epochs)}; outlined: {percent} interval excludes 0", fontsize=10.5)
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.11, right=0.9, top=1 - 0.55 / height, bottom=0.42 / height,
                         wspace=0.06, hspace=0.55)

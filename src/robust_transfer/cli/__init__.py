@@ -13,9 +13,13 @@ answer without importing torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from robust_transfer import __version__
 from robust_transfer.cli.common import COMMANDS
@@ -103,13 +107,42 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         configure_logging(args.log_level, args.progress_interval)
-        return int(args.func(args) or 0)
+        with _terminate_as_interrupt():
+            return int(args.func(args) or 0)
     except RobustTransferError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `robust-transfer zoo list | head`
         sys.stderr.close()
         return 0
+    except Terminated:
+        print(f"terminated (SIGTERM): {_STOPPED}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted: {_STOPPED}", file=sys.stderr)
         return 130
+
+
+_STOPPED = ("stopped, nothing half-written left behind (a study keeps its finished runs: "
+            "rerun it to resume)")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so it unwinds (and cleans up) as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs in the main thread, SIGTERM raises :class:`Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -77,3 +77,47 @@ def add_data_root(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", action="store_true",
                         help="download missing torchvision datasets (needs the internet)")
 
+
+
+def refuse_unused(args: argparse.Namespace, rules: dict[str, tuple[str, tuple, str]]) -> None:
+    """Refuse options given where they do nothing, rather than ignore them.
+
+    Args:
+        args: parsed arguments; each option of ``rules`` has default ``None`` (so "given"
+            can be told from "left at its default").
+        rules: ``dest -> (other dest, the values of it the option needs, the flag that
+            sets it)``, e.g. ``{"rcond": ("solver", ("pinv",), "--solver")}``.
+
+    Raises:
+        ConfigError: the first option given without what it needs.
+    """
+    for dest, (other, needs, flag) in rules.items():
+        if getattr(args, dest) is not None and getattr(args, other) not in needs:
+            option = "--" + dest.replace("_", "-")
+            raise ConfigError(f"{option} does nothing with {flag} {getattr(args, other)}: it "
+                              f"applies to {flag} {' or '.join(map(str, needs))} only; drop it "
+                              f"or pass {flag} {needs[0]}")
+
+
+def fill_defaults(args: argparse.Namespace, defaults: dict[str, object]) -> None:
+    """Options left unset (``None``) take their defaults (after :func:`refuse_unused`)."""
+    for dest, value in defaults.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+
+
+def add_force(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help=f"run even when {what} is above the stated bound (it may take hours)")
+
+
+def require_within(size: float, bound: float, what: str, force: bool) -> None:
+    """Refuse work whose size is above ``bound`` unless ``--force``.
+
+    Raises:
+        ConfigError: saying the size, the bound and the way past it.
+    """
+    if size > bound and not force:
+        raise ConfigError(f"{what} is {size:,.0f}, above the bound of {bound:,.0f} this command "
+                          "runs without asking (it could take hours with no end in sight); "
+                          "ask for less, or pass --force to run it anyway")

@@ -1,7 +1,9 @@
 """``robust-transfer completion bash``: a shell completion script built from the parser.
 
-``eval "$(robust-transfer completion bash)"`` (in ~/.bashrc) completes commands,
-subcommands, options and zoo names; zsh loads the same script through ``bashcompinit``.
+``robust-transfer completion bash > ~/.local/share/bash-completion/completions/robust-transfer``,
+once, completes commands, subcommands, options and zoo names; zsh loads the same script
+through ``bashcompinit``. Building the script imports every command (torch included,
+seconds), so it is written to a file once rather than ``eval``-ed in every new shell.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ _ZOO_POSITIONALS = {("zoo", "fetch"), ("finetune", None), ("evaluate", None)}
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("completion", help=command_help("completion"),
-                       description="Print a completion script: eval \"$(robust-transfer "
-                       "completion bash)\" in ~/.bashrc (zsh: autoload bashcompinit && "
-                       "bashcompinit first).")
+                       description="Print a completion script. Save it once (building it "
+                       "takes seconds, too slow for every new shell): robust-transfer completion "
+                       "bash > ~/.local/share/bash-completion/completions/robust-transfer; zsh: "
+                       "robust-transfer completion zsh > ~/.zsh_robust_transfer and add "
+                       "'source ~/.zsh_robust_transfer' to ~/.zshrc.")
     p.add_argument("shell", choices=("bash", "zsh"), help="the shell")
     p.set_defaults(func=_completion)
 

@@ -12,7 +12,7 @@ from robust_transfer.cli import validate as v
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the embedded study end to end: fine-tune, analyse, report",
                        description="Fine-tune the embedded zoo's natural and robust sources on "
-                       "the digits target (the `embedded` preset), analyse the results with 95%% "
+                       "the digits target (the `embedded` preset), analyse the results with 95% "
                        "confidence intervals and write an HTML + Markdown report. Rerunning "
                        "resumes: finished runs are kept.")
     p.add_argument("--spec", default="embedded",

@@ -11,7 +11,14 @@ import argparse
 from typing import Any
 
 from robust_transfer.cli import validate as v
-from robust_transfer.cli.common import command_help, n_images
+from robust_transfer.cli.common import (
+    add_force,
+    command_help,
+    fill_defaults,
+    n_images,
+    refuse_unused,
+    require_within,
+)
 from robust_transfer.cli.inputs import add_inputs, explain_inputs
 from robust_transfer.data import balanced_subset, load_dataset
 from robust_transfer.influence import SOLVERS, InfluenceConfig, config_fields, explain_influence
@@ -21,6 +28,16 @@ from robust_transfer.influence.streaming import SCORE_MODES
 from robust_transfer.progress import Progress
 
 _DEFAULT_TEST_N = 500
+# images drawn in the grid figure (rows x columns per model) without --force: 6 x 8 is the
+# default; matplotlib takes minutes for 200 x 200
+MAX_GRID_CELLS = 600
+# options that do nothing unless another one has a given value
+_ONLY_WITH = {"rcond": ("solver", ("pinv",), "--solver"),
+              "cg_tol": ("solver", ("cg",), "--solver"),
+              "cg_max_iter": ("solver", ("cg",), "--solver"),
+              "cg_batch": ("solver", ("cg",), "--solver"),
+              "refine_tol": ("precision", ("mixed",), "--precision"),
+              "refine_max_iter": ("precision", ("mixed",), "--precision")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"{fields['damping'].help} (default: {d.damping:g})")
     p.add_argument("--solver", choices=SOLVERS.names(), default=d.solver,
                    help="; ".join(f"{n}: {SOLVERS.get(n).description}" for n in SOLVERS.names()))
-    p.add_argument("--rcond", type=v.finite_float, default=d.rcond,
+    p.add_argument("--rcond", type=v.finite_float, default=None,
                    help=f"pinv only: drop eigenvalues below rcond*max (default: {d.rcond:g}, the paper's)")
     p.add_argument("--no-train-targets", action="store_true",
                    help="skip training images as targets (no self-influence, no train curve)")
@@ -49,27 +66,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=v.positive_int, nargs=2, default=(6, 8), metavar=("ROWS", "COLS"),
                    help="test images and influential images per test image in the grid figure")
     p.add_argument("--batch-size", type=v.positive_int, default=256, help="images per forward pass")
-    p.add_argument("--cg-tol", type=v.positive_float, default=d.cg_tol, help=fields["cg_tol"].help)
-    p.add_argument("--cg-max-iter", type=v.positive_int, default=d.cg_max_iter,
+    p.add_argument("--cg-tol", type=v.positive_float, default=None, help=fields["cg_tol"].help)
+    p.add_argument("--cg-max-iter", type=v.positive_int, default=None,
                    help=fields["cg_max_iter"].help)
-    p.add_argument("--cg-batch", type=v.positive_int, default=d.cg_batch,
+    p.add_argument("--cg-batch", type=v.positive_int, default=None,
                    help=fields["cg_batch"].help)
     p.add_argument("--form", choices=FORMS, default=d.form, help=fields["form"].help)
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
                    help=fields["precision"].help)
-    p.add_argument("--refine-tol", type=v.positive_float, default=d.refine_tol,
+    p.add_argument("--refine-tol", type=v.positive_float, default=None,
                    help=fields["refine_tol"].help)
-    p.add_argument("--refine-max-iter", type=v.positive_int, default=d.refine_max_iter,
+    p.add_argument("--refine-max-iter", type=v.positive_int, default=None,
                    help=fields["refine_max_iter"].help)
     p.add_argument("--memory-limit-gb", type=v.positive_float, default=None,
                    help="refuse problems estimated above this (default: the available memory)")
     p.add_argument("--time-budget-s", type=v.positive_float, default=d.time_budget_s,
                    help=fields["time_budget_s"].help + f" (default: {d.time_budget_s:g})")
     p.add_argument("--scores", choices=SCORE_MODES, default=d.scores, help=fields["scores"].help)
+    add_force(p, f"the grid figure (ROWS x COLS, bound {MAX_GRID_CELLS})")
     p.set_defaults(func=_influence)
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that would do nothing, and a grid figure too large to draw, are refused."""
+    refuse_unused(args, _ONLY_WITH)
+    d = InfluenceConfig()
+    fill_defaults(args, {dest: getattr(d, dest) for dest in _ONLY_WITH})
+    rows, cols = args.grid
+    require_within(rows * cols, MAX_GRID_CELLS, f"--grid {rows} {cols} (images per model "
+                   "in influence_grid.png)", args.force)
+
+
 def _influence(args: argparse.Namespace) -> int:
+    _check_options(args)
     limit = None if args.memory_limit_gb is None else int(args.memory_limit_gb * 2**30)
     cfg = InfluenceConfig(damping=args.damping, solver=args.solver, rcond=args.rcond,
                           train_targets=not args.no_train_targets, cg_tol=args.cg_tol,
@@ -85,7 +114,8 @@ def _influence(args: argparse.Namespace) -> int:
     train_idx = inputs.train_indices if inputs.train_indices is not None else balanced_subset(
         train.labels.numpy(), inputs.n, inputs.seed, inputs.dataset)
     test_n = None if args.test_n == _DEFAULT_TEST_N and len(test) <= _DEFAULT_TEST_N else args.test_n
-    test_idx = balanced_subset(test.labels.numpy(), test_n, inputs.seed, f"{inputs.dataset}:test")
+    test_idx = balanced_subset(test.labels.numpy(), test_n, inputs.seed, f"{inputs.dataset}:test",
+                               what="test images", option="--test-n")
     extra = {"dataset": inputs.dataset, "seed": inputs.seed, "n": len(train_idx),
              "test_n": args.test_n, **inputs.provenance}
     # the solver's steps (class blocks, passes over test rows, ...) over all models

@@ -11,17 +11,17 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import n_images
 from robust_transfer.errors import ConfigError
-from robust_transfer.models.base import TransferModel
 from robust_transfer.models.finetune import n_label, parse_n
-from robust_transfer.models.sources import load_source
-from robust_transfer.study.replay import replay_run
+
+if TYPE_CHECKING:  # torch-heavy: imported when the models are loaded, not for --help
+    from robust_transfer.models.arch import TransferModel
 
 UNSET: Any = argparse.SUPPRESS  # --n and --seed left out: taken from the checkpoints
 
@@ -116,6 +116,8 @@ def finetuned_on(meta: dict[str, Any]) -> tuple[str, int | None, int] | None:
 
 
 def _from_checkpoints(args: argparse.Namespace) -> ExplainInputs:
+    from robust_transfer.models.sources import load_source
+
     paths = checkpoint_names(args.checkpoint)
     models = {name: load_source(path) for name, path in paths.items()}
     recorded = {name: finetuned_on(m.source_record.metadata) for name, m in models.items()}
@@ -156,6 +158,8 @@ def _describe(setting: tuple[str, int | None, int]) -> str:
 
 
 def _from_runs(args: argparse.Namespace) -> ExplainInputs:
+    from robust_transfer.study.replay import replay_run
+
     models, targets, indices, runs = {}, set(), None, {}
     for spec in args.run:
         name, sep, rid = spec.partition("=")

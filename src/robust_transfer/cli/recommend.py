@@ -7,7 +7,11 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="rank source models for a target by head-only probes "
-                       "on a held-out validation set (never the test set)")
+                       "on a held-out validation set (never the test set)",
+                       description="Rank source models for a target without fine-tuning them all: "
+                       "each source gets head-only probes (a linear head on its frozen features) "
+                       "trained on --n class-balanced images, scored on validation images held "
+                       "out of the training pool, paired by seed. The test set is never used.")
     p.add_argument("--target", required=True,
                    help="dataset name (see `data list`) or folder:PATH with train/<class>/ images")
     p.add_argument("--n", type=int, required=True, help="training images per probe (class-balanced)")

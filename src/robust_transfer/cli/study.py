@@ -41,7 +41,7 @@ def _register_run(sub) -> None:
                        "--out. Safe to interrupt and rerun: finished runs are kept and skipped. "
                        "Exit status 1 when runs failed (recorded with their errors; "
                        "--retry-failed reruns them), 2 for bad input (nothing is run).")
-    p.add_argument("spec", help="study spec: a preset name (embedded, paper; see `study presets`) "
+    p.add_argument("spec", help="study spec: a preset name (" + _preset_names() + "; see `study presets`) "
                    "or a YAML file")
     p.add_argument("--out", required=True, type=v.out_dir,
                    help="study directory (results store, feature cache)")
@@ -57,6 +57,9 @@ def _register_run(sub) -> None:
                    help="CPUs (torch threads) per run (default: the spec's resources.num_cpus)")
     p.add_argument("--gpus-per-run", type=v.nonneg_float, default=None,
                    help="GPUs per run for Ray, fractions allowed, e.g. 0.25 (default: the spec's)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="allow runs to ask for more CPU cores (or GPUs) than this machine has, "
+                   "on purpose (otherwise refused: shared cores make every run slower)")
     p.add_argument("--device", default=None, type=v.device_name, help="torch device for runs (default: the spec's, auto)")
     p.add_argument("--device-budget", default=None, type=v.byte_size, metavar="SIZE",
                    help="device memory for each run's data (images, cached prefix outputs), "
@@ -74,6 +77,13 @@ def _register_run(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress display")
     _add_slurm_options(p)
     p.set_defaults(func=_run)
+
+
+def _preset_names() -> str:
+    """The shipped presets' names, from their files (no YAML parsed: --help stays fast)."""
+    from robust_transfer.study.presets import PRESET_DIR, PRESET_SUFFIX
+
+    return ", ".join(sorted(p.stem for p in PRESET_DIR.glob(f"*{PRESET_SUFFIX}")))
 
 
 def _add_slurm_options(p) -> None:
@@ -236,7 +246,8 @@ def _call_run(spec, args, display):
                      extend=args.extend, data_root=args.data_root, device=args.device,
                      feature_cache=False if args.no_feature_cache else None,
                      num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run, progress=display,
-                     slurm=_slurm_overrides(spec, args), device_budget=args.device_budget)
+                     oversubscribe=args.oversubscribe, slurm=_slurm_overrides(spec, args),
+                     device_budget=args.device_budget)
 
 
 def _dry_run(spec, args) -> int:

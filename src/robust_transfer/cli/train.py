@@ -8,8 +8,8 @@ import os
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-
-import torch.distributed as dist
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from robust_transfer.cli import validate as v
 from robust_transfer.cli.common import (
@@ -20,28 +20,18 @@ from robust_transfer.cli.common import (
     parse_eps,
     unfrozen_blocks,
 )
-from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
-from robust_transfer.data.streaming import is_streaming
 from robust_transfer.engine import recipe as recipe_fields
-from robust_transfer.engine.attacks import AttackConfig
-from robust_transfer.engine.pretrain import PretrainConfig, pretrain
-from robust_transfer.engine.recipe import Recipe
-from robust_transfer.engine.training import (
-    SCHEDULES,
-    MetricsCSV,
-    OptimConfig,
-    TensorBoardWriter,
-    TensorLoader,
-    combine_callbacks,
-    evaluate,
-)
-from robust_transfer.engine.transfer import finetune
+from robust_transfer.engine.recipe import SCHEDULES
 from robust_transfer.errors import ConfigError
-from robust_transfer.models.arch import ARCHS
-from robust_transfer.models.checkpoints import checkpoint_paths, refuse_existing, save_model
-from robust_transfer.models.finetune import n_label
-from robust_transfer.models.sources import load_source
-from robust_transfer.progress import Progress
+
+if TYPE_CHECKING:
+    from robust_transfer.engine.attacks import AttackConfig
+
+# torch and the engine are imported by the handlers, not here, so that `pretrain --help`,
+# `finetune --help` and `evaluate --help` answer in a fraction of a second.
+# The names of robust_transfer.models.arch.ARCHS, for the parser (a test keeps the two equal).
+ARCH_NAMES = ("resnet18", "resnet50", "small_resnet", "wide_resnet50_2")
+
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,20 +57,43 @@ def _add_records(p: argparse.ArgumentParser) -> None:
 
 @contextmanager
 def _training_callbacks(desc: str, out, tensorboard: str | None) -> Iterator:
-    """Progress, OUT.metrics.csv beside the checkpoint, TensorBoard if asked: one callback."""
+    """Progress, OUT.metrics.csv beside the checkpoint, TensorBoard if asked: one callback.
+
+    The metrics are written under a hidden name while training runs and take their own
+    name with the checkpoint (:func:`_publish_metrics`); a failed or interrupted command
+    removes them, so no metrics file is left without its checkpoint.
+    """
+    from robust_transfer.engine.training import MetricsCSV, TensorBoardWriter, combine_callbacks
+    from robust_transfer.progress import Progress
+
     writer = TensorBoardWriter(tensorboard, desc) if tensorboard else None
-    metrics = MetricsCSV(_metrics_path(out)) if out else None
+    metrics = MetricsCSV(_metrics_path(out, partial=True)) if out else None
     try:
         with Progress(desc) as progress:
             yield combine_callbacks(progress, metrics, writer)
+    except BaseException:  # Ctrl-C and SIGTERM included
+        if metrics is not None:
+            metrics.path.unlink(missing_ok=True)
+        raise
     finally:
         if writer is not None:
             writer.close()
 
 
-def _metrics_path(out) -> str:
-    """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT``."""
-    return str(checkpoint_paths(out)[0].with_suffix("")) + ".metrics.csv"
+def _metrics_path(out, partial: bool = False) -> Path:
+    """``OUT.metrics.csv``: the per-epoch metrics beside checkpoint ``OUT`` (while training:
+    ``.OUT.metrics.csv.partial``)."""
+    from robust_transfer.models.checkpoints import checkpoint_paths
+
+    path = Path(str(checkpoint_paths(out)[0].with_suffix("")) + ".metrics.csv")
+    return path.with_name(f".{path.name}.partial") if partial else path
+
+
+def _publish_metrics(out) -> None:
+    """The metrics of a saved checkpoint take their name beside it."""
+    partial = _metrics_path(out, partial=True)
+    if partial.exists():
+        os.replace(partial, _metrics_path(out))
 
 
 def _add_attack(p: argparse.ArgumentParser) -> None:
@@ -100,9 +113,9 @@ def _register_pretrain(sub) -> None:
     p = sub.add_parser("pretrain", help=command_help("pretrain"),
                        description="Train a source model and save it as safetensors + JSON "
                        "metadata. Runs under torchrun for DistributedDataParallel.")
-    p.add_argument("--arch", choices=ARCHS.names(), default="small_resnet", help="architecture")
+    p.add_argument("--arch", choices=ARCH_NAMES, default="small_resnet", help="architecture")
     p.add_argument("--dataset", default="fmnist",
-                   help="source dataset (see `robust-transfer data list`), or imagefolder:PATH to "
+                   help="source dataset (see `robust-transfer data list`), or folder:PATH to "
                         "stream an ImageNet-style PATH/train, PATH/val folder from disk")
     add_data_root(p)
     p.add_argument("--epochs", type=v.positive_int, default=5, help="training epochs (default 5)")
@@ -117,7 +130,7 @@ def _register_pretrain(sub) -> None:
                    help="clean and PGD-20 robust accuracy on this many test images (default all)")
     p.add_argument("--seed", type=v.seed, default=0, help="random seed")
     p.add_argument("--workers", type=v.nonneg_int, default=4,
-                   help="data-loading processes for imagefolder:PATH datasets (default 4)")
+                   help="data-loading processes for folder:PATH datasets (default 4)")
     add_device(p)
     p.add_argument("--out", required=True, type=v.out_stem, help="checkpoint path stem: writes "
                    "OUT.safetensors, OUT.json and the per-epoch metrics OUT.metrics.csv")
@@ -127,6 +140,8 @@ def _register_pretrain(sub) -> None:
 
 
 def _attack_from(args: argparse.Namespace) -> AttackConfig | None:
+    from robust_transfer.engine.attacks import AttackConfig
+
     if args.attack == "none":
         return None
     steps = 1 if args.attack == "fgsm_rs" else args.attack_steps
@@ -135,6 +150,14 @@ def _attack_from(args: argparse.Namespace) -> AttackConfig | None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from robust_transfer.data import load_dataset
+    from robust_transfer.data.streaming import is_streaming
+    from robust_transfer.engine.pretrain import PretrainConfig, pretrain
+    from robust_transfer.engine.training import OptimConfig
+    from robust_transfer.models.checkpoints import refuse_existing, save_model
+
     refuse_existing(args.out, args.overwrite)
     cfg = PretrainConfig(args.arch, args.dataset, args.epochs, args.batch_size,
                          OptimConfig(args.lr, args.momentum, args.weight_decay, args.schedule),
@@ -153,6 +176,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if rank == 0:
         meta["command"] = "robust-transfer " + shlex.join(args.argv)
         path = save_model(model, args.out, meta, overwrite=args.overwrite)
+        _publish_metrics(args.out)
         robust = meta["robust_acc"]
         print(f"saved {path}: clean acc {meta['clean_acc']:.4f}"
               + (f", robust acc {robust:.4f}" if robust is not None else ""))
@@ -214,6 +238,13 @@ def _recipe_value(name: str):
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from robust_transfer.data import load_dataset
+    from robust_transfer.engine.recipe import Recipe
+    from robust_transfer.engine.transfer import finetune
+    from robust_transfer.models.checkpoints import refuse_existing, save_model
+    from robust_transfer.models.finetune import n_label
+    from robust_transfer.models.sources import load_source
+
     unfrozen = args.unfrozen_blocks
     if args.out:
         refuse_existing(args.out, args.overwrite)
@@ -237,6 +268,7 @@ def _finetune(args: argparse.Namespace) -> int:
                                             "recipe": recipe.to_dict(),
                                             "source_metadata": record.to_dict()},
                    overwrite=args.overwrite)
+        _publish_metrics(args.out)
     print(json.dumps(summary) if args.json else
           f"{args.source} -> {args.target}: n={result.n_train} unfrozen={unfrozen} "
           f"epochs={args.epochs} test acc {result.test_acc:.4f} ({result.seconds:.1f}s)")
@@ -263,6 +295,13 @@ def _register_evaluate(sub) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from robust_transfer.data import InputPolicy, balanced_subset, load_dataset
+    from robust_transfer.engine.attacks import AttackConfig
+    from robust_transfer.engine.training import TensorLoader, evaluate
+    from robust_transfer.models.sources import load_source
+    from robust_transfer.progress import Progress
+
+    attacks = [AttackConfig(args.norm, eps, args.steps) for eps in args.eps or []]  # checked first
     model = load_source(args.model)
     name = args.dataset or model.source_record.metadata.get("source_dataset")
     if not name:
@@ -272,13 +311,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.model} has {model.num_classes} classes but {name} has "
                           f"{data.info.num_classes}; evaluate on its source dataset or fine-tune first")
     if args.images:
-        data = data.subset(balanced_subset(data.labels.numpy(), args.images, 0, name))
+        data = data.subset(balanced_subset(data.labels.numpy(), args.images, 0, name,  # seeds it
+                                           what="test images", option="--images"))
     policy = InputPolicy(model.channels, model.input_size)
     loader = TensorLoader(data.images, data.labels, args.batch_size, transform=policy.prepare)
     with Progress("evaluate clean") as progress:
         rows = [{"eps": 0.0, "accuracy": evaluate(model, loader, None, args.device, progress)[1]}]
-    for eps in args.eps or []:
-        attack = AttackConfig(args.norm, eps, args.steps)
+    for attack in attacks:
+        eps = attack.eps
         with Progress(f"evaluate {args.norm} eps {eps:.4g} PGD-{args.steps}") as progress:
             accuracy = evaluate(model, loader, attack, args.device, progress)[1]
         rows.append({"eps": eps, "norm": args.norm, "steps": args.steps, "accuracy": accuracy})

@@ -20,14 +20,17 @@ def _rng(dataset: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(dataset.encode())])
 
 
-def balanced_subset(labels: np.ndarray, n: int | None, seed: int, dataset: str = "") -> np.ndarray:
-    """Indices of ``n`` training images, as balanced across classes as the data allow.
+def balanced_subset(labels: np.ndarray, n: int | None, seed: int, dataset: str = "", *,
+                    what: str = "training images", option: str = "n") -> np.ndarray:
+    """Indices of ``n`` images of a split, as balanced across classes as the data allow.
 
     Args:
-        labels: int labels of the full training split, shape ``[N]``.
+        labels: int labels of the full split, shape ``[N]``.
         n: number of images; ``None`` means all of them (returned in order).
         seed: selects which images.
         dataset: the dataset's name, mixed into the seed.
+        what, option: the images and the option asking for them, for messages
+            (``"test images"``, ``"--test-n"``).
 
     Returns:
         Sorted int64 indices into ``labels``.
@@ -40,11 +43,11 @@ def balanced_subset(labels: np.ndarray, n: int | None, seed: int, dataset: str =
     if n is None:
         return np.arange(total, dtype=np.int64)
     if n <= 0:
-        raise ConfigError(f"number of training images must be positive, got {n}")
+        raise ConfigError(f"number of {what} must be positive, got {n}")
     if n > total:
         raise ConfigError(
-            f"asked for {n} training images but {dataset or 'the dataset'} has only {total}; "
-            f"use a smaller n or 'all'"
+            f"asked for {n} {what} but {dataset or 'the dataset'} has only {total}; "
+            f"use {option} {total} or less" + (" or 'all'" if option == "n" else "")
         )
     rng = _rng(dataset, seed)
     classes = np.unique(labels)
@@ -71,6 +74,35 @@ def _quotas(n: int, class_order: np.ndarray, available: dict) -> dict:
     return quota
 
 
+def check_validation_fit(total: int, n_classes: int, val_size: int, n: int | None,
+                         dataset: str = "") -> None:
+    """The rule :func:`split_validation` and a run's training subset obey, on sizes alone
+    (so a study can be checked before any data is loaded).
+
+    Args:
+        total: training images of the split.
+        n_classes: its classes.
+        val_size: validation images held out (0 for none).
+        n: training images drawn from the rest (``None``: all of it).
+        dataset: its name, for messages.
+
+    Raises:
+        ConfigError: the validation set is smaller than the number of classes or leaves
+            no training image, or ``n`` does not fit beside it.
+    """
+    name = dataset or "the dataset"
+    if val_size == 0:
+        return
+    if val_size < n_classes or val_size >= total:
+        raise ConfigError(f"a validation set of {val_size} images does not fit {name} "
+                          f"({total} training images, {n_classes} classes): use between "
+                          f"{n_classes} and {total - 1}")
+    if n is not None and n > total - val_size:
+        raise ConfigError(f"n={n} does not fit beside {val_size} validation images: {name} has "
+                          f"{total} training images; use n <= {total - val_size} or fewer "
+                          "val_images")
+
+
 def split_validation(labels: np.ndarray, val_size: int, dataset: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Hold out a class-balanced validation set from a training split.
 
@@ -95,10 +127,7 @@ def split_validation(labels: np.ndarray, val_size: int, dataset: str = "") -> tu
     n_classes = len(np.unique(labels))
     if val_size == 0:
         return np.arange(total, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    if val_size < n_classes or val_size >= total:
-        raise ConfigError(f"a validation set of {val_size} images does not fit {dataset or 'the dataset'} "
-                          f"({total} training images, {n_classes} classes): use between "
-                          f"{n_classes} and {total - 1}")
+    check_validation_fit(total, n_classes, val_size, None, dataset)
     # a seed no training subset uses, so validation is independent of every run's images
     val = balanced_subset(labels, val_size, seed=2**32 - 1, dataset=f"{dataset}/validation")
     pool = np.setdiff1d(np.arange(total, dtype=np.int64), val)

@@ -68,13 +68,16 @@ def check_threat(norm: str, eps: float, steps: int = 1, step_size: float | None 
     """Refuse an impossible threat model (the functions below are public too).
 
     Raises:
-        ConfigError: unknown norm, negative or NaN eps, steps not a positive integer,
-            step size not positive.
+        ConfigError: unknown norm, negative or NaN eps, a Linf eps above 1 (pixels are
+            in [0, 1]), steps not a positive integer, step size not positive.
     """
     if norm not in NORMS:
         raise ConfigError(f"unknown norm '{norm}'; valid: {', '.join(NORMS)}")
     if not eps >= 0:
         raise ConfigError(f"eps must be >= 0, got {eps}")
+    if norm == "linf" and eps > 1:  # the whole [0, 1] box: no threat model at all
+        raise ConfigError(f"Linf eps {eps:g} is above 1, but pixels are in [0, 1]: such a "
+                          "radius allows any image; give eps in pixel units, e.g. 8/255")
     if steps < 1 or int(steps) != steps:
         raise ConfigError(f"attack steps must be a positive integer, got {steps}")
     if step_size is not None and not step_size > 0:

@@ -49,7 +49,7 @@ class PretrainConfig:
         eval_images: measure clean and robust accuracy on this many test images
             (class-balanced, fixed; None = the whole test split). PGD-20 on a full test
             split costs 21 forward-backward passes per image.
-        loader_workers: data-loading processes for ``imagefolder:PATH`` datasets.
+        loader_workers: data-loading processes for ``folder:PATH`` datasets.
         seed: everything random.
     """
 

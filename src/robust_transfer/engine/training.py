@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from robust_transfer.data.loader import TensorLoader
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.choices import SCHEDULES
-from robust_transfer.errors import ConfigError
+from robust_transfer.errors import ConfigError, NonFiniteError
 from robust_transfer.events import (
     METRICS_COLUMNS,
     BatchDone,
@@ -269,6 +269,7 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
             if opts.eval_attack is not None:
                 _, metrics.robust_acc = evaluate(attack_model, test_loader, opts.eval_attack,
                                                  device, callback)
+        require_finite_metrics(metrics, evaluated=not math.isnan(metrics.test_acc))
         metrics.seconds = time.perf_counter() - start
         history.append(metrics)
         if opts.checkpoint:
@@ -276,6 +277,29 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         if callback:
             callback(EpochDone(replace(metrics)))
     return history
+
+
+def require_finite_metrics(metrics: EpochMetrics, evaluated: bool = True) -> None:
+    """Stop a run whose losses became NaN or infinite: it diverged, and what it would go on
+    to record (chance accuracy, NaN loss) would look like a result.
+
+    Args:
+        metrics: the epoch's.
+        evaluated: whether the test (and validation) losses were measured this epoch
+            (they are NaN on epochs that were not).
+
+    Raises:
+        NonFiniteError: naming the epoch and the loss.
+    """
+    names = ("train_loss", "test_loss", "val_loss") if evaluated else ("train_loss",)
+    for name in names:
+        value = getattr(metrics, name)
+        if name == "val_loss" and math.isnan(value) and math.isnan(metrics.val_acc):
+            continue  # no validation set
+        if not math.isfinite(value):
+            raise NonFiniteError(f"{name} is {value} at epoch {metrics.epoch} (lr {metrics.lr:g}): "
+                                 "training diverged; lower the learning rate, or check the "
+                                 "source's weights and the data")
 
 
 def save_epoch_state(path: str | os.PathLike, model: nn.Module, optimizer, scheduler,

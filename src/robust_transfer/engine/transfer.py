@@ -69,7 +69,7 @@ import torch.nn as nn
 
 from robust_transfer.data import ImageArrays, InputPolicy, balanced_subset, default_policy
 from robust_transfer.data.loader import DeviceBudget, device_budget
-from robust_transfer.data.subsets import split_validation
+from robust_transfer.data.subsets import check_validation_fit, split_validation
 from robust_transfer.data.torchdata import as_image_arrays_pair
 from robust_transfer.engine.features import PrefixKey, format_bytes
 from robust_transfer.engine.recipe import FEATURE_DTYPES, Recipe  # noqa: F401 (re-exported)
@@ -399,11 +399,8 @@ def training_indices(train: ImageArrays, n: int | None, seed: int,
     labels = train.labels.numpy()
     if not val_images:
         return balanced_subset(labels, n, seed, train.info.name), np.zeros(0, dtype=np.int64)
+    check_validation_fit(len(labels), len(np.unique(labels)), val_images, n, train.info.name)
     pool, val = split_validation(labels, val_images, train.info.name)
-    if n is not None and n > len(pool):
-        raise ConfigError(f"n={n} does not fit beside {val_images} validation images: "
-                          f"{train.info.name} has {len(labels)} training images; use n <= "
-                          f"{len(pool)} or fewer val_images")
     return pool[balanced_subset(labels[pool], n, seed, train.info.name)], val
 
 

@@ -27,7 +27,7 @@ from robust_transfer.influence.analysis import ClassMatchCurve, class_match_from
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
 from robust_transfer.influence.streaming import Ranking
-from robust_transfer.io import safe_filename
+from robust_transfer.io import safe_filename, staged_dir
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
 if TYPE_CHECKING:
@@ -201,5 +201,5 @@ def explain_influence(models: Mapping[str, TransferModel], train: ImageArrays, t
     for i, (name, model) in enumerate(models.items()):
         results[name] = influence_for_model(model, train, test, None, config, batch_size,
                                             _per_model(callback, name, i, len(models)))
-    out = prepare_output_dir(out_dir, overwrite=True)
-    return write_influence(out, results, train, test, **write_kwargs)
+    with staged_dir(out_dir) as stage:  # whole or absent, even when interrupted
+        return write_influence(stage, results, train, test, **write_kwargs)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from robust_transfer.models import zoo
 from robust_transfer.models.finetune import UnfrozenBlocks
+from robust_transfer.models.metadata import timm_arch, timm_name
 from robust_transfer.models.sources import SourceRecord
 
 if TYPE_CHECKING:
@@ -92,14 +93,27 @@ def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
     """Zoo names matching a shell-style ``pattern`` (``"*l2*"``, ``"resnet50-*"``).
 
     Args:
-        pattern: matched against every name with :func:`fnmatch.fnmatchcase`.
+        pattern: matched against every name with :func:`fnmatch.fnmatchcase`; a pattern
+            starting ``timm:`` (``"timm:*"``, ``"timm:convnext_*"``) lists timm
+            architectures instead (``timm.list_models``), each as ``timm:NAME``.
         kind: only ``embedded``, ``published`` or ``torchvision`` models; ``None``: all.
 
     Returns:
-        Matching names: embedded first, then published, then torchvision ones. Any timm
-        architecture is also accepted as ``timm:NAME`` (see ``timm.list_models``).
+        Matching names: embedded first, then published, then torchvision ones; or the
+        matching timm names (empty when timm is not installed).
     """
+    timm_pattern = timm_name(pattern)
+    if timm_pattern is not None:
+        return _timm_names(timm_pattern) if kind in (None, "timm") else []
     names = zoo.zoo_names()
     if kind is not None:
         names = [n for n in names if zoo.zoo_kind(n) == kind]
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def _timm_names(pattern: str) -> list[str]:
+    try:
+        import timm
+    except ImportError:
+        return []
+    return [timm_arch(name) for name in timm.list_models(pattern or "*")]

@@ -18,6 +18,7 @@ are and their sha256) without building a model where the files say enough;
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -242,8 +243,8 @@ def load_source(source: str | os.PathLike | SourceRecord,
 
     Raises:
         SourceMissingError, UnknownNameError: see :func:`resolve_source`.
-        CheckpointError: the weights are corrupt, truncated, unsafe, or differ from the
-            record's sha256.
+        CheckpointError: the weights are corrupt, truncated, unsafe, hold NaN or
+            infinite values, or differ from the record's sha256.
     """
     record = resolve_source(source)
     if record.kind == "timm":
@@ -252,9 +253,30 @@ def load_source(source: str | os.PathLike | SourceRecord,
         found: dict[str, Any] = {}
     else:
         model, found = _load_file(record)
+    require_finite(model, record.name)
     # what the file itself says (format, epoch, normaliser) joins the record's metadata
     model.source_record = replace(record, metadata={**record.metadata, **found})
     return model.to(device).eval()
+
+
+def require_finite(model: torch.nn.Module, name: str) -> None:
+    """Refuse a model whose weights or buffers hold NaN or infinite values.
+
+    Such a model predicts one class for every input; fine-tuning or evaluating it gives
+    numbers that look like results (chance accuracy) but mean nothing.
+
+    Raises:
+        CheckpointError: naming the first non-finite tensor and how many values are bad.
+    """
+    import torch
+
+    for key, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta":
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise CheckpointError(f"source '{name}': weights hold NaN or infinite values "
+                                      f"({bad} of {tensor.numel()} in '{key}'); the checkpoint is "
+                                      "damaged or its training diverged: use another one")
 
 
 def _load_file(record: SourceRecord) -> tuple[TransferModel, dict[str, Any]]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -238,12 +239,20 @@ def _build(timm: Any, name: str, pretrained: bool, num_classes: int | None,
     if input_size is not None and "img_size" not in args and _takes_img_size(name):
         args["img_size"] = input_size
     try:
-        return timm.create_model(name, pretrained=pretrained, **args)
+        if not pretrained:
+            return timm.create_model(name, pretrained=False, **args)
+        from huggingface_hub import constants
+
+        from robust_transfer.hub import quiet_hub
+
+        with quiet_hub(Path(constants.HF_HUB_CACHE)):
+            return timm.create_model(name, pretrained=True, **args)
     except Exception as err:  # timm and the hub client raise many types
         if pretrained and not isinstance(err, (TypeError, AssertionError)):
             raise CheckpointError(f"cannot fetch pretrained weights of timm model '{name}': "
-                                  f"{_first_line(err)}; use pretrained=False or connect to the "
-                                  "Hugging Face hub once to fill its cache") from None
+                                  f"{_first_line(err)}; connect to the Hugging Face hub once to "
+                                  "fill its cache, or copy a filled cache into $HF_HOME "
+                                  "(default ~/.cache/huggingface) on this machine") from None
         if isinstance(err, (TypeError, ValueError, AssertionError)):
             raise ConfigError(f"timm cannot build '{name}' with {args or 'no arguments'}: "
                               f"{_first_line(err)}") from None

@@ -16,7 +16,13 @@ T test images:
   images' prefix outputs are cached;
 * filling the cache: one prefix forward per cached image, shared by every run of the
   study with the same (source, target, split, resolution, depth) when the study's feature
-  cache is on.
+  cache is on;
+* robust evaluation (``recipe: {robust_eps: ...}``): after training, R test images
+  attacked with S PGD steps through the whole network, never cached: ``R * S`` attack
+  steps, each a whole-network forward and a backward to the input only (the gradient
+  of the pixels, no weight gradients: counted as two forwards, at the training-step
+  rate), then ``R`` whole-network forwards. With 200 images and 20 steps (the tuning
+  preset) this is most of a small study's time.
 
 What is cached (:func:`cached_splits`): test images always at the frozen depth (they are
 never augmented); training images only when they are not augmented; nothing when every
@@ -46,14 +52,15 @@ import torch.nn.functional as F
 
 from robust_transfer.engine.transfer import cache_plan
 
-PARTS = ("train_step", "train_prefix", "eval_suffix", "eval_prefix", "cache_fill", "inputs",
-         "overhead")
+PARTS = ("train_step", "train_prefix", "eval_suffix", "eval_prefix", "cache_fill",
+         "robust_eval", "inputs", "overhead")
 PART_NAMES = {
     "train_step": "trainable blocks and head, forward + backward",
     "train_prefix": "frozen prefix on training images every epoch (augmented or uncached)",
     "eval_suffix": "trainable part on test images at each evaluation",
     "eval_prefix": "frozen prefix on test images at each evaluation (uncached)",
     "cache_fill": "frozen prefix once per cached image",
+    "robust_eval": "robust evaluation: PGD steps through the whole network on test images",
     "inputs": "resizing and augmenting images (on the run's device)",
     "overhead": "per-run set-up (copying the source, new head)",
 }
@@ -192,6 +199,8 @@ class Work:
     prepared: float = 0.0
     augmented: float = 0.0
     runs: float = 0.0
+    robust_attack: float = 0.0  # FLOPs of PGD steps (forward + input backward, whole network)
+    robust_forward: float = 0.0  # FLOPs of the attacked images' final forwards
 
     def __iadd__(self, other: Work) -> Work:
         for f in fields(self):
@@ -201,7 +210,7 @@ class Work:
     @property
     def flops(self) -> float:
         return (self.train_step + self.train_prefix + self.eval_suffix + self.eval_prefix
-                + self.cache_fill)
+                + self.cache_fill + self.robust_attack + self.robust_forward)
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,7 @@ class RunShape:
         num_classes: classes of the target.
         train_size: images in the target's training split (bounds what a cache holds).
         image_size: the target's native image size (the resize cost).
+        robust_images, robust_steps: the robust evaluation after training (0: none).
     """
 
     arch: str
@@ -228,6 +238,8 @@ class RunShape:
     num_classes: int = 10
     train_size: int = 0
     image_size: int = 32
+    robust_images: int = 0
+    robust_steps: int = 0
 
 
 def run_work(shape: RunShape, cache: bool = True, fill: bool = True,
@@ -257,6 +269,11 @@ def run_work(shape: RunShape, cache: bool = True, fill: bool = True,
     w.cache_fill = filled * p.prefix if fill else 0.0
     w.prepared = (0 if cache_train else steps) + (0 if cache_test else tests) + (filled if fill else 0)
     w.augmented = steps if shape.augmented else 0
+    if shape.robust_images and shape.robust_steps:
+        whole = count_flops(shape.arch, shape.resolution, "all", shape.num_classes)
+        w.robust_attack = shape.robust_images * shape.robust_steps * 2 * whole.suffix_forward
+        w.robust_forward = shape.robust_images * whole.suffix_forward
+        w.prepared += shape.robust_images
     return w
 
 
@@ -287,6 +304,7 @@ class Throughput:
         out = {k: getattr(work, k) / self.forward
                for k in ("train_prefix", "eval_suffix", "eval_prefix", "cache_fill")}
         out["train_step"] = work.train_step / self.train
+        out["robust_eval"] = work.robust_attack / self.train + work.robust_forward / self.forward
         out["inputs"] = work.prepared * self.prepare + work.augmented * self.augment
         out["overhead"] = work.runs * self.overhead
         return {k: out[k] for k in PARTS}

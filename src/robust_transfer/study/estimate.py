@@ -269,9 +269,12 @@ def run_shape(resolved: ResolvedStudy, run: RunConfig) -> RunShape | None:
     target = resolved.targets[run.target]
     n = run.n or target.train_size
     classes, size = _target_facts(run.target)
+    robust = (min(run.recipe.robust_images, target.test_size or run.recipe.robust_images)
+              if run.recipe.robust_eps is not None else 0)
     return RunShape(source.arch, run.recipe.resolution or source.input_size, run.unfrozen_blocks,
                     n, run.epochs, math.ceil(run.epochs / run.recipe.eval_every),
-                    target.test_size, _augmented(run), classes, target.train_size, size)
+                    target.test_size, _augmented(run), classes, target.train_size, size,
+                    robust, run.recipe.robust_steps)
 
 
 def _target_facts(name: str) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 The lock is :class:`filelock.FileLock` on ``<study>/driver.lock`` (an OS lock, released by
 the kernel when the process dies, SIGKILL included); the holder's pid sits beside it in
-``driver.pid`` so a refused second driver can say who holds the study.
+``driver.pid`` so a refused second driver can say who holds the study. Both are removed
+when the driver ends normally; a killed driver leaves them, and the next one takes over.
 """
 
 from __future__ import annotations
@@ -32,13 +33,20 @@ class DriverLock:
 
     def __enter__(self) -> DriverLock:
         self.dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RobustTransferError(f"{self.dir} is being run by another process "
-                                      f"(pid {_holder(self.dir)}); wait for it or stop it "
-                                      "first") from None
+        for _ in range(_ATTEMPTS):
+            lock = FileLock(str(self.path), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                raise RobustTransferError(f"{self.dir} is being run by another process "
+                                          f"(pid {_holder(self.dir)}); wait for it or stop it "
+                                          "first") from None
+            if _still_linked(lock, self.path):
+                break
+            lock.release()  # the previous holder removed this file as we locked it: again
+        else:
+            raise RobustTransferError(f"cannot take the driver lock {self.path}: it keeps "
+                                      "being removed; is another driver starting?")
         self.lock = lock
         tmp = self.dir / f".{PID_NAME}.tmp"
         tmp.write_text(str(os.getpid()), encoding="utf-8")
@@ -46,9 +54,32 @@ class DriverLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Remove ``driver.pid`` and ``driver.lock`` (while still holding it), then release."""
         if self.lock is not None:
+            for name in (PID_NAME, LOCK_NAME):
+                (self.dir / name).unlink(missing_ok=True)
             self.lock.release()
             self.lock = None
+
+
+_ATTEMPTS = 5
+
+
+def _still_linked(lock: FileLock, path: Path) -> bool:
+    """Whether the file ``lock`` holds is still the one at ``path``.
+
+    A holder removes the lock file before releasing it, so a driver that opened the old
+    file just before its removal may lock a file no one else sees; it must try again.
+    """
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    if fd is None:  # filelock's internals moved: fall back to the path still existing
+        return True
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
 def _holder(study_dir: Path) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from robust_transfer.data import dataset_info, load_dataset
 from robust_transfer.data.datasets import data_root as default_data_root
+from robust_transfer.data.subsets import check_validation_fit
 from robust_transfer.errors import (
     CheckpointError,
     ConfigError,
@@ -94,6 +95,7 @@ class TargetInfo:
     train_size: int
     test_size: int
     available: bool
+    num_classes: int = 0
 
 
 @dataclass
@@ -226,7 +228,7 @@ def arch_blocks(arch: str) -> int:
 # --- targets -------------------------------------------------------------------------
 def _resolve_target(name: str, spec: StudySpec, root: str, missing: list[Missing]) -> TargetInfo:
     try:
-        dataset_info(name)
+        classes = dataset_info(name).num_classes
     except (UnknownNameError, DatasetError) as err:
         line = next((g.lines.get("targets") for g in spec.grids if name in g.targets), 0)
         raise ConfigError(f"{spec.where()} line {line}: target: {err}") from None
@@ -235,8 +237,9 @@ def _resolve_target(name: str, spec: StudySpec, root: str, missing: list[Missing
         train = train_split(name, root)
     except DatasetError as err:
         missing.append(Missing("dataset", name, str(err)))
-        return TargetInfo(name, known[0], known[1], False)
-    return TargetInfo(name, len(train), known[1] or len(load_split(name, "test", root)), True)
+        return TargetInfo(name, known[0], known[1], False, classes)
+    return TargetInfo(name, len(train), known[1] or len(load_split(name, "test", root)), True,
+                      train.info.num_classes)
 
 
 @functools.lru_cache(maxsize=8)
@@ -263,12 +266,30 @@ def check_runs(resolved: ResolvedStudy, runs: list[RunConfig]) -> None:
             raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'train_images', run.n)}: "
                               f"train_images {run.n} is larger than {run.target}'s training set "
                               f"({target.train_size} images); use at most {target.train_size} or 'all'")
+        _check_validation(spec, run, target)
         source = resolved.sources[run.source]
         if run.unfrozen_blocks is not ALL and source.n_blocks and run.unfrozen_blocks > source.n_blocks:
             raise ConfigError(f"{spec.where()} line {_axis_line(spec, 'unfrozen_blocks', run.unfrozen_blocks)}: "
                               f"unfrozen_blocks {run.unfrozen_blocks} is more than source "
                               f"'{source.label}' ({source.arch}) has: it has {source.n_blocks} blocks; "
                               f"use 0..{source.n_blocks} or 'all'")
+
+
+def _check_validation(spec: StudySpec, run: RunConfig, target: TargetInfo) -> None:
+    """The run's validation hold-out and n, by the rule the run applies."""
+    if not run.recipe.val_images or not target.train_size:
+        return
+    try:
+        check_validation_fit(target.train_size, target.num_classes, run.recipe.val_images,
+                             run.n, run.target)
+    except ConfigError as err:
+        raise ConfigError(f"{spec.where()} line {_recipe_line(spec)}: recipe val_images: "
+                          f"{err}") from None
+
+
+def _recipe_line(spec: StudySpec) -> int:
+    """The first line of the spec's text naming ``val_images`` (0 if none does)."""
+    return next((i for i, line in enumerate(spec.text.splitlines(), 1) if "val_images" in line), 0)
 
 
 def _axis_line(spec: StudySpec, axis: str, value: Any) -> int:

@@ -20,6 +20,7 @@ from robust_transfer.io import atomic_write_text
 from robust_transfer.study.cache_budget import check_cache_budget
 from robust_transfer.study.executors import ExecutorOptions, get_executor
 from robust_transfer.study.lock import DriverLock
+from robust_transfer.study.machine import check_resources
 from robust_transfer.study.resolve import ResolvedStudy, resolve_study
 from robust_transfer.study.slurm_jobs import SlurmOptions
 from robust_transfer.study.spec import RunConfig, StudySpec, load_spec, run_set_id
@@ -90,7 +91,7 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str |
               num_cpus: float | None = None, num_gpus: float | None = None,
               progress: ProgressCallback | None = None, run_fn=None,
               slurm: SlurmOptions | None = None,
-              device_budget: int | None = None) -> StudySummary:
+              device_budget: int | None = None, oversubscribe: bool = False) -> StudySummary:
     """Run every unfinished run of a study, resumably.
 
     Args:
@@ -106,13 +107,15 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str |
         progress: called after each run (and once at the start).
         run_fn: replaces :func:`~.worker.execute_run` (benchmarks, tests); module-level.
         slurm: the SLURM executor's settings (default: the spec's ``slurm:``).
+        oversubscribe: allow runs to ask for more cores (or GPUs) than this machine has
+            (:func:`~.machine.check_resources`).
 
     Returns:
         A :class:`StudySummary`.
 
     Raises:
-        RobustTransferError: bad spec, missing inputs (nothing is run), a different
-            study in ``out_dir``, another process running it, or an executor that cannot
+        RobustTransferError: bad spec, missing inputs (nothing is run), more cores or
+            GPUs than this machine has, a different study in ``out_dir``, another process running it, or an executor that cannot
             start. Failing runs are recorded, not raised.
     """
     spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
@@ -122,6 +125,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str |
     if executor == "local" or (executor == "ray" and ray_address is None):  # runs on this machine
         require_device(spec.device)
         check_gpu_shares(spec.resources.num_gpus, workers, spec.device)
+        check_resources(spec.resources.num_cpus, spec.resources.num_gpus if executor == "ray"
+                        else 0.0, workers, oversubscribe=oversubscribe)
     resolved = resolve_study(spec, data_root)
     resolved.require_complete()
     out = Path(out_dir)

@@ -269,7 +269,8 @@ class _Parser:
         return StudySpec(name, self.sources(data["sources"], base), grids,
                          self.resources(data.get("resources")), str(data.get("device", "auto")),
                          self.boolean(data.get("feature_cache", True), ("feature_cache",)),
-                         data.get("data_root"), str(data.get("description") or ""), text, path,
+                         self.optional_text(data.get("data_root"), ("data_root",)),
+                         str(data.get("description") or ""), text, path,
                          self.byte_size(data.get("feature_cache_budget"), ("feature_cache_budget",)),
                          self.executor(data.get("executor", "local")), self.slurm(data.get("slurm")),
                          self.byte_size(data.get("device_budget"), ("device_budget",)))
@@ -291,18 +292,30 @@ class _Parser:
         item = self.keys(item, path, SOURCE_KEYS, "a source entry")
         if not item.get("model"):
             raise self.fail(path, "a source entry needs 'model': a zoo name or checkpoint path")
-        model = str(item["model"])
-        label = str(item.get("label") or model)
+        model = self.text(item["model"], (*path, "model"), "model")
+        label = self.text(item.get("label") or model, (*path, "label"), "label")
         norm = item.get("norm")
         if norm is not None and norm not in NORMS:
             raise self.fail((*path, "norm"), f"unknown norm '{norm}'; valid: {', '.join(NORMS)}")
         eps = self.eps(item.get("eps"), (*path, "eps"))
+        if norm == "none" and eps:
+            raise self.fail((*path, "eps"), f"norm none (a natural source) with eps {eps:g}: a "
+                            "natural source has eps 0; give the norm it was trained with (l2 or "
+                            "linf), or eps: 0")
         return SourceSpec(label, model, eps, norm, self._line(path) or 0,
                           _normalise_model(model, base))
+
+    def text(self, value: Any, path: tuple, what: str) -> str:
+        """A scalar written as text (YAML may read ``1`` or ``true``); lists and maps refused."""
+        if isinstance(value, (list, dict)) or value is None:
+            raise self.fail(path, f"{what} must be a single name, got {value!r}")
+        return str(value)
 
     def eps(self, value: Any, path: tuple) -> float | None:
         if value is None:
             return None
+        if isinstance(value, bool):  # YAML reads yes/no/true as booleans: float(True) == 1
+            raise self.fail(path, f"eps must be a number or a fraction like 4/255, got {value!r}")
         try:
             eps = float(Fraction(str(value))) if "/" in str(value) else float(value)
         except (ValueError, ZeroDivisionError):
@@ -418,6 +431,13 @@ class _Parser:
             return None if value is None else parse_bytes(value)
         except ConfigError as err:
             raise self.fail(path, f"{path[-1]}: {err}") from None
+
+    def optional_text(self, value: Any, path: tuple) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"{path[-1]} must be one folder path, got {value!r}")
+        return value
 
     def boolean(self, value: Any, path: tuple) -> bool:
         if not isinstance(value, bool):

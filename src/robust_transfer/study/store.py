@@ -69,6 +69,12 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 # the recipe fields with a column, and their SQL types: from the recipe's field specs
 _RECIPE_SQL = recipe_fields.store_columns()
 RECIPE_COLUMNS = tuple(_RECIPE_SQL)
+# the columns every analysed run has (the analysis' frame contract) and their types; the
+# analysis checks frames of other code against the same table
+RUN_TYPES: dict[str, type] = {
+    "run_id": str, "source": str, "source_eps": float, "source_norm": str, "target": str,
+    "n": int, "n_label": str, "unfrozen_blocks": str, "epochs": int, "seed": int,
+    "test_acc": float}
 RESULT_COLUMNS = ("n", "status", "test_acc", "test_loss", "train_acc", "train_loss", "seconds",
                   "started_at", "finished_at", "device", "host", "worker", "cached_prefix", "error",
                   "val_acc", "robust_acc")
@@ -605,13 +611,16 @@ def _typed_runs(runs):
     nullable = {n: s.nullable for n, s in recipe_fields.specs().items()}
     recipe_int = [c for c in RECIPE_COLUMNS if kinds[c] is int and not nullable[c]]
     recipe_float = [c for c in RECIPE_COLUMNS if kinds[c] is float and not nullable[c]]
-    for col in ("n", "epochs", "seed", *recipe_int):
+    of = {kind: [c for c, t in RUN_TYPES.items() if t is kind] for kind in (int, float, str)}
+    for col in (*of[int], *recipe_int):
         runs[col] = runs[col].astype("int64")
-    for col in ("source_eps", "test_acc", *recipe_float, "val_acc", "robust_acc"):
+    for col in (*of[float], *recipe_float, "val_acc", "robust_acc"):
         runs[col] = runs[col].astype("float64")
-    for col in ("run_id", "source", "source_norm", "target", "n_label", "unfrozen_blocks"):
+    for col in of[str]:
         runs[col] = runs[col].astype(str)
     runs["cached_prefix"] = runs["cached_prefix"].astype(bool)
+    # stored as JSON (true, false, "auto"); exported as the value, never as '"auto"'
+    runs["augment"] = runs["augment"].map(lambda s: json.loads(s) if isinstance(s, str) else s)
     return runs
 
 
