@@ -35,7 +35,7 @@ from robust_transfer.data import InputPolicy, load_dataset
 from robust_transfer.engine import attacks as rt_attacks
 from robust_transfer.engine.attacks import pgd
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 
 EPS = {"l2": 0.5, "linf": 8 / 255}
 EMBEDDED = Path(robust_transfer.__file__).parent / "zoo" / "fmnist-natural"
@@ -74,7 +74,7 @@ def source_model(path: str | None, seed: int):
         train, name = load_dataset("digits", "train"), "digits"
     size = 28 if name == "fmnist" else 16
     torch.manual_seed(seed)
-    model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=size)
+    model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=size)
     train = train.subset(torch.randperm(len(train))[:6000])
     loader = TensorLoader(train.images, train.labels, 128, shuffle=True,
                           transform=InputPolicy(3, size).prepare, seed=seed)

@@ -32,7 +32,7 @@ import robust_transfer
 from robust_transfer.data import load_dataset
 from robust_transfer.engine import transfer
 from robust_transfer.engine.transfer import Recipe, finetune
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 
 EMBEDDED = Path(robust_transfer.__file__).parent / "zoo" / "fmnist-natural"
 
@@ -62,7 +62,7 @@ def load_source(path: str | None):
 
         return load_model(path)[0], path
     torch.manual_seed(0)
-    return create_model("small_resnet", 10, input_size=28), "small_resnet (random init), 28 px"
+    return build_architecture("small_resnet", 10, input_size=28), "small_resnet (random init), 28 px"
 
 
 def load_target(name: str, test_images: int):

@@ -25,7 +25,7 @@ import torch
 
 from robust_transfer.data import DatasetInfo, ImageArrays
 from robust_transfer.engine.transfer import Recipe, finetune
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.study import plan_study
 from robust_transfer.study.cost import PART_NAMES, RunShape, calibrate, run_work, study_cost
 from robust_transfer.study.estimate import run_shape
@@ -100,7 +100,7 @@ def validate(threads: int, n: int, n_test: int) -> None:
     torch.set_num_threads(threads)
     rate = calibrate("resnet50", 224, "cpu", threads, image_size=32)
     torch.manual_seed(0)
-    source = create_model("resnet50", 1000).eval()
+    source = build_architecture("resnet50", 1000).eval()
     train, test = synthetic(2 * n, "train", 1), synthetic(n_test, "test", 2)
     print(f"== validation: ResNet-50 at 224 px, n={n}, {n_test} test images, 1 epoch, "
           f"{threads} thread(s), runs one after another in this process")

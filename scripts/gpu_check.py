@@ -58,7 +58,7 @@ from robust_transfer.engine import transfer
 from robust_transfer.engine.attacks import pgd
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
 from robust_transfer.engine.transfer import Recipe, finetune
-from robust_transfer.models import create_model, save_model
+from robust_transfer.models import build_architecture, save_model
 from robust_transfer.models.finetune import prepare_finetune
 
 PARTS = ("finetune", "input", "paper_code", "pgd", "cache", "influence", "ray", "pretrain")
@@ -127,7 +127,7 @@ def synthetic(n: int, split: str, seed: int, classes: int = 10, size: int = 32) 
 
 def source(sizes: Sizes) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model(sizes.arch, 1000)
+    model = build_architecture(sizes.arch, 1000)
     model.input_size = sizes.resolution
     return model.eval()
 
@@ -162,9 +162,9 @@ def part_finetune(sizes: Sizes, device: torch.device, tmp: Path) -> dict:
 def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                 y: torch.Tensor, device: torch.device) -> None:
     """One step as :func:`robust_transfer.engine.training.fit` takes it (bf16 autocast on CUDA)."""
-    from robust_transfer.engine.training import _autocast
+    from robust_transfer.engine.training import autocast
 
-    with _autocast(device):
+    with autocast(device):
         loss = torch.nn.functional.cross_entropy(model(x).float(), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

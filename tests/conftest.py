@@ -13,7 +13,7 @@ import torch
 
 from robust_transfer.data import InputPolicy, load_dataset
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 
 DIGITS_SIZE = 16  # digits are 8x8; the small ResNet sees them upsampled to 16x16, 3 channels
 
@@ -41,7 +41,7 @@ def digits_net():
     Session-scoped and shared: tests must not modify it.
     """
     torch.manual_seed(0)
-    return create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
+    return build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def digits_policy() -> InputPolicy:
 def train_small_resnet(train, epochs: int = 4, seed: int = 0):
     """A small_resnet fitted on ``train`` (digits) at 16 px; about 95% test accuracy."""
     torch.manual_seed(seed)
-    model = create_model("small_resnet", train.info.num_classes, mean=(0.3,) * 3,
+    model = build_architecture("small_resnet", train.info.num_classes, mean=(0.3,) * 3,
                          std=(0.35,) * 3, input_size=DIGITS_SIZE)
     policy = InputPolicy(3, DIGITS_SIZE)
     loader = TensorLoader(train.images, train.labels, 64, shuffle=True, transform=policy.prepare,

@@ -84,10 +84,11 @@ def _mode(path: Path) -> int:
 
 def test_checkpoints_and_metrics_follow_the_umask(tmp_path, umask_022, digits_net):
     from robust_transfer.engine.training import MetricsCSV
+    from robust_transfer.events import EpochDone, EpochMetrics
     from robust_transfer.models.checkpoints import save_model
 
     weights = save_model(digits_net, tmp_path / "model", {"training": "natural"})
     assert _mode(weights) == 0o644
     assert _mode(weights.with_suffix(".json")) == 0o644
-    MetricsCSV(tmp_path / "model.metrics.csv")("epoch", {"epoch": 1, "lr": 0.1})
+    MetricsCSV(tmp_path / "model.metrics.csv")(EpochDone(EpochMetrics(1, 0.1, 1.0, 0.5)))
     assert _mode(tmp_path / "model.metrics.csv") == 0o644

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -30,6 +31,16 @@ from robust_transfer.engine.training import (
     fit,
 )
 from robust_transfer.errors import ConfigError
+from robust_transfer.events import (
+    BatchDone,
+    EpochDone,
+    EpochMetrics,
+    EvalBatchDone,
+    StepDone,
+    as_event,
+    event_info,
+    legacy_listener,
+)
 from robust_transfer.progress import Progress, configure_logging, format_duration
 from robust_transfer.study.runner import StudyProgress
 from robust_transfer.study.store import RunOutcome
@@ -172,12 +183,58 @@ def test_bad_levels_and_intervals_are_refused(capsys):
     assert format_duration(3725) == "1h02m" and format_duration(None) == "?"
 
 
+def _shown(events) -> list[str]:
+    """The log lines a Progress off a terminal prints for ``events`` (one second apart)."""
+    buf, clock = io.StringIO(), FakeClock()
+    configure_logging("info", stream=buf)
+    try:
+        with Progress("fit", interval=1, live=False, heartbeat=False, clock=clock) as p:
+            for event in events:
+                clock.now += 1
+                p(*event) if isinstance(event, tuple) else p(event)
+    finally:
+        configure_logging("info")
+    return [line[20:] for line in buf.getvalue().splitlines()]
+
+
+METRICS = EpochMetrics(1, 0.1, 0.5, 0.75, test_loss=0.6, test_acc=0.7)
+TYPED = [BatchDone(1, 2, 1, 2, loss=0.25), BatchDone(2, 2, 1, 2, loss=0.125), EvalBatchDone(1, 1),
+         EpochDone(METRICS), StepDone(5, 10, "scored")]
+
+
+def test_progress_shows_typed_events_and_the_old_form_alike():
+    """The transition: a caller still writing ``callback("step", {...})`` gets the same lines."""
+    old = [(e.kind, event_info(e)) for e in TYPED]
+    assert old[0] == ("batch", {"batch": 1, "batches": 2, "epoch": 1, "epochs": 2, "loss": 0.25})
+    assert old[3][1] == METRICS.to_dict() and old[4] == ("step", {"done": 5, "total": 10,
+                                                                  "what": "scored"})
+    lines = _shown(TYPED)
+    assert lines == _shown(old)
+    assert lines[1] == "fit: 1/4 batches (25%), 1.0 batches/s, 1s elapsed, ETA 3s; epoch 1/2, loss 0.250"
+    assert "fit epoch 1: lr 0.1 train loss 0.5000 acc 0.7500 | test acc 0.7000" in lines
+    assert lines[-2].endswith("ETA 5s; scored") and lines[-1].startswith("fit: done 5/10")
+
+
+def test_events_convert_between_forms_and_refuse_unknown_kinds():
+    assert [as_event(e.kind, event_info(e)) for e in TYPED] == TYPED
+    assert as_event(TYPED[0]) is TYPED[0]
+    seen = []
+    legacy_listener(lambda kind, info: seen.append((kind, info)))(StepDone(3))
+    assert seen == [("step", {"done": 3})]
+    with pytest.raises(ValueError, match="unknown progress event 'batches'; valid: batch, eval"):
+        as_event("batches", {})
+    with pytest.raises(ValueError, match="takes no info"):
+        as_event(StepDone(1), {"done": 1})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TYPED[-1].done = 6  # type: ignore[misc]
+
+
 def test_evaluate_reports_every_batch(digits_net, digits_test, digits_policy):
     events = []
     loader = TensorLoader(digits_test.images[:100], digits_test.labels[:100], 32,
                           transform=digits_policy.prepare)
-    evaluate(digits_net, loader, device="cpu", callback=lambda e, i: events.append((e, i)))
-    assert events == [("eval_batch", {"batch": b, "batches": 4}) for b in range(1, 5)]
+    evaluate(digits_net, loader, device="cpu", callback=events.append)
+    assert events == [EvalBatchDone(b, 4) for b in range(1, 5)]
 
 
 def _tiny_fit(digits_net, digits_train, digits_test, digits_policy, callback, epochs=3):
@@ -195,8 +252,7 @@ def test_metrics_csv_rows_and_columns_match_the_history(tmp_path, digits_net, di
     path = tmp_path / "sub" / "metrics.csv"
     seen = []
     history = _tiny_fit(digits_net, digits_train, digits_test, digits_policy,
-                        combine_callbacks(MetricsCSV(path), None,
-                                          lambda e, i: seen.append((e, i))))
+                        combine_callbacks(MetricsCSV(path), None, seen.append))
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == METRICS_COLUMNS == tuple(history[0].to_dict())
@@ -208,10 +264,11 @@ def test_metrics_csv_rows_and_columns_match_the_history(tmp_path, digits_net, di
             cell = float(row[key]) if row[key] else math.nan
             assert cell == value or (math.isnan(cell) and math.isnan(value)), (key, row, h)
     assert rows[0]["test_acc"] == "" and rows[1]["test_acc"] != ""  # eval_every=2, and the last
-    batches = [i for e, i in seen if e == "batch"]
-    assert [(i["epoch"], i["batch"]) for i in batches] == [(e, b) for e in (1, 2, 3) for b in (1, 2)]
-    assert {i["batches"] for i in batches} == {2} and {i["epochs"] for i in batches} == {3}
-    assert sum(e == "eval_batch" for e, _ in seen) == 2  # epochs 2 and 3, one test batch each
+    batches = [e for e in seen if isinstance(e, BatchDone)]
+    assert [(e.epoch, e.batch) for e in batches] == [(e, b) for e in (1, 2, 3) for b in (1, 2)]
+    assert {e.batches for e in batches} == {2} and {e.epochs for e in batches} == {3}
+    assert sum(isinstance(e, EvalBatchDone) for e in seen) == 2  # epochs 2 and 3, one batch each
+    assert [e.metrics for e in seen if isinstance(e, EpochDone)] == history
 
 
 def test_tensorboard_scalars_match_the_history(tmp_path, digits_net, digits_train, digits_test,

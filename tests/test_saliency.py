@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.saliency import (
     SaliencyConfig,
     attribute,
@@ -22,7 +22,7 @@ from robust_transfer.saliency import (
 
 def tiny_model(dtype=torch.float64):
     torch.manual_seed(0)
-    model = create_model("small_resnet", 3, mean=(0.5,), std=(0.25,), input_size=6)
+    model = build_architecture("small_resnet", 3, mean=(0.5,), std=(0.25,), input_size=6)
     model.net.conv1 = torch.nn.Conv2d(1, 16, 3, 1, 1, bias=False)  # one input channel
     model.channels = 1
     return model.to(dtype)

@@ -1,7 +1,7 @@
 """Progress and log lines for long commands, on a terminal or in a cluster job's log.
 
 The library never prints: long computations report through callbacks (training's
-``callback(event, info)``, a study's snapshots, a download's byte counts) and log through
+``callback(event)``, a study's snapshots, a download's byte counts) and log through
 :mod:`logging` (``logging.getLogger(__name__)``). This module turns both into output on
 stderr, for every command the same way:
 
@@ -13,17 +13,9 @@ stderr, for every command the same way:
 A background thread keeps the lines coming while no event arrives (a long evaluation,
 feature extraction, an influence solve), so a job that is alive is seen to be alive.
 
-Events :meth:`Progress.__call__` understands (all optional keys may be absent):
-
-``("batch", {"batch", "batches", "epoch", "epochs", "loss"})``
-    a training step; progress counts batches over all epochs.
-``("eval_batch", {"batch", "batches"})``
-    an evaluation step: the progress of :func:`~robust_transfer.engine.training.evaluate`
-    alone, a status note inside a training run.
-``("epoch", {EpochMetrics fields})``
-    the end of an epoch: one log line with its metrics.
-``("step", {"done", "total", "what"})``
-    anything else counted (images scored, files fetched).
+The events :meth:`Progress.__call__` shows are those of :mod:`robust_transfer.events`
+(training batches counted over all epochs, evaluation batches as a status note inside a
+training run, one log line per epoch, any other counted step).
 
 Example:
     >>> configure_logging("info")
@@ -39,10 +31,20 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from robust_transfer.errors import ConfigError
+from robust_transfer.events import (
+    BatchDone,
+    EpochDone,
+    EpochMetrics,
+    EvalBatchDone,
+    ProgressEvent,
+    StepDone,
+    as_event,
+)
+from robust_transfer.units import format_bytes
 
 DEFAULT_INTERVAL = 30.0
 INTERVAL_ENV = "ROBUST_TRANSFER_PROGRESS_INTERVAL"
@@ -161,13 +163,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _amount(value: float, unit: str) -> str:
-    if unit != "B":
-        return f"{value:,.0f}"
-    for prefix in ("", "Ki", "Mi", "Gi"):
-        if abs(value) < 1024 or prefix == "Gi":
-            return f"{value:,.0f} B" if not prefix else f"{value:.1f} {prefix}B"
-        value /= 1024
-    return f"{value:.1f} GiB"  # unreachable
+    return format_bytes(value) if unit == "B" else f"{value:,.0f}"
 
 
 class Progress:
@@ -301,27 +297,27 @@ class Progress:
         self.close(ok=exc_type is None)
 
     # --- adapters for the library's callbacks ----------------------------------------
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        """Training and evaluation events (see the module docstring)."""
-        if event == "batch":
+    def __call__(self, event: ProgressEvent | str, info: Mapping[str, Any] | None = None) -> None:
+        """A library event (:mod:`robust_transfer.events`; the old ``(kind, info)`` form too)."""
+        event = as_event(event, info)
+        if isinstance(event, BatchDone):
             self._training = True
-            batches, epochs = info.get("batches", 0), info.get("epochs", 1)
-            epoch = info.get("epoch", 1)
-            status = f"epoch {epoch}/{epochs}" if "epochs" in info else ""
-            if "loss" in info:
-                status += (", " if status else "") + f"loss {info['loss']:.3f}"
-            self.set((epoch - 1) * batches + info["batch"], batches * epochs, status=status)
-        elif event == "eval_batch":
+            status = f"epoch {event.epoch}/{event.epochs}" if event.epochs is not None else ""
+            if event.loss is not None:
+                status += (", " if status else "") + f"loss {event.loss:.3f}"
+            self.set((event.epoch - 1) * event.batches + event.batch,
+                     event.batches * (event.epochs or 1), status=status)
+        elif isinstance(event, EvalBatchDone):
             if self._training:
-                of = f"/{info['batches']}" if info.get("batches") else ""
-                self.set(self.done, status=f"evaluating {info['batch']}{of}")
+                of = f"/{event.batches}" if event.batches else ""
+                self.set(self.done, status=f"evaluating {event.batch}{of}")
             else:
-                self.set(info["batch"], info.get("batches"))
-        elif event == "epoch":
+                self.set(event.batch, event.batches)
+        elif isinstance(event, EpochDone):
             self.status = ""  # the evaluation note is over
-            self.note(epoch_line(self.desc, info))
-        elif event == "step":
-            self.set(info["done"], info.get("total"), status=info.get("what"))
+            self.note(epoch_line(self.desc, event.metrics))
+        elif isinstance(event, StepDone):
+            self.set(event.done, event.total, status=event.what)
 
     def study(self, snapshot: Any) -> None:
         """A study's progress snapshot (``robust_transfer.study.StudyProgress``)."""
@@ -425,12 +421,12 @@ class Progress:
             self._width = 0
 
 
-def epoch_line(desc: str, info: dict[str, Any]) -> str:
+def epoch_line(desc: str, metrics: EpochMetrics) -> str:
     """One epoch's metrics as a log line: ``finetune epoch 3: lr 0.1 train loss ...``."""
-    msg = (f"{desc} epoch {info['epoch']}: lr {info['lr']:.4g} "
-           f"train loss {info['train_loss']:.4f} acc {info['train_acc']:.4f}")
-    if info.get("test_acc") == info.get("test_acc") and info.get("test_acc") is not None:
-        msg += f" | test acc {info['test_acc']:.4f}"
-    if info.get("robust_acc") == info.get("robust_acc") and info.get("robust_acc") is not None:
-        msg += f" robust acc {info['robust_acc']:.4f}"
+    msg = (f"{desc} epoch {metrics.epoch}: lr {metrics.lr:.4g} "
+           f"train loss {metrics.train_loss:.4f} acc {metrics.train_acc:.4f}")
+    if not math.isnan(metrics.test_acc):
+        msg += f" | test acc {metrics.test_acc:.4f}"
+    if not math.isnan(metrics.robust_acc):
+        msg += f" robust acc {metrics.robust_acc:.4f}"
     return msg

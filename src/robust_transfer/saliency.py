@@ -43,7 +43,7 @@ from robust_transfer.outputs import (
 from robust_transfer.registry import Registry
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 Tensor = torch.Tensor
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from robust_transfer.cli import main
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.models.checkpoints import load_model, save_model
 
 PRETRAIN = ["pretrain", "--dataset", "digits", "--input-size", "12", "--epochs", "1",
@@ -38,7 +38,7 @@ def listing(folder) -> dict:
 def source(tmp_path):
     """A small_resnet source checkpoint on digits at 12 px (random weights: only shapes matter)."""
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, input_size=12)
+    model = build_architecture("small_resnet", 10, input_size=12)
     save_model(model, tmp_path / "src", {"source_dataset": "digits", "training": "natural"})
     return tmp_path / "src"
 

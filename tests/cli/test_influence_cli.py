@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robust_transfer.cli import build_parser, main
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.models.checkpoints import save_model
 
 
@@ -22,7 +22,7 @@ def checkpoints(tmp_path_factory):
     paths = {}
     for name, seed, classes in (("robust", 0, 10), ("natural", 1, 10), ("three", 2, 3)):
         torch.manual_seed(seed)
-        model = create_model("small_resnet", classes, mean=(0.3,) * 3, std=(0.35,) * 3,
+        model = build_architecture("small_resnet", classes, mean=(0.3,) * 3, std=(0.35,) * 3,
                              input_size=16)
         paths[name] = save_model(model, root / name, {"source_dataset": "digits"})
     return paths
@@ -59,8 +59,8 @@ def test_influence_command_writes_outputs(tmp_path, checkpoints, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--damping", "0", "--n", "30"], "singular at damping 0"),
-    (["--memory-limit-gb", "1e-6"], "no influence form fits 1.0 KB"),  # and names the cheapest:
-    (["--memory-limit-gb", "1e-6"], "the cheapest, form 'kfac' with held scores, needs about 556.4 KB"),
+    (["--memory-limit-gb", "1e-6"], "no influence form fits 1.0 KiB"),  # and names the cheapest:
+    (["--memory-limit-gb", "1e-6"], "the cheapest, form 'kfac' with held scores, needs about 556.4 KiB"),
     (["--form", "kfac", "--damping", "0"], "form 'kfac' needs damping > 0"),
     (["--solver", "pinv", "--rcond", "2"], "rcond must lie in (0, 1)"),
 ])

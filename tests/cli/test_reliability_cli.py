@@ -18,14 +18,14 @@ import torch
 from robust_transfer.cli import build_parser, main
 from robust_transfer.errors import ConfigError, NonFiniteError
 from robust_transfer.io import staged_dir
-from robust_transfer.models import create_model, save_model
+from robust_transfer.models import build_architecture, save_model
 from robust_transfer.study.machine import MAX_THREADS_PER_CORE, Machine, check_resources
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
+    model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
     return save_model(model, tmp_path_factory.mktemp("ck") / "m", {"source_dataset": "digits"})
 
 
@@ -116,7 +116,7 @@ def test_a_diverging_fit_fails_with_its_reason(digits_train, digits_policy):
     from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
 
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, input_size=16)
+    model = build_architecture("small_resnet", 10, input_size=16)
     loader = TensorLoader(digits_train.images[:64], digits_train.labels[:64], 32,
                           transform=digits_policy.prepare)
     with pytest.raises(NonFiniteError, match="train_loss is nan at epoch 1"):

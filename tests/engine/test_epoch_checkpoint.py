@@ -10,6 +10,7 @@ import torch
 
 from robust_transfer.engine.training import load_epoch_state
 from robust_transfer.engine.transfer import Recipe, finetune
+from robust_transfer.events import EpochDone, ProgressEvent
 
 
 class Stop(Exception):
@@ -17,8 +18,8 @@ class Stop(Exception):
 
 
 def _stop_after(epoch: int):
-    def callback(event: str, info: dict) -> None:
-        if event == "epoch" and info["epoch"] == epoch:
+    def callback(event: ProgressEvent) -> None:
+        if isinstance(event, EpochDone) and event.metrics.epoch == epoch:
             raise Stop  # the checkpoint of this epoch is already saved
     return callback
 

@@ -22,7 +22,7 @@ from robust_transfer.engine.features import (
 )
 from robust_transfer.engine.transfer import MemoryFeatureStore, Recipe, finetune
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 
 KEY = {"source": "abc", "dataset": "digits", "split": "train", "resolution": 16, "depth": 4,
        "pooled": True}
@@ -92,7 +92,7 @@ def test_processes_sharing_a_key_compute_each_image_once(tmp_path):
 @pytest.fixture(scope="module")
 def source():
     torch.manual_seed(0)
-    return create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
+    return build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
 
 
 @pytest.mark.parametrize("unfrozen", [0, 1])

@@ -12,7 +12,7 @@ from robust_transfer.data import InputPolicy
 from robust_transfer.engine.attacks import AttackConfig
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, evaluate, fit
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import create_model, set_unfrozen_blocks
+from robust_transfer.models import build_architecture, set_unfrozen_blocks
 
 
 def features_data(n: int = 96, d: int = 6, classes: int = 3, seed: int = 0):
@@ -114,12 +114,12 @@ def digits_loaders(train, test, policy, seed=0, batch_size=64):
 
 def test_fit_decreases_loss_on_digits(digits_train, digits_test):
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=12)
+    model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=12)
     train_loader, test_loader = digits_loaders(digits_train, digits_test, InputPolicy(3, 12))
     events = []
     history = fit(model, train_loader, test_loader,
                   FitOptions(epochs=3, optim=OptimConfig(lr=0.05, schedule="cosine"), device="cpu"),
-                  callback=lambda kind, info: events.append(kind))
+                  callback=lambda event: events.append(event.kind))
     losses = [h.train_loss for h in history]
     assert losses[2] < losses[1] < losses[0]
     assert history[0].train_loss > 1.0 and history[-1].test_acc > 0.85
@@ -130,7 +130,7 @@ def test_fit_decreases_loss_on_digits(digits_train, digits_test):
 
 def test_eval_every_and_robust_accuracy(digits_train, digits_test):
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, input_size=8)
+    model = build_architecture("small_resnet", 10, input_size=8)
     train = digits_train.subset(torch.arange(256))
     test = digits_test.subset(torch.arange(64))
     train_loader, test_loader = digits_loaders(train, test, InputPolicy(3, 8))
@@ -144,7 +144,7 @@ def test_eval_every_and_robust_accuracy(digits_train, digits_test):
 
 def _seeded_run(train, seed: int, adversary=None):
     torch.manual_seed(123)  # the model's init; fit seeds everything else from options.seed
-    model = create_model("small_resnet", 10, input_size=8)
+    model = build_architecture("small_resnet", 10, input_size=8)
     policy = InputPolicy(3, 8, augment=True)  # augmentation draws from torch's global generator
     loader = TensorLoader(train.images, train.labels, 32, shuffle=True,
                           transform=policy.train_batch, seed=seed)
@@ -176,7 +176,7 @@ def test_adversarial_training_trains_on_attacked_inputs(digits_train):
         return AttackConfig("linf", 16 / 255, steps=2)(model, x, y)
 
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, input_size=8)
+    model = build_architecture("small_resnet", 10, input_size=8)
     inputs = []
     model.register_forward_pre_hook(lambda m, args: inputs.append((m.training, args[0].clone())))
     loader = TensorLoader(train.images, train.labels, 32, transform=InputPolicy(3, 8).prepare)
@@ -205,7 +205,7 @@ def test_evaluate_restores_mode_and_attack_lowers_accuracy(digits_model, digits_
 
 def test_fit_keeps_frozen_batchnorm(digits_train):
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, input_size=8)
+    model = build_architecture("small_resnet", 10, input_size=8)
     set_unfrozen_blocks(model, 1)
     before = model.net.bn1.running_mean.clone()
     loader = TensorLoader(digits_train.images[:64], digits_train.labels[:64], 32,

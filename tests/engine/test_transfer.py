@@ -14,7 +14,7 @@ from robust_transfer.data import balanced_subset
 from robust_transfer.engine import transfer
 from robust_transfer.engine.transfer import Recipe, finetune
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 
 RECIPE = Recipe(batch_size=64, lr=0.05)
 
@@ -82,7 +82,7 @@ def test_zero_unfrozen_without_cache_runs_backbone_without_autograd(
 
 def test_subset_does_not_depend_on_the_source(digits_model, digits_train, digits_test):
     torch.manual_seed(1)
-    other = create_model("small_resnet", 10, input_size=16)
+    other = build_architecture("small_resnet", 10, input_size=16)
     a = run(digits_model, digits_train, digits_test, n=120, epochs=1, seed=4)
     b = run(other, digits_train, digits_test, n=120, epochs=1, seed=4)
     expected = balanced_subset(digits_train.labels.numpy(), 120, 4, "digits")
@@ -167,7 +167,7 @@ RESNET50_BYTES = {0: 8 * 1024, 1: 2048 * 7 * 7 * 4, 3: 1024 * 14 * 14 * 4, 9: 51
 @pytest.mark.parametrize("unfrozen", sorted(RESNET50_BYTES, key=str))
 def test_prefix_bytes_per_image_of_resnet50(unfrozen):
     with torch.device("meta"):
-        model = create_model("resnet50")
+        model = build_architecture("resnet50")
     assert transfer.prefix_bytes_per_image(model, unfrozen, 224) == RESNET50_BYTES[unfrozen]
     assert transfer.prefix_bytes_per_image(model, unfrozen, 224, "float16") == RESNET50_BYTES[unfrozen] // 2
 

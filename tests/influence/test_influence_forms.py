@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from robust_transfer.errors import ConfigError
+from robust_transfer.events import StepDone
 from robust_transfer.influence import InfluenceConfig, compute_influence
 from robust_transfer.influence.analysis import smallest_k
 from robust_transfer.influence.core import config_fields
@@ -188,26 +189,26 @@ def test_faithful_paper_path_equals_our_pinv_solver():
 def test_every_solve_reports_its_steps_to_the_end(cfg):
     x, y, xt, yt, w, b = clustered(30, 300, 8)  # 300 test rows: two passes of the block form
     events = []
-    out = compute_influence(x, y, xt, yt, w, b, InfluenceConfig(**cfg),
-                            callback=lambda event, info: events.append((event, dict(info))))
+    out = compute_influence(x, y, xt, yt, w, b, InfluenceConfig(**cfg), callback=events.append)
     assert out.scores.shape == (300, 30) and events
-    assert {e for e, _ in events} == {"step"}
-    done = [info["done"] for _, info in events]
-    totals = {info["total"] for _, info in events}
+    assert {type(e) for e in events} == {StepDone}
+    done = [e.done for e in events]
+    totals = {e.total for e in events}
     assert len(totals) == 1 and done == sorted(done) and done[-1] == totals.pop()
-    assert all(info["what"] for _, info in events)
+    assert all(e.what for e in events)
     if cfg == dict(form="block"):  # 5 class blocks, then 2 passes over test rows
-        assert done == list(range(1, 8)) and events[-1][1]["what"] == "test rows"
+        assert done == list(range(1, 8)) and events[-1].what == "test rows"
 
 
 def test_steps_of_several_models_count_over_all_of_them():
     from robust_transfer.influence.outputs import _per_model
 
-    seen = []
+    seen: list[StepDone] = []
     for i, name in enumerate(("robust", "natural")):
-        step = _per_model(lambda e, info: seen.append(info), name, i, 2)
-        for done in (1, 2, 3):
-            step("step", {"done": done, "total": 3, "what": "class blocks"})
-    assert [s["done"] for s in seen] == [1, 2, 3, 4, 5, 6] and {s["total"] for s in seen} == {6}
-    assert seen[0]["what"] == "robust: class blocks" and seen[-1]["what"] == "natural: class blocks"
+        step = _per_model(seen.append, name, i, 2)
+        for done in (1, 2):
+            step(StepDone(done, 3, "class blocks"))
+        step("step", {"done": 3, "total": 3, "what": "class blocks"})  # the old form, too
+    assert [s.done for s in seen] == [1, 2, 3, 4, 5, 6] and {s.total for s in seen} == {6}
+    assert seen[0].what == "robust: class blocks" and seen[-1].what == "natural: class blocks"
     assert _per_model(None, "robust", 0, 2) is None

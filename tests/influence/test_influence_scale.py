@@ -101,7 +101,7 @@ def test_auto_keeps_the_paper_setting_exact_and_scales_with_kfac():
     for classes in (10, 100):  # CIFAR-10 and CIFAR-100 shaped
         plan = plan_for(InfluenceConfig(memory_limit=8 * 2**30), 50_000, 10_000, classes, 2048)
         assert (plan.form, plan.scores, plan.exact) == ("kfac", "stream", False)
-        assert plan.memory <= 8 * 2**30 and "no exact form fits 8.0 GB" in plan.reason
+        assert plan.memory <= 8 * 2**30 and "no exact form fits 8.0 GiB" in plan.reason
     # a time budget alone can send auto to the approximation; none keeps it exact
     tight = plan_for(InfluenceConfig(time_budget_s=1.0), 3200, 10_000, 10, 2048)
     assert not tight.exact
@@ -116,8 +116,8 @@ def test_no_form_fits_names_the_cheapest_and_its_need():
     with pytest.raises(InfluenceMemoryError, match=r"no influence form fits 1000 B .*: the cheapest, "
                        r"form 'direct' with held scores, needs about .* solver 'cg'"):
         compute_influence(x, y, xt, yt, w, b, InfluenceConfig(memory_limit=1000))
-    with pytest.raises(InfluenceMemoryError, match=r"fits 1.0 GB for 50000 training .* the cheapest, "
-                       r"form 'kfac' with streamed scores, needs about 3.\d GB"):
+    with pytest.raises(InfluenceMemoryError, match=r"fits 1.0 GiB for 50000 training .* the cheapest, "
+                       r"form 'kfac' with streamed scores, needs about 3.\d GiB"):
         plan_for(InfluenceConfig(memory_limit=2**30), 50_000, 10_000, 100, 2048)
 
 

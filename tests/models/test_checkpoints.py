@@ -12,7 +12,7 @@ import torch
 from torchvision.models import resnet18
 
 from robust_transfer.errors import CheckpointError, OutputExistsError
-from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, build_architecture
 from robust_transfer.models.checkpoints import (
     checkpoint_paths,
     infer_arch,
@@ -114,7 +114,7 @@ def test_plain_torchvision_state_dict_gets_imagenet_normalizer(tmp_path, tv_net)
 def test_keys_map_onto_every_architecture(arch):
     # on the meta device: key names and shapes only, no weights allocated
     with torch.device("meta"):
-        net = create_model(arch).net
+        net = build_architecture(arch).net
     net_state, mean, std, fmt = split_state_dict(robustness_state(net))
     assert fmt == "robustness" and infer_arch(net_state) == arch
     assert mean == pytest.approx(MEAN.flatten().tolist()) and std == pytest.approx(STD.flatten().tolist())
@@ -126,7 +126,7 @@ def test_keys_map_onto_every_architecture(arch):
 # --- our format ------------------------------------------------------------------------
 def _small_model() -> torch.nn.Module:
     torch.manual_seed(3)
-    model = create_model("small_resnet", 10, mean=(0.286,) * 3, std=(0.353,) * 3)
+    model = build_architecture("small_resnet", 10, mean=(0.286,) * 3, std=(0.353,) * 3)
     _randomize_bn(model.net, seed=3)
     return model.eval()
 

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 
 from robust_transfer.engine.training import FitOptions, OptimConfig, TensorLoader, fit
 from robust_transfer.errors import ConfigError, UnknownNameError
-from robust_transfer.models import ARCHS, create_model, prepare_finetune, set_unfrozen_blocks
+from robust_transfer.models import ARCHS, build_architecture, prepare_finetune, set_unfrozen_blocks
 
 TINY = {"small_resnet": 16, "resnet18": 32}  # input sizes that keep these fast on a CPU
 
 
 def make(arch: str, num_classes: int = 10, seed: int = 0):
     torch.manual_seed(seed)
-    model = create_model(arch, num_classes, input_size=TINY.get(arch))
+    model = build_architecture(arch, num_classes, input_size=TINY.get(arch))
     # give BatchNorm non-trivial statistics and affine parameters, as a trained source has
     with torch.no_grad():
         for m in model.modules():
@@ -113,7 +113,7 @@ def test_set_unfrozen_keeps_the_mode():
 
 
 def test_resnet50_blocks_and_paper_choices():
-    model = create_model("resnet50", 10)
+    model = build_architecture("resnet50", 10)
     names = model.block_names()
     assert len(names) == 16 and names[0] == "layer1.0" and names[-1] == "layer4.2"
     for k in (0, 1, 3, 9, 16, "all"):
@@ -131,7 +131,7 @@ def test_resnet50_blocks_and_paper_choices():
 
 @pytest.mark.parametrize("arch,blocks", [("small_resnet", 3), ("resnet18", 8), ("resnet50", 16)])
 def test_too_many_unfrozen_blocks(arch, blocks):
-    model = create_model(arch, 10)
+    model = build_architecture(arch, 10)
     assert len(model.blocks()) == blocks
     set_unfrozen_blocks(model, blocks)
     with pytest.raises(ConfigError, match=f"{blocks} blocks"):
@@ -181,7 +181,7 @@ def test_prefix_and_suffix_compose_to_forward(depth):
 
 
 def test_normaliser_lives_inside_the_model():
-    model = create_model("small_resnet", 10, mean=(0.2, 0.4, 0.6), std=(0.1, 0.2, 0.3)).eval()
+    model = build_architecture("small_resnet", 10, mean=(0.2, 0.4, 0.6), std=(0.1, 0.2, 0.3)).eval()
     x = torch.rand(2, 3, 28, 28)
     mean = torch.tensor([0.2, 0.4, 0.6]).view(1, 3, 1, 1)
     std = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)
@@ -205,7 +205,7 @@ def test_reset_classifier_is_seeded():
 
 def test_unknown_architecture_lists_valid_names():
     with pytest.raises(UnknownNameError) as err:
-        create_model("resnet1000")
+        build_architecture("resnet1000")
     for name in ARCHS.names():
         assert name in str(err.value)
     assert {"resnet18", "resnet50", "wide_resnet50_2", "small_resnet"} <= set(ARCHS.names())

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from robust_transfer.cli import main
 from robust_transfer.errors import CheckpointError, ConfigError
-from robust_transfer.models import create_model, save_model
+from robust_transfer.models import build_architecture, save_model
 from robust_transfer.models.checkpoints import (
     FORMAT_NAME,
     embed_header,
@@ -26,7 +26,7 @@ from robust_transfer.models.zoo import EMBEDDED_DIR
 
 def _save(folder: Path, name: str = "m", **meta) -> Path:
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
+    model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
     return save_model(model, folder / name, {"training": "pgd", "eps": 0.5, "norm": "l2",
                                              "source_dataset": "digits", **meta})
 

@@ -13,8 +13,8 @@ from torchvision.models import resnet50
 
 from robust_transfer.cli import main
 from robust_transfer.errors import CheckpointError, ConfigError, UnknownNameError
-from robust_transfer.models import create_model, zoo
-from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD
+from robust_transfer.models import build_architecture, zoo
+from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD
 from robust_transfer.models.checkpoints import save_model
 from robust_transfer.models.sources import (
     SourceMissingError,
@@ -35,7 +35,7 @@ def isolated(tmp_path, monkeypatch):
 
 def _save(path: Path, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
+    model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16).eval()
     save_model(model, path, {"training": "pgd", "norm": "linf", "eps": 0.1, "source_dataset": "digits"})
     return model
 

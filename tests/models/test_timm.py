@@ -20,7 +20,7 @@ pytest.importorskip("timm")
 from robust_transfer.engine.transfer import Recipe, finetune  # noqa: E402
 from robust_transfer.errors import CheckpointError, ConfigError, UnknownNameError  # noqa: E402
 from robust_transfer.influence.core import influence_for_model  # noqa: E402
-from robust_transfer.models import create_model, load_model, prepare_finetune, save_model  # noqa: E402
+from robust_transfer.models import build_architecture, load_model, prepare_finetune, save_model  # noqa: E402
 from robust_transfer.models.timm_backbone import create_timm_source  # noqa: E402
 
 SIZE = 32
@@ -122,7 +122,7 @@ def test_checkpoint_round_trip(tmp_path, family):
     assert meta.get("arch_kwargs", {}) == kwargs  # the ViT's depth=2, patch 8 come back
     x = torch.rand(2, 3, SIZE, SIZE)
     assert torch.equal(loaded(x), model(x))
-    fresh = create_model(f"timm:{name}", 3, input_size=SIZE, **kwargs)  # timm's normaliser
+    fresh = build_architecture(f"timm:{name}", 3, input_size=SIZE, **kwargs)  # timm's normaliser
     assert torch.equal(fresh.normalizer.std, model.normalizer.std)
 
 

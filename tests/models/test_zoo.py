@@ -15,7 +15,7 @@ from torchvision.models import resnet18
 
 from robust_transfer.cli import build_parser, main
 from robust_transfer.errors import CheckpointError, UnknownNameError
-from robust_transfer.models import create_model, zoo
+from robust_transfer.models import build_architecture, zoo
 from robust_transfer.models.checkpoints import save_model
 from robust_transfer.models.sources import load_source, resolve_source
 from robust_transfer.registry import Registry
@@ -63,7 +63,7 @@ def _only_entry(monkeypatch, url: str, sha256: str | None) -> zoo.PublishedModel
 
 def _embed(name: str = "tiny-l2-eps0.5") -> torch.nn.Module:
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10, mean=(0.286,) * 3, std=(0.353,) * 3).eval()
+    model = build_architecture("small_resnet", 10, mean=(0.286,) * 3, std=(0.353,) * 3).eval()
     save_model(model, zoo.EMBEDDED_DIR / name,
                {"source_dataset": "fmnist", "training": "pgd", "norm": "l2", "eps": 0.5,
                 "clean_acc": 0.8, "robust_acc": 0.6, "command": "robust-transfer pretrain ..."})

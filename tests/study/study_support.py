@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from robust_transfer.models import create_model, save_model
+from robust_transfer.models import build_architecture, save_model
 from robust_transfer.study.store import RunOutcome
 from robust_transfer.study.worker import RunContext, RunTask
 
@@ -20,7 +20,7 @@ def make_sources(folder: Path) -> dict[str, Path]:
             ("natural", {"training": "natural", "eps": 0.0, "norm": "none"}),
             ("robust", {"training": "pgd", "eps": 0.5, "norm": "l2"})]):
         torch.manual_seed(seed)
-        model = create_model("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
+        model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
         paths[label] = save_model(model, folder / label, {**meta, "source_dataset": "digits"})
     return paths
 

@@ -8,7 +8,7 @@ from study_support import make_sources, write_spec
 from robust_transfer.engine.features import CacheBudgetError, disk_bytes
 from robust_transfer.engine.transfer import prefix_bytes_per_image
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.study import load_spec, run_study
 from robust_transfer.study.cache_budget import check_cache_budget, planned_cache_bytes
 from robust_transfer.study.resolve import resolve_study
@@ -31,7 +31,7 @@ def _spec(tmp_path, augment="false", extra=""):
 def test_planned_bytes_count_each_key_once(tmp_path, augment):
     resolved = resolve_study(load_spec(_spec(tmp_path, augment)))
     planned = planned_cache_bytes(resolved)
-    model = create_model("small_resnet", 10, input_size=16)
+    model = build_architecture("small_resnet", 10, input_size=16)
     per_image = {u: prefix_bytes_per_image(model, u, 16) for u in (0, 1)}
     test = resolved.targets["digits"].test_size
     # the training split holds only the runs' subsets (30 images, one seed)

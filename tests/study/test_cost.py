@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
 from robust_transfer.models.finetune import set_unfrozen_blocks
 from robust_transfer.study.cost import (
     RunShape,
@@ -43,7 +43,7 @@ def test_prefix_plus_suffix_is_the_whole_forward(unfrozen):
 
 def test_counts_equal_counting_the_real_model_on_the_cpu():
     torch.manual_seed(0)
-    model = create_model("small_resnet", 10)
+    model = build_architecture("small_resnet", 10)
     set_unfrozen_blocks(model, 1)
     x = torch.rand(1, 3, 28, 28)
     counter = FlopCounterMode(display=False)

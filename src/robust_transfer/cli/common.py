@@ -51,16 +51,6 @@ def parse_eps(text: str) -> float:
     return validate.eps(text)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def n_images(text: str) -> int | None:
     """A positive number of images, or ``all`` (None): :func:`~robust_transfer.models.finetune.parse_n`."""
     try:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from robust_transfer.cli import validate as v
-from robust_transfer.cli.common import command_help, positive_int
+from robust_transfer.cli.common import command_help
 from robust_transfer.study.lock import driver_alive
 from robust_transfer.study.query import LISTED, find_runs, parse_where, show_run
 from robust_transfer.study.store import StudyStore, export_results
@@ -48,7 +48,7 @@ def _register_run(sub) -> None:
     p.add_argument("--executor", choices=EXECUTOR_NAMES, default=None,
                    help="local: this process or a process pool; ray: a Ray cluster; slurm: "
                    "SLURM job arrays via submitit (default: the spec's executor:, else local)")
-    p.add_argument("--workers", type=positive_int, default=None,
+    p.add_argument("--workers", type=v.positive_int, default=None,
                    help="runs at a time (local default 1 = in this process; ray default: "
                         "as many as the cluster's CPUs/GPUs allow)")
     p.add_argument("--ray-address", default=None,
@@ -208,9 +208,10 @@ def _check_device(device: str, executor: str) -> None:
     from robust_transfer.errors import ConfigError
 
     try:
-        v.device_name(device)
         if executor == "local":
-            v.require_device(device)
+            v.device(device)
+        else:
+            v.device_name(device)
     except argparse.ArgumentTypeError as err:
         raise ConfigError(f"study device: {err}") from None
 

@@ -18,7 +18,6 @@ from robust_transfer.cli.common import (
     command_help,
     n_images,
     parse_eps,
-    positive_int,
     unfrozen_blocks,
 )
 from robust_transfer.engine import recipe as recipe_fields
@@ -48,7 +47,7 @@ def _add_optim(p: argparse.ArgumentParser, lr: float = 0.1) -> None:
     g.add_argument("--weight-decay", type=v.nonneg_float, default=5e-4, help="weight decay (default 5e-4)")
     g.add_argument("--schedule", choices=SCHEDULES, default="step",
                    help="step: lr/10 every epochs//3 (the paper's); cosine; constant")
-    g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (default 128)")
+    g.add_argument("--batch-size", type=v.positive_int, default=128, help="batch size (default 128)")
 
 
 def _add_records(p: argparse.ArgumentParser) -> None:
@@ -104,7 +103,7 @@ def _add_attack(p: argparse.ArgumentParser) -> None:
     g.add_argument("--norm", choices=["l2", "linf"], default="l2", help="threat model norm")
     g.add_argument("--eps", type=parse_eps, default=0.5,
                    help="radius in pixel units in [0,1] images; fractions allowed (8/255)")
-    g.add_argument("--attack-steps", type=positive_int, default=7, help="PGD steps (default 7)")
+    g.add_argument("--attack-steps", type=v.positive_int, default=7, help="PGD steps (default 7)")
     g.add_argument("--attack-step-size", type=v.positive_eps, default=None,
                    help="PGD step size (default 2.5*eps/steps; FGSM-RS: 1.25*eps)")
     g.add_argument("--random-start", action="store_true", help="start PGD at a random point")
@@ -119,7 +118,7 @@ def _register_pretrain(sub) -> None:
                    help="source dataset (see `robust-transfer data list`), or folder:PATH to "
                         "stream an ImageNet-style PATH/train, PATH/val folder from disk")
     add_data_root(p)
-    p.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
+    p.add_argument("--epochs", type=v.positive_int, default=5, help="training epochs (default 5)")
     _add_optim(p)
     _add_attack(p)
     p.add_argument("--augment", action="store_true", help="random crop/flip/jitter/rotation")
@@ -195,7 +194,7 @@ def _register_finetune(sub) -> None:
     p.add_argument("--n", type=n_images, default=None, help="training images, or 'all' (default)")
     p.add_argument("--unfrozen-blocks", type=unfrozen_blocks, default=0,
                    help="blocks trained besides the head: 0 (head only), k, or 'all'")
-    p.add_argument("--epochs", type=positive_int, default=10, help="epochs (default 10)")
+    p.add_argument("--epochs", type=v.positive_int, default=10, help="epochs (default 10)")
     _add_recipe(p)
     p.add_argument("--seed", type=v.seed, default=0, help="subset, head init and batch order seed")
     add_device(p)
@@ -286,10 +285,10 @@ def _register_evaluate(sub) -> None:
     p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="threat model norm")
     p.add_argument("--eps", type=parse_eps, action="append", default=None,
                    help="attack radius; repeat for several (default: clean only)")
-    p.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
+    p.add_argument("--steps", type=v.positive_int, default=20, help="PGD steps (default 20)")
     p.add_argument("--images", type=n_images, default=None,
                    help="evaluate on this many test images (class-balanced; default all)")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="batch size")
+    p.add_argument("--batch-size", type=v.positive_int, default=256, help="batch size")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_evaluate)

@@ -168,26 +168,17 @@ def _device_match(text: str) -> re.Match[str]:
 
 
 def device(text: str) -> str:
-    """A device this machine has: ``auto``, ``cpu``, or a CUDA / MPS device that is there."""
+    """A device this machine has: ``auto``, ``cpu``, or a CUDA / MPS device that is there
+    (:func:`robust_transfer.engine.training.require_device`)."""
+    from robust_transfer.engine.training import require_device
+    from robust_transfer.errors import ConfigError
+
     name = device_name(text)
-    require_device(name)
+    try:
+        require_device(name)
+    except ConfigError as err:
+        raise _fail(str(err)) from None
     return name
-
-
-def require_device(name: str) -> None:
-    """Raise :class:`argparse.ArgumentTypeError` unless ``name`` exists on this machine."""
-    import torch
-
-    found = _device_match(name)
-    kind, index = found.group(1), int(found.group(3) or 0)
-    if kind == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if index >= count:
-            raise _fail(f"device '{name}' is not available here ({count} CUDA device(s)); "
-                        "use --device cpu or auto")
-    if kind == "mps" and not (getattr(torch.backends, "mps", None)
-                              and torch.backends.mps.is_available()):
-        raise _fail(f"device '{name}' is not available here (no Apple MPS); use --device cpu")
 
 
 # --- paths ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robust_transfer.engine.recipe import NORMS
+from robust_transfer.engine.choices import NORMS
 from robust_transfer.errors import ConfigError
 
 

@@ -58,6 +58,7 @@ from filelock import FileLock
 
 from robust_transfer.errors import ConfigError
 from robust_transfer.io import atomic_write, atomic_write_text
+from robust_transfer.units import format_bytes
 
 CHUNK_BYTES = 256 * 2**20  # computed rows written at a time
 DTYPES = ("float32", "float16")
@@ -142,15 +143,6 @@ def key_digest(key: dict) -> str:
     """The sha256 of ``key`` as canonical JSON (sorted keys, no whitespace)."""
     text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def format_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 KiB'`` (binary units)."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
 
 
 def parse_bytes(value: int | float | str) -> int:
@@ -298,7 +290,7 @@ def _locked(path: Path) -> Iterator[None]:
 def row_crc(rows: np.ndarray) -> np.ndarray:
     """CRC-32 of each row's bytes (C order), uint32 ``[len(rows)]``."""
     flat = np.ascontiguousarray(rows).reshape(len(rows), -1).view(np.uint8)
-    return np.fromiter((zlib.crc32(r) for r in flat), dtype=np.uint32, count=len(rows))
+    return np.fromiter((zlib.crc32(r.data) for r in flat), dtype=np.uint32, count=len(rows))
 
 
 class _Problems:
@@ -360,10 +352,11 @@ class _Entry:
         beyond = claimed[claimed >= (0 if self.data is None else len(self.data))]
         problems.add(len(beyond), "claimed done beyond the end of the data file")
         claimed = claimed[~np.isin(claimed, beyond)]
+        data = self.data if self.data is not None else np.zeros((0, 1))  # None: nothing claimed
         bad_crc, bad_value = np.zeros(len(claimed), bool), np.zeros(len(claimed), bool)
-        row_bytes = self.data[0].nbytes if len(claimed) else 1
+        row_bytes = data[0].nbytes if len(claimed) else 1
         for part in _chunks(np.arange(len(claimed)), row_bytes):  # never the whole split at once
-            rows = np.asarray(self.data[claimed[part]])
+            rows = np.asarray(data[claimed[part]])
             bad_crc[part] = row_crc(rows) != self.crc[claimed[part]]
             bad_value[part] = ~np.isfinite(rows.reshape(len(rows), -1)).all(axis=1) & ~bad_crc[part]
         problems.add(int(bad_crc.sum()), "failed their checksum")
@@ -381,9 +374,9 @@ class _Entry:
         never held whole. Rows that come out non-finite are written but not marked done:
         they are handed back this once and recomputed next time.
         """
-        first = compute(todo[:16]) if self.data is None else None  # learns the row shape
-        shape, dtype = (first.shape[1:], first.dtype) if first is not None else (
-            self.data.shape[1:], self.data.dtype)
+        known = self.data if self.data is not None else compute(todo[:16])  # learns the row shape
+        first = None if self.data is not None else known
+        shape, dtype = known.shape[1:], known.dtype
         row_bytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         kept = 0 if self.data is None else int(self.done[: len(self.data)].sum())
         check_budget((kept + len(todo)) * row_bytes)  # rows never written stay holes on disk

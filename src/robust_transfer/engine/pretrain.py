@@ -26,7 +26,7 @@ from robust_transfer.engine.training import (
     resolve_device,
 )
 from robust_transfer.errors import ConfigError
-from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
+from robust_transfer.models import IMAGENET_MEAN, IMAGENET_STD, TransferModel, build_architecture
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["adversary"] = self.adversary.to_dict() if self.adversary else None
-        d["eval_attack"] = self.robust_eval_attack().to_dict() if self.robust_eval_attack() else None
+        d["eval_attack"] = attack.to_dict() if (attack := self.robust_eval_attack()) else None
         return d
 
     def robust_eval_attack(self) -> AttackConfig | None:
@@ -124,7 +124,7 @@ def pretrain(cfg: PretrainConfig, data_root: str | None = None, device: str = "a
         train_loader, test_loader, classes, mean, std, size, n_train = _in_memory(
             cfg, data_root, train, test, dev)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, classes, mean, std, size).to(dev)
+    model = build_architecture(cfg.arch, classes, mean, std, size).to(dev)
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -217,7 +217,7 @@ def _metadata(cfg: PretrainConfig, model: TransferModel, history: list[EpochMetr
         "clean_acc": last.test_acc,
         "robust_acc": None if last.robust_acc != last.robust_acc else last.robust_acc,
         "test_images": cfg.eval_images,
-        "robust_eval": cfg.robust_eval_attack().to_dict() if cfg.robust_eval_attack() else None,
+        "robust_eval": attack.to_dict() if (attack := cfg.robust_eval_attack()) else None,
         "world_size": world,
         "config": cfg.to_dict(),
         "history": [h.to_dict() for h in history],

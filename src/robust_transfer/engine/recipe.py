@@ -24,17 +24,13 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from robust_transfer.engine.choices import NORMS, SCHEDULES
 from robust_transfer.errors import ConfigError
 from robust_transfer.versions import INPUT_PIPELINE as PIPELINE_VERSION
 
 if TYPE_CHECKING:  # torch stays unimported: the store and `study status` read recipes
     from robust_transfer.engine.attacks import AttackConfig
     from robust_transfer.engine.training import OptimConfig
-
-NORMS = ("l2", "linf")
-"""The attack norms (the attacks and the recipe's ``robust_norm`` share them)."""
-SCHEDULES = ("step", "cosine", "constant")
-"""The learning-rate schedules of the training loop."""
 
 FEATURE_DTYPES = ("float32", "float16")
 HEAD_INITS = ("normal", "paper", "torch")
@@ -198,9 +194,15 @@ class Recipe:
                                   f"{f.name} out")
 
     def robust_attack(self) -> AttackConfig:
-        """The PGD evaluation attack (``robust_eps`` must be set)."""
+        """The PGD evaluation attack.
+
+        Raises:
+            ConfigError: ``robust_eps`` is not set.
+        """
         from robust_transfer.engine.attacks import AttackConfig
 
+        if self.robust_eps is None:
+            raise ConfigError("robust accuracy needs robust_eps (the attack's radius)")
         return AttackConfig(self.robust_norm, float(self.robust_eps), self.robust_steps)
 
     def optim(self) -> OptimConfig:

@@ -14,10 +14,11 @@ import io
 import math
 import os
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -25,15 +26,27 @@ import torch.nn.functional as F
 
 from robust_transfer.data.loader import TensorLoader
 from robust_transfer.engine.attacks import AttackConfig
-from robust_transfer.engine.recipe import SCHEDULES
+from robust_transfer.engine.choices import SCHEDULES
 from robust_transfer.errors import ConfigError, NonFiniteError
+from robust_transfer.events import (
+    METRICS_COLUMNS,
+    BatchDone,
+    EpochDone,
+    EpochMetrics,
+    EvalBatchDone,
+    Listener,
+    ProgressEvent,
+    as_event,
+    combine_callbacks,
+)
 from robust_transfer.io import atomic_write_text
 
 __all__ = ["EpochMetrics", "FitOptions", "MetricsCSV", "OptimConfig", "TensorBoardWriter",
            "TensorLoader", "combine_callbacks", "evaluate", "fit", "metrics_csv", "resolve_device"]
 
-Callback = Callable[[str, dict], None]
-"""``callback(event, info)``: ``"batch"``, ``"eval_batch"`` and ``"epoch"`` events (see :func:`fit`)."""
+Callback = Listener
+"""``callback(event)``: :class:`~robust_transfer.events.BatchDone`, ``EvalBatchDone`` and
+``EpochDone`` events (see :func:`fit`)."""
 
 
 @dataclass(frozen=True)
@@ -76,23 +89,6 @@ class OptimConfig:
         return opt, sched
 
 
-@dataclass
-class EpochMetrics:
-    """What one epoch measured. Test fields are NaN on epochs that were not evaluated."""
-
-    epoch: int
-    lr: float
-    train_loss: float
-    train_acc: float
-    test_loss: float = math.nan
-    test_acc: float = math.nan
-    robust_acc: float = math.nan
-    seconds: float = 0.0
-    val_loss: float = math.nan
-    val_acc: float = math.nan
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -102,8 +98,36 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _autocast(device: torch.device):
-    # bf16 autocast on CUDA only: on the CPU it is slower and changes numerics
+def require_device(device: str | torch.device) -> None:
+    """Refuse, before anything runs, a CUDA or MPS device this machine does not have.
+
+    ``auto`` and ``cpu`` always pass.
+
+    Raises:
+        ConfigError: an unknown device name, or a device that is not here.
+    """
+    if str(device) == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device '{device}'; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{device}' is not available here: torch sees no CUDA GPU; "
+                              "use device auto or cpu, or run where a GPU is")
+        if (dev.index or 0) >= count:
+            raise ConfigError(f"device '{device}' is not available here ({count} CUDA device(s)); "
+                              "use device auto, cpu or one of those")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                    and torch.backends.mps.is_available()):
+        raise ConfigError(f"device '{device}' is not available here (no Apple MPS); use cpu")
+
+
+def autocast(device: torch.device) -> AbstractContextManager:
+    """The mixed precision the loop runs under on ``device``: bf16 autocast on CUDA, none
+    elsewhere (on the CPU it is slower and changes numerics)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
@@ -135,8 +159,8 @@ def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
             the model by :func:`robust_transfer.data.torchdata.model_loader`).
         attack: measure accuracy on this attack's adversarial examples.
         device: where to run.
-        callback: called as ``callback("eval_batch", {"batch": i, "batches": n})`` (n is
-            None for a loader without a length).
+        callback: called with an :class:`~robust_transfer.events.EvalBatchDone` after
+            each batch.
 
     Returns:
         ``(mean cross-entropy, accuracy)``.
@@ -155,12 +179,12 @@ def evaluate(model: nn.Module, loader, attack: AttackConfig | None = None,
             x, y = _to(x, device), y.to(device)
             if attack is not None:
                 x = attack(model, x, y)
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 logits = model(x)
             loss, corr = _batch_metrics(logits, y)
             loss_sum, correct, count = loss_sum + loss, correct + corr, count + len(y)
             if callback:
-                callback("eval_batch", {"batch": i + 1, "batches": batches})
+                callback(EvalBatchDone(i + 1, batches))
     finally:
         model.train(was_training)
     return loss_sum / max(count, 1), correct / max(count, 1)
@@ -210,10 +234,10 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         train_loader: training batches.
         test_loader: evaluated every ``options.eval_every`` epochs and at the last.
         options: see :class:`FitOptions`.
-        callback: called as ``callback("batch", {"batch", "batches", "epoch", "epochs",
-            "loss"})`` after each step, ``callback("eval_batch", {"batch", "batches"})``
-            while evaluating and ``callback("epoch", EpochMetrics.to_dict())`` after each
-            epoch; combine several with :func:`combine_callbacks` (:class:`MetricsCSV`,
+        callback: called with a :class:`~robust_transfer.events.BatchDone` after each
+            step, an ``EvalBatchDone`` while evaluating and an ``EpochDone`` after each
+            epoch (:mod:`robust_transfer.events`); combine several with
+            :func:`~robust_transfer.events.combine_callbacks` (:class:`MetricsCSV`,
             :class:`TensorBoardWriter`, the CLI's progress). The library never prints.
         attack_model: the unwrapped model under DDP: attacks and evaluation run on it
             (a DDP forward on one rank alone would wait for the others' buffer broadcast).
@@ -251,7 +275,7 @@ def fit(model: nn.Module, train_loader: TensorLoader, test_loader=None,
         if opts.checkpoint:
             save_epoch_state(opts.checkpoint, model, optimizer, scheduler, history)
         if callback:
-            callback("epoch", metrics.to_dict())
+            callback(EpochDone(replace(metrics)))
     return history
 
 
@@ -325,7 +349,7 @@ def _train_epoch(model, loader, optimizer, adversary, attack_model, device, call
         x, y = _to(x, device), y.to(device)
         if adversary is not None:
             x = adversary(attack_model, x, y)
-        with _autocast(device):
+        with autocast(device):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -334,29 +358,11 @@ def _train_epoch(model, loader, optimizer, adversary, attack_model, device, call
         b_loss, b_corr = _batch_metrics(logits.detach(), y)
         loss_sum, correct, count = loss_sum + b_loss, correct + b_corr, count + len(y)
         if callback:
-            callback("batch", {"batch": i + 1, "batches": batches, "epoch": epoch_of[0],
-                               "epochs": epoch_of[1], "loss": float(loss.detach())})
+            callback(BatchDone(i + 1, batches, epoch_of[0], epoch_of[1], float(loss.detach())))
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
 # --- callbacks that record a run beside its output -------------------------------------
-METRICS_COLUMNS = tuple(f.name for f in fields(EpochMetrics))
-
-
-def combine_callbacks(*callbacks: Callback | None) -> Callback | None:
-    """One callback that calls each of ``callbacks`` (``None`` entries skipped) in order."""
-    active = [c for c in callbacks if c is not None]
-    if not active:
-        return None
-    if len(active) == 1:
-        return active[0]
-
-    def both(event: str, info: dict) -> None:
-        for callback in active:
-            callback(event, info)
-    return both
-
-
 class MetricsCSV:
     """Writes each epoch's metrics to a CSV file as training goes (a ``fit`` callback).
 
@@ -373,10 +379,11 @@ class MetricsCSV:
         self.path = Path(path)
         self.rows: list[dict] = []
 
-    def __call__(self, event: str, info: dict) -> None:
-        if event != "epoch":
+    def __call__(self, event: ProgressEvent | str, info: Mapping[str, Any] | None = None) -> None:
+        event = as_event(event, info)  # the old (kind, info) form too
+        if not isinstance(event, EpochDone):
             return
-        self.rows.append({k: info.get(k) for k in METRICS_COLUMNS})
+        self.rows.append(event.metrics.to_dict())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, metrics_csv(self.rows))
 
@@ -415,16 +422,16 @@ class TensorBoardWriter:
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.tag, self.step = tag, 0
 
-    def __call__(self, event: str, info: dict) -> None:
-        if event == "batch":
+    def __call__(self, event: ProgressEvent | str, info: Mapping[str, Any] | None = None) -> None:
+        event = as_event(event, info)  # the old (kind, info) form too
+        if isinstance(event, BatchDone):
             self.step += 1
-            if "loss" in info:
-                self.writer.add_scalar(f"{self.tag}/batch_loss", info["loss"], self.step)
-        elif event == "epoch":
-            for key in METRICS_COLUMNS:
-                value = info.get(key)
+            if event.loss is not None:
+                self.writer.add_scalar(f"{self.tag}/batch_loss", event.loss, self.step)
+        elif isinstance(event, EpochDone):
+            for key, value in event.metrics.to_dict().items():
                 if key != "epoch" and isinstance(value, float) and value == value:
-                    self.writer.add_scalar(f"{self.tag}/{key}", value, info["epoch"])
+                    self.writer.add_scalar(f"{self.tag}/{key}", value, event.metrics.epoch)
             self.writer.flush()
 
     def close(self) -> None:

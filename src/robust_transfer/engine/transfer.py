@@ -61,7 +61,7 @@ import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -214,7 +214,7 @@ def prefix_bytes_per_image(model: TransferModel, unfrozen: int | str, resolution
         dtype: storage dtype (``"float32"``, ``"float16"`` or a torch dtype).
 
     Example:
-        >>> prefix_bytes_per_image(create_model("resnet50"), 3, 224)  # 1024 x 14 x 14 x 4
+        >>> prefix_bytes_per_image(build_architecture("resnet50"), 3, 224)  # 1024 x 14 x 14 x 4
         802816
     """
     depth = frozen_depth_for(len(model.blocks()), unfrozen)
@@ -356,7 +356,9 @@ def _loaders(model: TransferModel, prefix: _PrefixCache, plan: CachePlan, policy
     """
     eval_batch = max(256, batch_size)
     idx, val_idx = torch.as_tensor(indices), torch.as_tensor(val_indices)
-    on = {"device": device, "budget": budget}
+    on: dict[str, Any] = {"device": device, "budget": budget}
+    trainer: nn.Module
+    evaluator: nn.Module
     if plan.train:
         trainer, train_loader = prefix.suffix, TensorLoader(
             prefix.outputs(train, "train", indices), train.labels[idx], batch_size, shuffle=True,

@@ -275,10 +275,10 @@ def block_influence_for_model(model: TransferModel, train: ImageArrays, test: Im
         ConfigError: the model's head and the dataset's classes do not match.
         NoUnfrozenBlocksError: scope ``blocks`` and a head-only model.
     """
-    from robust_transfer.influence.core import _check_classes
+    from robust_transfer.influence.core import check_classes
 
     for data in (train, test):
-        _check_classes(model, data)
+        check_classes(model, data)
     tracked_modules(model, scope)  # refuse a head-only model before any work
     policy = policy or InputPolicy(channels=model.channels, size=model.input_size, augment=False)
     t0 = time.perf_counter()

@@ -9,7 +9,6 @@ by about ``-I / n``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,7 @@ import torch
 
 from robust_transfer.data import ImageArrays, InputPolicy
 from robust_transfer.errors import ConfigError
+from robust_transfer.events import Listener
 from robust_transfer.influence.forms import FORMS
 from robust_transfer.influence.hessian import augment, head_probs, residuals
 from robust_transfer.influence.planning import FormPlan, Problem, plan_form
@@ -39,7 +39,7 @@ from robust_transfer.influence.streaming import (
 
 if TYPE_CHECKING:
     from robust_transfer.influence.blocks import BlocksConfig
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 Tensor = torch.Tensor
 
@@ -236,7 +236,7 @@ class InfluenceResult:
 def compute_influence(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
                       test_labels: Tensor, weight: Tensor, bias: Tensor,
                       config: InfluenceConfig | None = None,
-                      callback: Callable[[str, dict], None] | None = None) -> InfluenceResult:
+                      callback: Listener | None = None) -> InfluenceResult:
     """Influence of each training point on each test point for a softmax linear head.
 
     Args:
@@ -247,8 +247,8 @@ def compute_influence(train_features: Tensor, train_labels: Tensor, test_feature
         weight: ``[C, d]`` head weight.
         bias: ``[C]`` head bias.
         config: damping, solver, ...; defaults to :class:`InfluenceConfig`.
-        callback: ``callback("step", {"done", "total", "what"})`` as the solve advances
-            (a :class:`~robust_transfer.progress.Progress` takes these), or ``None``.
+        callback: called with a :class:`~robust_transfer.events.StepDone` as the solve
+            advances (a :class:`~robust_transfer.progress.Progress` shows them), or ``None``.
 
     Returns:
         An :class:`InfluenceResult`.
@@ -357,7 +357,7 @@ def extract_features(model: TransferModel, images: Tensor, policy: InputPolicy,
 def influence_for_model(model: TransferModel, train: ImageArrays, test: ImageArrays,
                         policy: InputPolicy | None = None, config: InfluenceConfig | None = None,
                         batch_size: int = 256,
-                        callback: Callable[[str, dict], None] | None = None) -> InfluenceResult:
+                        callback: Listener | None = None) -> InfluenceResult:
     """Last-layer influence of ``train`` on ``test`` for a fine-tuned model.
 
     Features are computed once with the frozen backbone; the model's own head
@@ -379,7 +379,7 @@ def influence_for_model(model: TransferModel, train: ImageArrays, test: ImageArr
         ConfigError: the model's head and the dataset's classes do not match.
     """
     for data in (train, test):
-        _check_classes(model, data)
+        check_classes(model, data)
     cfg = config or InfluenceConfig()
     plan_for(cfg, len(train), len(test), *model.head.weight.shape)  # raise before the forward passes
     policy = policy or InputPolicy(channels=model.channels, size=model.input_size, augment=False)
@@ -396,7 +396,8 @@ def influence_for_model(model: TransferModel, train: ImageArrays, test: ImageArr
     return result
 
 
-def _check_classes(model: TransferModel, data: ImageArrays) -> None:
+def check_classes(model: TransferModel, data: ImageArrays) -> None:
+    """Refuse a dataset whose classes are not the model head's."""
     c = model.head.out_features
     if c != data.info.num_classes:
         raise ConfigError(

@@ -43,7 +43,7 @@ Tensor = torch.Tensor
 FORMS = ("auto", "direct", "kernel", "block", "kfac", "ekfac")
 EXACT_FORMS = ("direct", "kernel", "block")
 _CHUNK = 2048  # test rows at a time in the kernel form
-_BLOCK_ROWS = 256  # test rows at a time in the block form: three [rows, n] float64 sums fit in cache
+BLOCK_ROWS = 256  # test rows at a time in the block form: three [rows, n] float64 sums fit in cache
 _BANDED_MIN = 2e8  # multiply-adds below which one general product beats the banded one
 _GRAM_PARTS, _GRAM_BAND = 8, 400  # bands of the banded symmetric product, and their least rows
 # flop-equivalent of one library call (thread start-up and synchronisation): small problems
@@ -137,7 +137,7 @@ def choose_form(form: str, n: int, m: int, num_classes: int, feature_dim: int, d
     """
     if form not in FORMS:
         raise ConfigError(f"unknown influence form '{form}'; valid: {', '.join(FORMS)}")
-    why = _woodbury_unavailable(damping, solver, precision)
+    why = woodbury_unavailable(damping, solver, precision)
     if form in ("kernel", "block", "kfac", "ekfac") and why:
         raise ConfigError(f"form '{form}' {why}; use form 'direct' (--form direct) or 'auto'")
     if form != "auto":
@@ -148,7 +148,7 @@ def choose_form(form: str, n: int, m: int, num_classes: int, feature_dim: int, d
     return min(costs, key=lambda name: costs[name])
 
 
-def _woodbury_unavailable(damping: float, solver: str, precision: str) -> str:
+def woodbury_unavailable(damping: float, solver: str, precision: str) -> str:
     if solver != "cholesky":
         return f"applies to solver 'cholesky' only (not '{solver}')"
     if damping <= 0:
@@ -218,7 +218,7 @@ def run_block(problem, damping: float,
 
     Two passes. First, per class, the factor of ``B_c + lambda I``, the Gram matrix
     ``X~ B_c^-1 X~^T`` (which gives the ``n x n`` Woodbury matrix and the train-by-train
-    scores) and ``B_c^-1 X~^T``, kept for the second pass. Second, ``_BLOCK_ROWS`` test rows
+    scores) and ``B_c^-1 X~^T``, kept for the second pass. Second, ``BLOCK_ROWS`` test rows
     at a time, ``(r_tc x~_t)^T B_c^-1 X~^T`` for every class, summed into two running
     ``[rows, n]`` matrices small enough to stay in the processor's cache: the weighted sums
     over classes are then cache-bound rather than passes over ``[m, n]`` matrices in memory.
@@ -241,7 +241,7 @@ def run_block(problem, damping: float,
     p_rows, r_rows = p.T.contiguous(), r.T.contiguous()  # [C, n]: one class per row
     zbz, e_train, base_train = (torch.zeros(n, n, dtype=dtype) for _ in range(3))
     solved = torch.empty(c, dim, n, dtype=dtype)  # B_c^-1 X~^T, class by class
-    rows = min(m, _BLOCK_ROWS)
+    rows = min(m, BLOCK_ROWS)
     total = c + -(-m // rows)  # progress: class blocks, then passes over test rows
     for cls in range(c):
         pc, rc = p_rows[cls], r_rows[cls]

@@ -21,7 +21,7 @@ something whose inverse is cheap, in the sum-zero coordinates of :mod:`.hessian`
   -sum_c a_tc a_ic sum_j b_tj b_ij / (Lambda_cj + lambda)`` with ``a = U_S^T r``,
   ``b = U_A^T x~``: ``C - 1`` weighted Gram products, ``O(m n C D)``.
 
-Both hand their scores to the problem's sink ``_ROWS`` target rows at a time, so nothing
+Both hand their scores to the problem's sink ``SCORE_ROWS`` target rows at a time, so nothing
 of size ``m x n`` is held unless the sink keeps it. The factors, their eigendecompositions
 and the corrected eigenvalues are float64; the score products (nearly all the work) run
 in float32 by default, twice float64's rate here, since their rounding (about 1e-7 of a
@@ -42,7 +42,7 @@ from robust_transfer.influence.streaming import held
 
 Tensor = torch.Tensor
 KFAC_FORMS = ("kfac", "ekfac")
-_ROWS = 256  # target rows per score block
+SCORE_ROWS = 256  # target rows per score block
 SCORE_DTYPE = torch.float32  # of the score products (see the module docstring)
 
 
@@ -147,12 +147,12 @@ def run_kronecker(problem, damping: float, corrected: bool,
     timings = {"factors_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     splits = [("test", test)] + ([("train", train)] if problem.train_targets else [])
-    total = sum(-(-len(t[0]) // _ROWS) for _, t in splits)
+    total = sum(-(-len(t[0]) // SCORE_ROWS) for _, t in splits)
     done, sink = 0, problem.full_sink()
     for split, (r_t, x_t) in splits:
         emit = sink.test if split == "test" else sink.train
-        for s in range(0, len(r_t), _ROWS):
-            emit(s, side.scores(r_t[s:s + _ROWS], x_t[s:s + _ROWS], *train))
+        for s in range(0, len(r_t), SCORE_ROWS):
+            emit(s, side.scores(r_t[s:s + SCORE_ROWS], x_t[s:s + SCORE_ROWS], *train))
             done += 1
             problem.step(done, total, f"{split} rows")
     timings["scores_s"] = time.perf_counter() - t0

@@ -13,7 +13,7 @@ Every file goes through :func:`robust_transfer.io.atomic_write`: whole or absent
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ import torch
 
 from robust_transfer.data import ImageArrays
 from robust_transfer.errors import ConfigError
+from robust_transfer.events import Listener, ProgressEvent, StepDone, as_event
 from robust_transfer.influence.analysis import ClassMatchCurve, class_match_from_ranks
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
 from robust_transfer.influence.plots import InfluenceGrid, plot_class_match, plot_influence_grids
@@ -30,7 +31,7 @@ from robust_transfer.io import safe_filename, staged_dir
 from robust_transfer.outputs import prepare_output_dir, write_json, write_npz
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 __all__ = ["curves_for", "explain_influence", "grid_rows", "model_summary", "prepare_output_dir",
            "write_influence", "write_json", "write_npz"]
@@ -103,8 +104,9 @@ def grid_rows(labels: np.ndarray, rows: int) -> np.ndarray:
     return np.array(picks, dtype=np.int64)
 
 
-def _grid(result: InfluenceResult, ranking: Ranking, train: ImageArrays, test: ImageArrays,
-          rows: np.ndarray, k: int) -> InfluenceGrid:
+def grid_of(result: InfluenceResult, ranking: Ranking, train: ImageArrays, test: ImageArrays,
+            rows: np.ndarray, k: int) -> InfluenceGrid:
+    """The Fig. 5 grid of ``rows`` test images with their ``k`` most helpful training images."""
     helpful, scores = ranking.helpful[rows, :k], ranking.helpful_scores[rows, :k]
     return InfluenceGrid(
         test_images=test.images[rows].numpy(), test_labels=result.test_labels[rows],
@@ -149,7 +151,7 @@ def write_influence(out_dir: str | os.PathLike, results: Mapping[str, InfluenceR
         models[name] = model_summary(result, curves)
     plot_class_match(all_curves, out / "class_match.png")
     rows = grid_rows(next(iter(results.values())).test_labels, grid_size[0])
-    plot_influence_grids({n: _grid(r, rankings[n], train, test, rows, grid_size[1])
+    plot_influence_grids({n: grid_of(r, rankings[n], train, test, rows, grid_size[1])
                           for n, r in results.items()}, out / "influence_grid.png")
     summary = {"config": next(iter(results.values())).config.to_dict(), "models": models,
                "max_rank": max_rank, "order": "helpful", **(extra or {})}
@@ -157,16 +159,18 @@ def write_influence(out_dir: str | os.PathLike, results: Mapping[str, InfluenceR
     return summary
 
 
-def _per_model(callback: Callable[[str, dict], None] | None, name: str, index: int,
-               count: int) -> Callable[[str, dict], None] | None:
+def _per_model(callback: Listener | None, name: str, index: int, count: int) -> Listener | None:
     """The solver's steps of model ``index`` of ``count`` as steps over all models."""
     if callback is None:
         return None
 
-    def on_step(event: str, info: dict) -> None:
-        total = info["total"]
-        callback(event, {"done": index * total + info["done"], "total": count * total,
-                         "what": f"{name}: {info['what']}"})
+    def on_step(event: ProgressEvent | str, info: Mapping[str, Any] | None = None) -> None:
+        step = as_event(event, info)  # the old (kind, info) form too
+        if not isinstance(step, StepDone) or step.total is None:
+            callback(step)
+            return
+        callback(StepDone(index * step.total + step.done, count * step.total,
+                          f"{name}: {step.what}"))
 
     return on_step
 
@@ -174,7 +178,7 @@ def _per_model(callback: Callable[[str, dict], None] | None, name: str, index: i
 def explain_influence(models: Mapping[str, TransferModel], train: ImageArrays, test: ImageArrays,
                       out_dir: str | os.PathLike, config: InfluenceConfig | None = None, *,
                       overwrite: bool = False, batch_size: int = 256,
-                      callback: Callable[[str, dict], None] | None = None,
+                      callback: Listener | None = None,
                       **write_kwargs: Any) -> dict[str, Any]:
     """Influence for each model (e.g. ``robust`` and ``natural``) and all outputs in a folder.
 
@@ -185,8 +189,8 @@ def explain_influence(models: Mapping[str, TransferModel], train: ImageArrays, t
         config: see :class:`InfluenceConfig`.
         overwrite: write into an existing folder.
         batch_size: images per forward pass.
-        callback: progress events, counted over all models: ``("step", {"done", "total",
-            "what"})`` with ``what`` naming the model and the solver's step.
+        callback: :class:`~robust_transfer.events.StepDone` events counted over all
+            models, ``what`` naming the model and the solver's step.
         **write_kwargs: passed to :func:`write_influence` (``top``, ``max_rank``, ...).
 
     Returns:

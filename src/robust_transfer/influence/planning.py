@@ -18,12 +18,13 @@ from robust_transfer.influence.errors import InfluenceMemoryError
 from robust_transfer.influence.forms import (
     EXACT_FORMS,
     RANK_COST,
-    _woodbury_unavailable,
     choose_form,
     flop_estimates,
     kronecker_flops,
+    woodbury_unavailable,
 )
-from robust_transfer.influence.solvers import estimate_memory, format_bytes
+from robust_transfer.influence.solvers import estimate_memory
+from robust_transfer.units import format_bytes
 
 NOMINAL_RATE = 1e11  # flop/s: float64 products on 2 cores (DESIGN.md: about 106 GFLOP/s)
 APPROXIMATE_FORMS = ("ekfac", "kfac")  # auto's order: the closer approximation first
@@ -122,7 +123,7 @@ def plan_form(problem: Problem, form: str, scores: str, memory_limit: int | None
         return (_first_fitting(options, limit, float("inf"), f"form '{name}' as asked")
                 or _refuse(p, options, limit))
     exact = _exact_candidates(p)
-    approx = [] if _woodbury_unavailable(p.damping, p.solver, p.precision) else list(APPROXIMATE_FORMS)
+    approx = [] if woodbury_unavailable(p.damping, p.solver, p.precision) else list(APPROXIMATE_FORMS)
     exact_opts = [(f, mode, *estimate(p, f, mode)) for f in exact for mode in modes]
     approx_opts = [(f, mode, *estimate(p, f, mode)) for f in approx for mode in modes]
     chosen = _first_fitting(exact_opts, limit, budget, "the cheapest exact form within the budgets")
@@ -144,7 +145,7 @@ def plan_form(problem: Problem, form: str, scores: str, memory_limit: int | None
 
 
 def _exact_candidates(p: Problem) -> list[str]:
-    if _woodbury_unavailable(p.damping, p.solver, p.precision):
+    if woodbury_unavailable(p.damping, p.solver, p.precision):
         return ["direct"]
     costs = flop_estimates(p.n, p.m, p.classes, p.features, p.train_targets)
     return sorted(costs, key=lambda name: costs[name])

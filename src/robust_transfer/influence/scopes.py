@@ -28,7 +28,7 @@ from robust_transfer.influence.blocks import (
     tracked_modules,
 )
 from robust_transfer.influence.core import InfluenceConfig, InfluenceResult, influence_for_model
-from robust_transfer.influence.outputs import _grid, curves_for, grid_rows, write_influence
+from robust_transfer.influence.outputs import curves_for, grid_of, grid_rows, write_influence
 from robust_transfer.influence.plots import plot_class_match, plot_influence_grids
 from robust_transfer.outputs import prepare_output_dir
 
@@ -119,7 +119,7 @@ def write_scope_figures(out: Path, scopes: Mapping[str, Mapping[str, InfluenceRe
               for scope, results in scopes.items() for name, r in results.items()}
     first = next(iter(next(iter(scopes.values())).values()))
     rows = grid_rows(first.test_labels, grid_size[0])
-    grids = {f"{name} | {scope}": _grid(r, r.rank(grid_size[1], max_rank), train, test, rows,
+    grids = {f"{name} | {scope}": grid_of(r, r.rank(grid_size[1], max_rank), train, test, rows,
                                         grid_size[1])
              for name in first_names(scopes) for scope, results in scopes.items()
              for r in [results[name]]}

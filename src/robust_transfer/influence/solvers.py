@@ -22,23 +22,25 @@ from typing import Protocol
 
 import torch
 
+from robust_transfer.events import Listener, StepDone
 from robust_transfer.influence.errors import (
     ConvergenceError,
     InfluenceMemoryError,
     SingularHessianError,
     factor_failed,
 )
-from robust_transfer.influence.forms import _BLOCK_ROWS, choose_form, gram, run_block, run_kernel
+from robust_transfer.influence.forms import BLOCK_ROWS, choose_form, gram, run_block, run_kernel
 from robust_transfer.influence.hessian import (
     hessian_from_probs,
     hessian_vector_product,
     outer_rows,
     sum_zero_basis,
 )
-from robust_transfer.influence.kfac import _ROWS as _KFAC_ROWS
 from robust_transfer.influence.kfac import KFAC_FORMS, run_kronecker
+from robust_transfer.influence.kfac import SCORE_ROWS as KFAC_ROWS
 from robust_transfer.influence.streaming import FullScores, ScoreSink
 from robust_transfer.registry import Registry
+from robust_transfer.units import format_bytes
 
 Tensor = torch.Tensor
 _BYTES = 8  # float64
@@ -63,8 +65,8 @@ class GradientProblem:
         x_test: ``[m, D]`` augmented test features.
         r_test: ``[m, C-1]`` test residuals.
         train_targets: also score training images as targets (and self-influence).
-        callback: ``callback("step", {"done", "total", "what"})`` as the solve advances
-            (the events :class:`~robust_transfer.progress.Progress` shows), or ``None``.
+        callback: called with a :class:`~robust_transfer.events.StepDone` as the solve
+            advances, or ``None``.
         sink: where the solver puts score rows (:mod:`.streaming`); ``None``: a
             :class:`~robust_transfer.influence.streaming.FullScores` per call.
     """
@@ -75,7 +77,7 @@ class GradientProblem:
     x_test: Tensor
     r_test: Tensor
     train_targets: bool = True
-    callback: Callable[[str, dict], None] | None = None
+    callback: Listener | None = None
     sink: ScoreSink | None = None
 
     def full_sink(self) -> ScoreSink:
@@ -88,7 +90,7 @@ class GradientProblem:
     def step(self, done: int, total: int, what: str) -> None:
         """Report ``done`` of ``total`` steps of the solve to the callback, if any."""
         if self.callback is not None:
-            self.callback("step", {"done": done, "total": total, "what": what})
+            self.callback(StepDone(done, total, what))
 
     def grads(self, split: str, rows: slice = slice(None)) -> Tensor:
         """Dense gradients ``[k, P]`` of some ``train`` or ``test`` rows."""
@@ -207,7 +209,7 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
     p, k = (c - 1) * dim, c - 1
     total = 2 * (n + m) * (dim + c) + _score_memory(n, m, train_targets, scores, form)
     if form in KFAC_FORMS:
-        rows = min(m + n, _KFAC_ROWS)  # the transformed features are float32: half entries
+        rows = min(m + n, KFAC_ROWS)  # the transformed features are float32: half entries
         total += (n + m) * (dim + k) // 2 + 3 * dim * dim + (3 if form == "ekfac" else 2) * rows * n
         return int((total + (2 * 4096 * dim if form == "ekfac" else 0)) * _BYTES)
     if solver == "cg":
@@ -217,8 +219,8 @@ def estimate_memory(n_train: int, n_test: int, num_classes: int, feature_dim: in
         chunk = min(m, 2048)
         total += 2 * (n * k) ** 2 + 2 * n * k * n + n * k * chunk + 2 * chunk * n + n * k * k
     elif solver == "cholesky" and form == "block":
-        # B_c^-1 X~^T for every class, three [_BLOCK_ROWS, n] running sums, the n x n matrices
-        total += c * dim * n + 3 * min(m, _BLOCK_ROWS) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
+        # B_c^-1 X~^T for every class, three [BLOCK_ROWS, n] running sums, the n x n matrices
+        total += c * dim * n + 3 * min(m, BLOCK_ROWS) * n + 8 * n * n + 3 * dim * dim + 2 * dim * n
     else:
         build = n * p + dim * p + n * c * c  # one block row and the curvatures
         total += (p * p // 2 if precision == "mixed" else p * p) + build
@@ -240,15 +242,6 @@ def _score_memory(n: int, m: int, train_targets: bool, scores: str, form: str) -
         return m * n + (n * n + n if train_targets else 0)
     held_train = n * n if train_targets and form not in KFAC_FORMS else 0
     return held_train + (m + n) * 140 + 5 * min(m + n, 256) * n
-
-
-def format_bytes(num: float) -> str:
-    """``1.5 GB``-style size."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if num < 1024 or unit == "GB":
-            return f"{num:.1f} {unit}" if unit != "B" else f"{int(num)} B"
-        num /= 1024
-    return f"{num:.1f} GB"
 
 
 def check_memory(estimate: int, limit: int | None, solver: str, describe: str,

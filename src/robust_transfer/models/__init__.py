@@ -1,5 +1,9 @@
 """Architectures, the blocks view, checkpoints, the model zoo and the source resolver.
 
+Two factories, two names: :func:`build_architecture` builds a registered architecture with
+random weights; :func:`robust_transfer.create_model` (:mod:`.factory`) resolves a source
+model by zoo name or path, loads its weights and prepares it for fine-tuning.
+
 The names below are loaded on first use (PEP 562), so ``robust_transfer.models.zoo`` and
 ``robust_transfer.models.metadata`` can be imported without torch (``zoo list`` answers at
 once); everything else imports torch as usual.
@@ -12,8 +16,8 @@ from typing import TYPE_CHECKING
 from robust_transfer.lazy import lazy_exports
 
 _EXPORTS = {
-    "ARCHS": "arch", "IMAGENET_MEAN": "arch", "IMAGENET_STD": "arch", "Normalize": "arch",
-    "SmallResNet": "arch", "TransferModel": "arch", "create_model": "arch",
+    "ARCHS": "arch", "IMAGENET_MEAN": "base", "IMAGENET_STD": "base", "Normalize": "base",
+    "SmallResNet": "arch", "TransferModel": "base", "build_architecture": "arch",
     "load_model": "checkpoints", "save_model": "checkpoints",
     "eval_mode": "modes",
     "ALL": "finetune", "parse_unfrozen": "finetune", "prepare_finetune": "finetune",
@@ -22,15 +26,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import (
-        ARCHS,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        Normalize,
-        SmallResNet,
-        TransferModel,
-        create_model,
-    )
+    from robust_transfer.models.arch import ARCHS, SmallResNet, build_architecture
+    from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD, Normalize, TransferModel
     from robust_transfer.models.checkpoints import load_model, save_model
     from robust_transfer.models.finetune import (
         ALL,
@@ -43,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALL", "ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalize", "SmallResNet", "SourceRecord",
-    "TransferModel", "create_model", "eval_mode", "load_model", "load_source", "parse_unfrozen",
+    "TransferModel", "build_architecture", "eval_mode", "load_model", "load_source", "parse_unfrozen",
     "prepare_finetune", "resolve_source", "save_model", "set_unfrozen_blocks",
 ]
 

@@ -32,7 +32,8 @@ from safetensors.torch import load, load_file, save
 
 from robust_transfer.errors import CheckpointError, ConfigError, OutputExistsError
 from robust_transfer.io import atomic_write, atomic_write_text
-from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD, TransferModel, create_model
+from robust_transfer.models.arch import build_architecture
+from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD, TransferModel
 from robust_transfer.models.metadata import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -194,10 +195,10 @@ def _load_ours(weights: Path, meta_path: Path, arch: str | None,
     _check_requested(weights, meta, arch, num_classes)
     _verify_sha256(weights, meta_path, meta["sha256"])
     state = _read_safetensors(weights)
-    model = create_model(meta["arch"], meta["num_classes"], tuple(meta["mean"]), tuple(meta["std"]),
+    model = build_architecture(meta["arch"], meta["num_classes"], tuple(meta["mean"]), tuple(meta["std"]),
                          meta["input_size"], **meta.get("arch_kwargs", {}))
     model.channels = meta.get("channels", model.channels)
-    _load_state(model, state, weights, f"{meta['arch']} with {meta['num_classes']} classes")
+    load_state_checked(model, state, weights, f"{meta['arch']} with {meta['num_classes']} classes")
     return model, meta
 
 
@@ -227,18 +228,23 @@ def _read_safetensors(weights: Path) -> dict[str, torch.Tensor]:
 # --- robustness library and torchvision files -------------------------------------------
 def _load_torch_file(path: Path, arch: str | None,
                      num_classes: int | None) -> tuple[TransferModel, dict[str, Any]]:
-    obj = _torch_load(path)
+    obj = read_torch_file(path)
     net_state, mean, std, fmt = split_state_dict(_state_dict_of(obj, path))
     arch_name = arch or infer_arch(net_state, path)
     classes = num_classes or _num_classes(net_state, path)
-    model = create_model(arch_name, classes, mean, std)
+    model = build_architecture(arch_name, classes, mean, std)
     hint = "" if arch else " (architecture inferred from the key names; pass arch= to choose)"
-    _load_state(model.net, net_state, path, f"{arch_name} with {classes} classes{hint}")
+    load_state_checked(model.net, net_state, path, f"{arch_name} with {classes} classes{hint}")
     meta = {"format": fmt, "source": str(path), **_model_fields(model), **_training_info(obj)}
     return model, meta
 
 
-def _torch_load(path: Path) -> Any:
+def read_torch_file(path: Path) -> Any:
+    """A ``torch.save`` file read without running code (``weights_only``; numpy scalars allowed).
+
+    Raises:
+        CheckpointError: no such file, a file that pickles code, or a corrupt one.
+    """
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path} (nor {path}{WEIGHTS_SUFFIX})")
     try:
@@ -376,7 +382,7 @@ def _scalar(value: Any) -> int | float | None:
 
 
 # --- fitting a state dict --------------------------------------------------------------
-def _load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path,
+def load_state_checked(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path,
                 target: str) -> None:
     """``load_state_dict(strict=True)`` after a check that explains any mismatch in one line."""
     problems = _fit_problems(module.state_dict(), state)

@@ -23,6 +23,8 @@ pixels in [0, 1] directly: mean 0, std 1 here. ViT-S ConvStem is wrapped in
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 
 ZERO_MEAN, UNIT_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
@@ -71,7 +73,7 @@ def _convnext_stem_large(width: int) -> ConvStem:
     return ConvStem((width, int(width * 1.5), 2 * width), (2, 2, 1))
 
 
-def _with_cfg(model: nn.Module, mean: tuple, std: tuple) -> nn.Module:
+def _with_cfg(model: Any, mean: tuple, std: tuple) -> nn.Module:
     # RobustBench evaluates these with "BicubicRes256Crop224": bicubic, crop 224/256
     model.pretrained_cfg = {**dict(model.pretrained_cfg or {}), "mean": mean, "std": std,
                             "interpolation": "bicubic", "crop_pct": 0.875,
@@ -98,7 +100,7 @@ def register_convstem_models() -> None:
     def convnext(base: str, stem, mean, std):
         def build(pretrained: bool = False, **kwargs):
             _no_pretrained(pretrained, base)
-            model = timm.create_model(base, pretrained=False, **kwargs)
+            model: Any = timm.create_model(base, pretrained=False, **kwargs)
             model.stem = stem()
             return _with_cfg(model, mean, std)
         return build
@@ -106,7 +108,7 @@ def register_convstem_models() -> None:
     def vit(base: str, stem, mean, std):
         def build(pretrained: bool = False, **kwargs):
             _no_pretrained(pretrained, base)
-            model = timm.create_model(base, pretrained=False, **kwargs)
+            model: Any = timm.create_model(base, pretrained=False, **kwargs)
             model.patch_embed.proj = stem()
             return _with_cfg(model, mean, std)
         return build

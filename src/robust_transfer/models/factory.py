@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING
 
 from robust_transfer.models import zoo
 from robust_transfer.models.finetune import UnfrozenBlocks
-from robust_transfer.models.sources import TIMM_PREFIX, SourceRecord
+from robust_transfer.models.metadata import timm_arch, timm_name
+from robust_transfer.models.sources import SourceRecord
 
 if TYPE_CHECKING:
     import torch
 
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 
 def create_model(name_or_path: str | os.PathLike | SourceRecord, num_classes: int | None = None,
@@ -74,15 +75,16 @@ def create_model(name_or_path: str | os.PathLike | SourceRecord, num_classes: in
 
 
 def _untrained(record: SourceRecord) -> TransferModel:
-    from robust_transfer.models.arch import IMAGENET_MEAN, IMAGENET_STD
-    from robust_transfer.models.arch import create_model as build
+    from robust_transfer.models.arch import build_architecture
+    from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD
     from robust_transfer.models.sources import timm_source
 
     if record.kind == "timm":
         return timm_source(record.arch, pretrained=False)
     meta = record.metadata
-    model = build(record.arch, record.num_classes, tuple(meta.get("mean", IMAGENET_MEAN)),
-                  tuple(meta.get("std", IMAGENET_STD)), record.input_size)
+    model = build_architecture(record.arch, record.num_classes,
+                               tuple(meta.get("mean", IMAGENET_MEAN)),
+                               tuple(meta.get("std", IMAGENET_STD)), record.input_size)
     model.channels = int(meta.get("channels", model.channels))
     return model
 
@@ -100,8 +102,9 @@ def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
         Matching names: embedded first, then published, then torchvision ones; or the
         matching timm names (empty when timm is not installed).
     """
-    if pattern.startswith(TIMM_PREFIX):
-        return _timm_names(pattern.removeprefix(TIMM_PREFIX)) if kind in (None, "timm") else []
+    timm_pattern = timm_name(pattern)
+    if timm_pattern is not None:
+        return _timm_names(timm_pattern) if kind in (None, "timm") else []
     names = zoo.zoo_names()
     if kind is not None:
         names = [n for n in names if zoo.zoo_kind(n) == kind]
@@ -113,4 +116,4 @@ def _timm_names(pattern: str) -> list[str]:
         import timm
     except ImportError:
         return []
-    return [f"{TIMM_PREFIX}{name}" for name in timm.list_models(pattern or "*")]
+    return [timm_arch(name) for name in timm.list_models(pattern or "*")]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 from robust_transfer.errors import ConfigError
 
 if TYPE_CHECKING:
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 
 class AllBlocks(str, enum.Enum):

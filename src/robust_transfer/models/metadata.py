@@ -40,6 +40,17 @@ REPLACES_KEY = "replaces_sha256"  # set by embed_header: the sha256 of the same 
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the header's size
 
 
+
+def timm_name(arch: str) -> str | None:
+    """The timm model name of a ``timm:<name>`` architecture; None for any other."""
+    return arch[len(TIMM_PREFIX):] if arch.startswith(TIMM_PREFIX) else None
+
+
+def timm_arch(name: str) -> str:
+    """Our architecture name of a timm model: ``convnext_atto`` -> ``timm:convnext_atto``
+    (a name that already has the prefix is returned as is)."""
+    return name if name.startswith(TIMM_PREFIX) else f"{TIMM_PREFIX}{name}"
+
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """The weights and metadata files of our format for ``path``.
 

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any
 from robust_transfer.errors import CheckpointError, ConfigError
 from robust_transfer.models import zoo
 from robust_transfer.models.metadata import (
-    TIMM_PREFIX,
     checkpoint_paths,
     is_ours,
     read_metadata,
     sha256_file,
+    timm_name,
 )
 
 if TYPE_CHECKING:
     import torch
 
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 KINDS = ("embedded", "published", "torchvision", "checkpoint", "timm")
 PATH_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".json", ".tar")
@@ -96,7 +96,7 @@ class SourceMissingError(CheckpointError):
 
 def looks_like_path(text: str) -> bool:
     """Whether a source string is a file path rather than a zoo or timm name."""
-    if text.startswith(TIMM_PREFIX):
+    if timm_name(text) is not None:
         return False
     return "/" in text or os.sep in text or text.endswith(PATH_SUFFIXES)
 
@@ -125,7 +125,7 @@ def resolve_source(source: str | os.PathLike | SourceRecord) -> SourceRecord:
     if isinstance(source, SourceRecord):
         return source
     text = str(source)
-    if text.startswith(TIMM_PREFIX):
+    if timm_name(text) is not None:
         return _timm_record(text)
     kind = zoo.zoo_kind(text)
     if kind == "embedded":
@@ -193,7 +193,7 @@ def _torch_file(name: str, path: Path) -> SourceRecord:
 
 
 def _timm_record(text: str) -> SourceRecord:
-    name = text.removeprefix(TIMM_PREFIX)
+    name = timm_name(text) or text
     import torch
 
     with torch.device("meta"):  # the structure only: no memory, no init, no download
@@ -208,7 +208,7 @@ def timm_source(name: str, pretrained: bool, num_classes: int | None = None) -> 
     Raises:
         ConfigError: the timm backbone module (or timm) is not installed.
     """
-    name = name.removeprefix(TIMM_PREFIX)
+    name = timm_name(name) or name
     try:
         from robust_transfer.models.timm_backbone import create_timm_source
     except ImportError as err:

@@ -32,9 +32,13 @@ import torch
 import torch.nn as nn
 
 from robust_transfer.errors import CheckpointError, ConfigError, UnknownNameError
-from robust_transfer.models.arch import TIMM_PREFIX, TransferModel
+from robust_transfer.models.base import IMAGENET_MEAN, IMAGENET_STD, TransferModel
+from robust_transfer.models.metadata import timm_arch, timm_name
 
 Modules = list[nn.Module]
+TimmModel = Any
+"""A model built by timm: its submodules (``blocks``, ``norm``, ``head``) depend on its class,
+so a :class:`Family` reads them untyped (torch types each as ``Tensor | Module``)."""
 
 
 class _ViTStem(nn.Module):
@@ -45,7 +49,7 @@ class _ViTStem(nn.Module):
     only through a bound method, which registers nothing.
     """
 
-    def __init__(self, vit: nn.Module) -> None:
+    def __init__(self, vit: TimmModel) -> None:
         super().__init__()
         self.patch_embed, self.patch_drop, self.norm_pre = vit.patch_embed, vit.patch_drop, vit.norm_pre
         for name in ("cls_token", "reg_token", "pos_embed"):
@@ -80,17 +84,17 @@ class Family:
     name: str
     block: str
     examples: str
-    stem: Callable[[nn.Module], nn.Module]
-    blocks: Callable[[nn.Module], list[tuple[str, nn.Module]]]
-    post: Callable[[nn.Module], nn.Module | None]
-    neck: Callable[[nn.Module], Modules]
+    stem: Callable[[TimmModel], nn.Module]
+    blocks: Callable[[TimmModel], list[tuple[str, nn.Module]]]
+    post: Callable[[TimmModel], nn.Module | None]
+    neck: Callable[[TimmModel], Modules]
 
 
-def _vit_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _vit_blocks(m: TimmModel) -> list[tuple[str, nn.Module]]:
     return [(f"blocks.{i}", b) for i, b in enumerate(m.blocks)]
 
 
-def _swin_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _swin_blocks(m: TimmModel) -> list[tuple[str, nn.Module]]:
     out = []
     for s, stage in enumerate(m.layers):
         for i, block in enumerate(stage.blocks):
@@ -100,7 +104,7 @@ def _swin_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _resnet_blocks(m: nn.Module) -> list[tuple[str, nn.Module]]:
+def _resnet_blocks(m: TimmModel) -> list[tuple[str, nn.Module]]:
     return [(f"layer{i}.{j}", b) for i in range(1, 5) for j, b in enumerate(getattr(m, f"layer{i}"))]
 
 
@@ -130,12 +134,17 @@ class TimmTransferModel(TransferModel):
 
     def __init__(self, name: str, net: nn.Module, family: Family, mean: tuple[float, ...],
                  std: tuple[float, ...], input_size: int, channels: int = 3) -> None:
-        super().__init__(f"{TIMM_PREFIX}{name}", net, mean, std, input_size, channels)
+        super().__init__(timm_arch(name), net, mean, std, input_size, channels)
         self.family_name = family.name  # a name, not the Family, so the model pickles
 
     @property
     def family(self) -> Family:
         return FAMILIES[self.family_name]
+
+    @property
+    def timm_model(self) -> TimmModel:
+        """The timm model itself (``net``), read through its family's attributes."""
+        return self.net
 
     def stem(self) -> nn.Module:
         return self.family.stem(self.net)
@@ -151,10 +160,10 @@ class TimmTransferModel(TransferModel):
 
     @property
     def head(self) -> nn.Linear:
-        return self.net.get_classifier()
+        return self.timm_model.get_classifier()
 
     def _set_head(self, fc: nn.Linear) -> None:
-        self.net.reset_classifier(fc.out_features)  # puts a Linear where timm's head is
+        self.timm_model.reset_classifier(fc.out_features)  # puts a Linear where timm's head is
         with torch.no_grad():
             self.head.weight.copy_(fc.weight)
             self.head.bias.copy_(fc.bias)
@@ -163,7 +172,7 @@ class TimmTransferModel(TransferModel):
         post = self.family.post(self.net)
         if post is not None:
             h = post(h)
-        return self.net.forward_head(h, pre_logits=True)
+        return self.timm_model.forward_head(h, pre_logits=True)
 
 
 def create_timm_source(name: str, pretrained: bool = False, num_classes: int | None = None, *,
@@ -201,14 +210,14 @@ def create_timm_source(name: str, pretrained: bool = False, num_classes: int | N
     from robust_transfer.models.convstem import register_convstem_models
 
     register_convstem_models()
-    name = name.removeprefix(TIMM_PREFIX)
+    name = timm_name(name) or name
     _check_name(timm, name)
     net = _build(timm, name, pretrained, num_classes, input_size, kwargs)
     family = family_of(net, name)
     cfg = getattr(net, "pretrained_cfg", None) or {}
     size = input_size or _native_size(net, cfg)
-    model = TimmTransferModel(name, net, family, tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406))),
-                              tuple(std or cfg.get("std", (0.229, 0.224, 0.225))), size,
+    model = TimmTransferModel(name, net, family, tuple(mean or cfg.get("mean", IMAGENET_MEAN)),
+                              tuple(std or cfg.get("std", IMAGENET_STD)), size,
                               int(cfg.get("input_size", (3,))[0]))
     model.arch_kwargs = dict(kwargs)  # so that checkpoints rebuild the same architecture
     return model
@@ -254,7 +263,7 @@ def _takes_img_size(name: str) -> bool:
     return name.startswith(("vit_", "deit_", "swin_", "singh2023_vit"))
 
 
-def family_of(net: nn.Module, name: str = "") -> Family:
+def family_of(net: TimmModel, name: str = "") -> Family:
     """The :class:`Family` of a built timm model, checked to cover every parameter.
 
     Raises:

@@ -29,12 +29,14 @@ instead of its preview page. No checksums are published for any of them, so ``sh
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robust_transfer.errors import CheckpointError, UnknownNameError
 from robust_transfer.models.metadata import checkpoint_paths, read_metadata
+from robust_transfer.models.published import PublishedModel
+from robust_transfer.models.zoo_timm import TIMM_ENTRIES
 from robust_transfer.registry import Registry, unknown_name
 
 if TYPE_CHECKING:
@@ -45,48 +47,6 @@ EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "zoo"
 HF_REPO_PAGE = "https://huggingface.co/madrylab/robust-imagenet-models"
 HF_FILE_URL = HF_REPO_PAGE + "/resolve/main/{file}"
 ROBUSTNESS_PAGE = "https://github.com/MadryLab/robustness"
-
-
-@dataclass(frozen=True)
-class PublishedModel:
-    """A published ImageNet source model and where to get it.
-
-    Attributes:
-        name: zoo name, e.g. ``resnet50-l2-eps3``.
-        arch: registered architecture.
-        norm: threat model of adversarial training, ``l2`` or ``linf``.
-        eps: training radius in pixel space ([0, 1] inputs); Linf 4/255 is 0.0157.
-        eps_label: the radius as published (``3``, ``4/255``).
-        file: file name in the zoo folder, as published.
-        url: direct download URL.
-        page: where the release is described.
-        sha256: checksum of the file where one is known.
-        clean_acc: published ImageNet top-1 accuracy (fraction).
-        robust_acc: published robust accuracy at the training radius (fraction), if any.
-        note: where the numbers come from.
-    """
-
-    name: str
-    arch: str
-    norm: str
-    eps: float
-    eps_label: str
-    file: str
-    url: str
-    page: str
-    sha256: str | None = None
-    clean_acc: float | None = None
-    robust_acc: float | None = None
-    source_dataset: str = "imagenet"
-    num_classes: int = 1000
-    note: str = ""
-
-    @property
-    def training(self) -> str:
-        return "natural" if self.eps == 0 else "pgd"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "training": self.training}
 
 
 PUBLISHED: Registry[PublishedModel] = Registry("published zoo model")
@@ -155,7 +115,8 @@ def _register_paper_models() -> None:
 
 _register_grid()
 _register_paper_models()
-from robust_transfer.models import zoo_timm  # noqa: E402,F401  ConvNeXt/Swin/ViT entries
+for _entry in TIMM_ENTRIES:  # ConvNeXt/Swin/ViT entries (RobustBench files)
+    PUBLISHED.register(_entry.name, _entry)
 
 
 @dataclass(frozen=True)

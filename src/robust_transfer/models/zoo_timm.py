@@ -49,13 +49,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robust_transfer.errors import CheckpointError
-from robust_transfer.models.metadata import TIMM_PREFIX
-from robust_transfer.models.zoo import PUBLISHED, PublishedModel
+from robust_transfer.models.metadata import timm_arch, timm_name
+from robust_transfer.models.published import PublishedModel
 
 if TYPE_CHECKING:  # the catalogue is read without torch (zoo list); loading imports it
     import torch
 
-    from robust_transfer.models.arch import TransferModel
+    from robust_transfer.models.base import TransferModel
 
 DRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
 DRIVE_PAGE = "https://drive.google.com/file/d/{id}/view"
@@ -78,7 +78,7 @@ class TimmPublishedModel(PublishedModel):
 
     @property
     def timm_name(self) -> str:
-        return self.arch.removeprefix(TIMM_PREFIX)
+        return timm_name(self.arch) or self.arch
 
     def load_checkpoint(self, path: str | os.PathLike, device: str | torch.device = "cpu",
                         **arch_overrides: Any) -> tuple[TransferModel, dict[str, Any]]:
@@ -96,17 +96,17 @@ class TimmPublishedModel(PublishedModel):
         Raises:
             CheckpointError: the file is unreadable, pickles code, or does not fit.
         """
-        from robust_transfer.models.checkpoints import _load_state, _torch_load
+        from robust_transfer.models.checkpoints import load_state_checked, read_torch_file
         from robust_transfer.models.timm_backbone import create_timm_source
 
         path = Path(path)
         model = create_timm_source(self.timm_name, num_classes=self.num_classes, **arch_overrides)
-        state = robustbench_state_dict(_torch_load(path), path)
+        state = robustbench_state_dict(read_torch_file(path), path)
         if self.timm_name.startswith("swin_"):
             from timm.models.swin_transformer import checkpoint_filter_fn
 
             state = checkpoint_filter_fn(state, model.net)  # timm < 0.9 Swin layout -> today's
-        _load_state(model.net, state, path, f"{self.arch} ({self.name})")
+        load_state_checked(model.net, state, path, f"{self.arch} ({self.name})")
         meta = {**self.to_dict(), "format": "robustbench", "source": str(path),
                 "mean": model.normalizer.mean.flatten().tolist(),
                 "std": model.normalizer.std.flatten().tolist(), "input_size": model.input_size,
@@ -142,10 +142,10 @@ def robustbench_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _entry(name: str, robustbench: str, timm_name: str, drive_id: str, clean: float,
+def _entry(name: str, robustbench: str, timm: str, drive_id: str, clean: float,
            robust: float, note: str) -> TimmPublishedModel:
     return TimmPublishedModel(
-        name=name, arch=f"{TIMM_PREFIX}{timm_name}", norm="linf", eps=_LINF_EPS4,
+        name=name, arch=timm_arch(timm), norm="linf", eps=_LINF_EPS4,
         eps_label="4/255", file=f"{robustbench}.pt", url=DRIVE_URL.format(id=drive_id),
         page=DRIVE_PAGE.format(id=drive_id), clean_acc=round(clean / 100, 4),
         robust_acc=round(robust / 100, 4), note=note, robustbench_name=robustbench,
@@ -177,5 +177,5 @@ _ENTRIES = (
      "singh2023_vit_base_convstem", "1-JBbfi_eH3tKMXObvPPHprrZae0RiQGT", 76.30, 54.66, _SINGH),
 )
 
-for _row in _ENTRIES:
-    PUBLISHED.register(_row[0], _entry(*_row))
+TIMM_ENTRIES: tuple[TimmPublishedModel, ...] = tuple(_entry(*row) for row in _ENTRIES)
+"""The entries :mod:`.zoo` registers in its catalogue, in this order."""

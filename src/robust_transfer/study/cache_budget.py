@@ -23,10 +23,10 @@ from robust_transfer.engine.features import (
     CacheBudgetError,
     PrefixKey,
     disk_bytes,
-    format_bytes,
 )
 from robust_transfer.engine.transfer import cache_plan, prefix_bytes_per_image
-from robust_transfer.models import create_model
+from robust_transfer.models import build_architecture
+from robust_transfer.units import format_bytes
 
 
 def planned_cache_bytes(resolved, runs=None) -> dict[PrefixKey, int]:
@@ -109,5 +109,5 @@ def check_cache_budget(resolved, cache_dir: str | os.PathLike, budget: int | Non
 @functools.lru_cache(maxsize=64)
 def _bytes_per_image(arch: str, unfrozen: str, size: int, dtype: str) -> int:
     with torch.device("meta"):  # the structure only: free even for ResNet-50
-        model = create_model(arch, 10, input_size=size)
+        model = build_architecture(arch, 10, input_size=size)
     return prefix_bytes_per_image(model, unfrozen, size, dtype)

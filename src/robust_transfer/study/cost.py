@@ -115,29 +115,29 @@ def count_flops(arch: str, resolution: int, unfrozen: int | str, num_classes: in
 
 @functools.cache
 def _feature_dim(arch: str) -> int:
-    from robust_transfer.models import create_model
+    from robust_transfer.models import build_architecture
 
     with torch.device("meta"):
-        return create_model(arch, 10).feature_dim
+        return build_architecture(arch, 10).feature_dim
 
 
 @functools.cache
 def _stage_count(arch: str) -> int:
-    from robust_transfer.models import create_model
+    from robust_transfer.models import build_architecture
 
     with torch.device("meta"):
-        return len(create_model(arch, 10).stages())
+        return len(build_architecture(arch, 10).stages())
 
 
 @functools.cache
 def _counted(arch: str, resolution: int, unfrozen: str, num_classes: int) -> PartFlops:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from robust_transfer.models import create_model
+    from robust_transfer.models import build_architecture
     from robust_transfer.models.finetune import set_unfrozen_blocks
 
     with torch.device("meta"):
-        model = create_model(arch, num_classes)
+        model = build_architecture(arch, num_classes)
         set_unfrozen_blocks(model, unfrozen if unfrozen == "all" else int(unfrozen))
         depth = model.frozen_depth
         pooled = depth >= len(model.stages())
@@ -346,13 +346,13 @@ def calibrate(arch: str, resolution: int, device: str = "cpu", threads: int | No
 
 
 def _measure(arch, resolution, device, threads, batch, image_size) -> Throughput:
-    from robust_transfer.engine.training import _autocast
-    from robust_transfer.models import create_model
+    from robust_transfer.engine.training import autocast
+    from robust_transfer.models import build_architecture
     from robust_transfer.models.finetune import prepare_finetune
 
     cuda = device.type == "cuda"
     b = batch or (64 if cuda else (2 if resolution >= 128 else 32))
-    source = create_model(arch, 1000)
+    source = build_architecture(arch, 1000)
     start = time.perf_counter()  # what finetune does before training: copy, new head
     model = prepare_finetune(copy.deepcopy(source), 10, "all").to(device)
     overhead = time.perf_counter() - start
@@ -363,13 +363,13 @@ def _measure(arch, resolution, device, threads, batch, image_size) -> Throughput
     full = count_flops(arch, resolution, "all")
 
     def forward():
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             model(x)
 
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def step():
-        with _autocast(device):
+        with autocast(device):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -215,13 +215,14 @@ def arch_blocks(arch: str) -> int:
         return 0
     import torch
 
-    from robust_transfer.models.arch import create_model
-    from robust_transfer.models.sources import TIMM_PREFIX, timm_source
+    from robust_transfer.models.arch import build_architecture
+    from robust_transfer.models.metadata import timm_name
+    from robust_transfer.models.sources import timm_source
 
     with torch.device("meta"):  # no memory, no init cost: only the structure is needed
-        if arch.startswith(TIMM_PREFIX):
+        if timm_name(arch) is not None:
             return len(timm_source(arch, pretrained=False).blocks())
-        return len(create_model(arch, 10).blocks())
+        return len(build_architecture(arch, 10).blocks())
 
 
 # --- targets -------------------------------------------------------------------------

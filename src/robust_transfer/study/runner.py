@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from robust_transfer.engine.training import require_device
 from robust_transfer.errors import ConfigError, RobustTransferError
 from robust_transfer.io import atomic_write_text
 from robust_transfer.study.cache_budget import check_cache_budget
@@ -147,19 +148,6 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str |
                             status.finished, status.failed, status.total,
                             tuple((o.run_id, (o.error or "").splitlines()[0]) for o in ran
                                   if o.status == "failed"))
-
-
-def require_device(device: str) -> None:
-    """Refuse, before anything runs, a CUDA device on a machine without one.
-
-    Raises:
-        ConfigError: ``device`` names CUDA and torch sees no GPU.
-    """
-    import torch
-
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{device}' asked for (spec 'device:' or --device) but torch "
-                          "sees no CUDA GPU here; use device: auto or cpu, or run where a GPU is")
 
 
 def check_gpu_shares(num_gpus: float, workers: int | None, device: str,

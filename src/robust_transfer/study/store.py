@@ -27,11 +27,13 @@ Schema (version 2; the recipe columns are those of
          test_acc REAL, test_loss REAL, train_acc REAL, train_loss REAL,
          seconds REAL, started_at REAL, finished_at REAL,   -- unix times
          device TEXT, host TEXT, worker TEXT, cached_prefix INTEGER,
-         error TEXT)                                -- traceback of a failed run
+         error TEXT,                                -- traceback of a failed run
+         val_acc REAL, robust_acc REAL)             -- version 2
     epochs(run_id TEXT, epoch INTEGER,              -- 1-based; PRIMARY KEY (run_id, epoch)
            lr REAL, train_loss REAL, train_acc REAL,
            test_loss REAL, test_acc REAL,           -- NULL on epochs not evaluated
-           seconds REAL)
+           seconds REAL,
+           val_loss REAL, val_acc REAL, robust_acc REAL)  -- version 2
 
 ``running`` rows left by a driver that died are treated as not started.
 

@@ -19,7 +19,7 @@ import torch
 from robust_transfer.engine.features import DiskFeatureStore
 from robust_transfer.engine.training import resolve_device
 from robust_transfer.engine.transfer import FeatureStore, FinetuneResult, finetune
-from robust_transfer.models.arch import TransferModel
+from robust_transfer.models.base import TransferModel
 from robust_transfer.models.sources import SourceRecord, load_source
 from robust_transfer.study.resolve import load_split
 from robust_transfer.study.spec import RunConfig
