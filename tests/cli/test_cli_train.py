@@ -10,24 +10,14 @@ import json
 
 import pytest
 import torch
+from cli_support import run_cli
 
-from robust_transfer.cli import main
 from robust_transfer.models import build_architecture
 from robust_transfer.models.checkpoints import load_model, save_model
 
 PRETRAIN = ["pretrain", "--dataset", "digits", "--input-size", "12", "--epochs", "1",
             "--train-images", "300", "--eval-images", "100", "--batch-size", "64", "--lr", "0.05",
             "--device", "cpu"]
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of one command; argparse's own errors exit via SystemExit."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def listing(folder) -> dict:

@@ -14,8 +14,9 @@ import textwrap
 
 import pytest
 import torch
+from cli_support import run_cli as run
 
-from robust_transfer.cli import build_parser, main
+from robust_transfer.cli import build_parser
 from robust_transfer.errors import ConfigError, NonFiniteError
 from robust_transfer.io import staged_dir
 from robust_transfer.models import build_architecture, save_model
@@ -27,15 +28,6 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = build_architecture("small_resnet", 10, mean=(0.3,) * 3, std=(0.35,) * 3, input_size=16)
     return save_model(model, tmp_path_factory.mktemp("ck") / "m", {"source_dataset": "digits"})
-
-
-def run(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- 13: messages that name the right thing --------------------------------------------
