@@ -25,9 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``saliency`` command."""
     p = subparsers.add_parser(
         "saliency", help=command_help("saliency"),
-        description="Loss gradients with respect to the input pixels of chosen images "
-        "(the paper's Fig. 4), optionally SmoothGrad. Writes saliency.png, gradients.npz "
-        "and summary.json.")
+        description="Attributions of chosen images' losses to their input pixels through "
+        "captum (the paper's Fig. 4: the input gradient; or SmoothGrad, or integrated "
+        "gradients). Writes saliency.png, gradients.npz and summary.json.")
     add_inputs(p, with_n=False)
     p.add_argument("--split", choices=("train", "test"), default="test",
                    help="split the images come from (default: test)")
@@ -59,7 +59,8 @@ DEFAULT_SIGMA = 0.1
 # imports no torch (--help answers at once); tests/test_saliency.py checks that they agree
 METHOD_NAMES = ("saliency", "smoothgrad", "integrated-gradients")
 DEFAULT_SAMPLES, DEFAULT_STEPS = 25, 50
-# input gradients per model without --force: one per image, or one per SmoothGrad sample
+# input gradients per model without --force: one per image, per SmoothGrad sample or per
+# integrated-gradients step
 MAX_GRADIENTS = 20_000
 
 
@@ -67,7 +68,6 @@ def _check_options(args: argparse.Namespace, method: str, samples: int) -> None:
     if args.sigma is not None and method != "smoothgrad":
         raise ConfigError("--sigma does nothing without SmoothGrad (plain gradients add no "
                           "noise); drop it or pass --method smoothgrad / --smoothgrad SAMPLES")
-    args.sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
     images = len(args.indices.split(",")) if args.indices else args.count
     per_image = {"smoothgrad": samples, "integrated-gradients": args.steps}.get(method, 1)
     require_within(images * per_image, MAX_GRADIENTS,
@@ -103,8 +103,9 @@ def _config(args: argparse.Namespace) -> SaliencyConfig:
         raise ConfigError(f"--smoothgrad applies to --method smoothgrad, not {method}")
     samples = args.smoothgrad or SaliencyConfig.samples
     _check_options(args, method, samples)
-    return SaliencyConfig(method, samples=samples,
-                          sigma=args.sigma, steps=args.steps, baseline=_baseline(args.baseline))
+    sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
+    return SaliencyConfig(method, samples=samples, sigma=sigma, steps=args.steps,
+                          baseline=_baseline(args.baseline))
 
 
 def _baseline(text: str | None) -> float | np.ndarray | None:
