@@ -21,7 +21,7 @@ from robust_transfer.cli.common import (
     unfrozen_blocks,
 )
 from robust_transfer.engine import recipe as recipe_fields
-from robust_transfer.engine.recipe import SCHEDULES
+from robust_transfer.engine.choices import SCHEDULES
 from robust_transfer.errors import ConfigError
 
 if TYPE_CHECKING:

@@ -118,9 +118,8 @@ def run_study(spec: StudySpec | str | Path, out_dir: str | Path, executor: str |
             GPUs than this machine has, a different study in ``out_dir``, another process running it, or an executor that cannot
             start. Failing runs are recorded, not raised.
     """
-    spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root)
-    if device_budget is not None:
-        spec = replace(spec, device_budget=device_budget)
+    spec = _override(_as_spec(spec), device, feature_cache, num_cpus, num_gpus, data_root,
+                     device_budget)
     executor = executor or spec.executor
     if executor == "local" or (executor == "ray" and ray_address is None):  # runs on this machine
         require_device(spec.device)
@@ -186,11 +185,13 @@ def _as_spec(spec: StudySpec | str | Path) -> StudySpec:
     return spec if isinstance(spec, StudySpec) else load_spec(spec)
 
 
-def _override(spec: StudySpec, device, feature_cache, num_cpus, num_gpus, data_root) -> StudySpec:
+def _override(spec: StudySpec, device, feature_cache, num_cpus, num_gpus, data_root,
+              device_budget) -> StudySpec:
     res = replace(spec.resources, **{k: float(v) for k, v in
                                      (("num_cpus", num_cpus), ("num_gpus", num_gpus)) if v is not None})
     changes: dict[str, Any] = {"resources": res}
-    for key, value in (("device", device), ("feature_cache", feature_cache), ("data_root", data_root)):
+    for key, value in (("device", device), ("feature_cache", feature_cache), ("data_root", data_root),
+                       ("device_budget", device_budget)):
         if value is not None:
             changes[key] = value
     return replace(spec, **changes)
